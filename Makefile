@@ -1,0 +1,38 @@
+# Everything installs into .venv from nothing but python3.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOME_DIR ?= .tally-demo
+
+.PHONY: setup demo test test-quick lint bench clean
+
+$(BIN)/tally: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/tally
+
+# The main job on sample_logs/: a fresh home, ingest, validate, compact, report.
+demo: setup
+	TALLY_HOME=$(HOME_DIR) ./scripts/demo.sh
+
+lint: setup
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/mypy pipeline
+
+test: lint
+	$(BIN)/pytest -q
+
+test-quick: lint
+	$(BIN)/pytest -q -m 'not slow'
+
+bench: setup
+	$(BIN)/python -m bench.validate
+	$(BIN)/python -m bench.tail
+	$(BIN)/python -m bench.compact
+	$(BIN)/python -m bench.report
+
+clean:
+	rm -rf $(VENV) $(HOME_DIR) .pytest_cache .mypy_cache .ruff_cache

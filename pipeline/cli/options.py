@@ -1,0 +1,65 @@
+"""Decorators and helpers shared by every command: home, output format, error mapping."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from pipeline.config import Home, load_home
+from pipeline.errors import TallyError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def home_option(func: F) -> F:
+    """--home DIR (or TALLY_HOME), passed to the command as a loaded `Home`."""
+
+    @click.option("--home", "home_dir", type=click.Path(file_okay=False), default=None,
+                  help="tally home directory [env: TALLY_HOME; default: ./.tally]")
+    @functools.wraps(func)
+    def wrapper(*args: Any, home_dir: str | None, **kwargs: Any) -> Any:
+        return func(*args, home=load_home(home_dir), **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:
+    """--format with the given choices."""
+    return click.option("--format", "fmt", type=click.Choice(choices), default=default,
+                        show_default=True, help="output format")
+
+
+def echo_json(value: Any) -> None:
+    """Print a value as indented JSON."""
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def fail(error: TallyError) -> None:
+    """Report a TallyError on stderr and exit with its code; TALLY_DEBUG=1 re-raises."""
+    if os.environ.get("TALLY_DEBUG") == "1":
+        raise error
+    click.secho(f"error: {error.message}", fg="red", err=True)
+    if error.hint:
+        click.echo(f"  hint: {error.hint}", err=True)
+    sys.exit(error.exit_code)
+
+
+class TallyGroup(click.Group):
+    """A click group that turns TallyError into a message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TallyError as error:
+            fail(error)
+
+
+def home_of(home: Home) -> str:
+    """How to show the home in messages."""
+    return str(home.root)

@@ -1,0 +1,253 @@
+"""Validation of event lines: bytes in, a typed event or a precise rejection out.
+
+The fast path parses with orjson and checks with jsonschema-rs. Whenever it says no, the
+reference (the stdlib JSON parser made strict, plus the `jsonschema` package) decides and
+words the error, so the verdict always equals the reference's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jsonschema
+import jsonschema_rs
+import orjson
+import referencing
+from jsonschema.exceptions import ValidationError as SchemaError
+from jsonschema.exceptions import best_match
+
+from pipeline.schemas import SchemaSet, load_schemas
+
+FOUND_LIMIT = 80
+
+
+class Event(NamedTuple):
+    """A valid event: its type, schema version and the parsed object."""
+
+    event_type: str
+    version: int
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a line is not a valid event. `reason` is a stable machine code."""
+
+    reason: str
+    message: str
+    pointer: str = ""
+    expected: str = ""
+    found: str = ""
+    hint: str = ""
+
+    def describe(self) -> str:
+        """One line for humans: where, what was expected, what was found."""
+        at = f" at {self.pointer}" if self.pointer else ""
+        return f"{self.reason}{at}: {self.message}"
+
+
+class _BadJson(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Validator:
+    """Schemas compiled once; `validate` is the hot path."""
+
+    def __init__(self, schemas: SchemaSet | None = None) -> None:
+        self.schemas = schemas or load_schemas()
+        resources = self.schemas.resources()
+        rs_registry = jsonschema_rs.Registry(resources)
+        ref_registry: referencing.Registry[Any] = referencing.Registry().with_resources(
+            (uri, referencing.Resource.from_contents(doc)) for uri, doc in resources
+        )
+        self._fast = {
+            key: jsonschema_rs.validator_for(doc, registry=rs_registry, validate_formats=True)
+            for key, doc in self.schemas.documents.items()
+        }
+        checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+        self._reference = {
+            key: jsonschema.Draft202012Validator(doc, registry=ref_registry,
+                                                 format_checker=checker)
+            for key, doc in self.schemas.documents.items()
+        }
+        self._envelope = jsonschema.Draft202012Validator(
+            self.schemas.envelope, format_checker=checker)
+
+    def validate(self, line: bytes) -> Event | Rejection:
+        """Validate one line (without its newline)."""
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return self.reference(line)
+        if type(obj) is dict:
+            key = (obj.get("event_type"), obj.get("schema_version", 1))
+            fast = self._fast.get(key)  # type: ignore[arg-type]
+            if fast is not None and fast.is_valid(obj):
+                return Event(key[0], key[1], obj)  # type: ignore[arg-type]
+        return self.reference(line)
+
+    def validate_object(self, obj: Any) -> Event | Rejection:
+        """Validate an already parsed object (the writer's path)."""
+        return self._check(obj)
+
+    def reference(self, line: bytes) -> Event | Rejection:
+        """The slow, authoritative verdict: strict stdlib parse, then `jsonschema`."""
+        try:
+            obj = parse_strict(line)
+        except _BadJson as exc:
+            return Rejection(exc.reason, exc.message,
+                             hint="each line must be one JSON object in UTF-8")
+        return self._check(obj)
+
+    def _check(self, obj: Any) -> Event | Rejection:
+        if not isinstance(obj, dict):
+            return Rejection("not_object", f"expected a JSON object, found {_kind(obj)}",
+                             expected="object", found=_kind(obj),
+                             hint="each line must be one JSON object")
+        envelope_error = self._envelope_error(obj)
+        if envelope_error is not None:
+            return envelope_error
+        event_type, version = obj["event_type"], obj.get("schema_version", 1)
+        validator = self._reference.get((event_type, version))
+        if validator is None:
+            return self._unknown(event_type, version)
+        error = best_match(validator.iter_errors(obj))
+        if error is None:
+            return Event(event_type, int(version), obj)
+        return describe_error(error, event_type)
+
+    def _envelope_error(self, obj: dict[str, Any]) -> Rejection | None:
+        # Only what decides the schema is checked here; the type schema checks the rest.
+        head = {k: obj[k] for k in ("event_type", "schema_version") if k in obj}
+        if "event_type" not in obj:
+            return Rejection("missing_field", "required field is missing",
+                             pointer="/event_type", expected="one of " + ", ".join(
+                                 self.schemas.types), hint="add \"event_type\"")
+        error = best_match(self._envelope.iter_errors(
+            head | {"ts": "2000-01-01T00:00:00Z", "agent": "x"}))
+        return None if error is None else describe_error(error, None)
+
+    def _unknown(self, event_type: str, version: Any) -> Rejection:
+        if event_type in self.schemas.types:
+            known = ", ".join(map(str, self.schemas.versions(event_type)))
+            return Rejection("unknown_schema_version",
+                             f"{event_type} has no schema_version {version}",
+                             pointer="/schema_version", expected=known, found=str(version),
+                             hint=f"use one of: {known}")
+        return Rejection("unknown_event_type", f"unknown event type {_short(event_type)}",
+                         pointer="/event_type", expected=", ".join(self.schemas.types),
+                         found=_short(event_type),
+                         hint="run `tally schema list` for the registered types")
+
+    def iter_validate(self, lines: Iterable[bytes]) -> Iterable[Event | Rejection]:
+        """Validate many lines."""
+        validate = self.validate
+        return (validate(line) for line in lines)
+
+
+def parse_strict(line: bytes) -> Any:
+    """RFC 8259 JSON in UTF-8: no BOM, NaN, Infinity, lone surrogates or raw NULs."""
+    if not line.strip():
+        raise _BadJson("empty_line", "the line is empty")
+    if line.startswith(b"\xef\xbb\xbf"):
+        raise _BadJson("bom", "the line starts with a UTF-8 byte order mark")
+    nul = line.find(b"\x00")
+    if nul >= 0:
+        raise _BadJson("nul_byte", f"NUL byte at column {nul + 1}")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadJson("invalid_utf8", f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise _BadJson("too_deep", "nesting is too deep to parse") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        reason = "number_too_large" if "integer string conversion" in str(exc) else "invalid_json"
+        raise _BadJson(reason, str(exc).split(";")[0]) from None
+    _reject_surrogates(obj)
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _reject_surrogates(obj: Any) -> None:
+    try:
+        orjson.dumps(obj)
+    except orjson.JSONEncodeError as exc:
+        if "surrogates" in str(exc) or "str is not valid UTF-8" in str(exc):
+            raise _BadJson("invalid_json", "string holds a lone UTF-16 surrogate") from None
+        # Anything else orjson cannot encode (integers past 64 bits) is the schema's call.
+
+
+def describe_error(error: SchemaError, event_type: str | None) -> Rejection:
+    """Turn a jsonschema error into a rejection naming the field, the expectation and the value."""
+    pointer = "".join(f"/{_escape(part)}" for part in error.absolute_path)
+    keyword, expected = str(error.validator), error.validator_value
+    found = _short(error.instance)
+    show = f" (see `tally schema show {event_type}`)" if event_type else ""
+    if keyword == "required":
+        missing = next((name for name in expected if name not in error.instance), expected[0])
+        return Rejection("missing_field", "required field is missing",
+                         pointer=f"{pointer}/{_escape(missing)}", expected="present",
+                         found="absent", hint=f"add \"{missing}\"{show}")
+    if keyword in {"unevaluatedProperties", "additionalProperties"} and expected is False:
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        name = _first_unexpected(error, extra)
+        return Rejection("unknown_field", "field is not in the schema",
+                         pointer=f"{pointer}/{_escape(name)}", expected="no such field",
+                         found=name, hint=f"remove it or fix its spelling{show}")
+    text = _EXPECTATIONS.get(keyword, "{value}").format(value=_short(expected, 200))
+    return Rejection("schema_violation", f"expected {text}, found {found}", pointer=pointer,
+                     expected=text, found=found, hint=f"fix the value{show}")
+
+
+def _first_unexpected(error: SchemaError, extra: list[str]) -> str:
+    message = error.message
+    for name in extra:
+        if repr(name) in message:
+            return name
+    return extra[0] if extra else "?"
+
+
+_EXPECTATIONS = {
+    "type": "type {value}",
+    "minimum": "a number >= {value}",
+    "maximum": "a number <= {value}",
+    "exclusiveMinimum": "a number > {value}",
+    "exclusiveMaximum": "a number < {value}",
+    "enum": "one of {value}",
+    "const": "exactly {value}",
+    "pattern": "text matching {value}",
+    "format": "a valid {value}",
+    "minLength": "at least {value} characters",
+    "maxLength": "at most {value} characters",
+    "maxItems": "at most {value} items",
+    "maxProperties": "at most {value} fields",
+    "anyOf": "one of {value}",
+}
+
+
+def _escape(part: object) -> str:
+    return str(part).replace("~", "~0").replace("/", "~1")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean",
+            type(None): "null", int: "integer", float: "number"}.get(type(value), "value")
+
+
+def _short(value: Any, limit: int = FOUND_LIMIT) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

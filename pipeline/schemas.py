@@ -1,0 +1,88 @@
+"""The JSON Schemas of the event types: where they live, which exist, what they say."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.errors import UnknownEventType
+
+ENVELOPE = "envelope"
+_FILE_NAME = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)\.v(?P<version>[0-9]+)\.schema\.json$")
+
+
+def schema_dir() -> Path:
+    """The schemas shipped in the wheel, else those of the source checkout."""
+    packaged = Path(__file__).parent / "schemas"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "schemas"
+
+
+@dataclass(frozen=True)
+class SchemaSet:
+    """Every schema document, keyed by (event type, version), plus the shared envelope."""
+
+    documents: dict[tuple[str, int], dict[str, Any]]
+    envelope: dict[str, Any]
+
+    @property
+    def types(self) -> list[str]:
+        """Registered event types, sorted."""
+        return sorted({t for t, _ in self.documents})
+
+    def versions(self, event_type: str) -> list[int]:
+        """Versions that exist for a type, ascending."""
+        return sorted(v for t, v in self.documents if t == event_type)
+
+    def get(self, event_type: str, version: int | None = None) -> dict[str, Any]:
+        """The schema of a type at a version (default: the latest)."""
+        versions = self.versions(event_type)
+        if not versions:
+            raise UnknownEventType(event_type, version or 1, self.types)
+        chosen = versions[-1] if version is None else version
+        if chosen not in versions:
+            raise UnknownEventType(event_type, chosen, self.types)
+        return self.documents[(event_type, chosen)]
+
+    def resources(self) -> list[tuple[str, dict[str, Any]]]:
+        """(URI, document) pairs for a validator registry."""
+        docs = [self.envelope, *self.documents.values()]
+        return [(str(doc["$id"]), doc) for doc in docs]
+
+    def properties(self, event_type: str, version: int | None = None) -> dict[str, Any]:
+        """Every property an event of this type may carry, envelope included, resolved."""
+        merged = dict(self.envelope["properties"])
+        merged.update(self.get(event_type, version)["properties"])
+        return {name: self.resolve(spec) for name, spec in merged.items()}
+
+    def resolve(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A property schema with a `$ref` into the envelope's $defs replaced by its target."""
+        ref = spec.get("$ref")
+        if not isinstance(ref, str) or "#/$defs/" not in ref:
+            return spec
+        target = self.envelope["$defs"][ref.rsplit("/", 1)[1]]
+        return self.resolve({**target, **{k: v for k, v in spec.items() if k != "$ref"}})
+
+
+@functools.cache
+def load_schemas(directory: Path | None = None) -> SchemaSet:
+    """Read every `<type>.v<N>.schema.json` of the directory once."""
+    directory = directory or schema_dir()
+    documents: dict[tuple[str, int], dict[str, Any]] = {}
+    envelope: dict[str, Any] | None = None
+    for path in sorted(directory.glob("*.schema.json")):
+        match = _FILE_NAME.match(path.name)
+        if match is None:
+            continue
+        document = orjson.loads(path.read_bytes())
+        if match["type"] == ENVELOPE:
+            envelope = document
+        else:
+            documents[(match["type"], int(match["version"]))] = document
+    if envelope is None:
+        raise FileNotFoundError(f"no envelope.v1.schema.json in {directory}")
+    return SchemaSet(documents, envelope)
