@@ -160,7 +160,7 @@ def load_home(home: str | Path | None = None) -> Home:
         raise ConfigError("must be a list of glob patterns", path=config_path,
                           field="paths.include")
     budgets = _table(raw, "budgets", config_path)
-    agents = _table(budgets, "agents", config_path)
+    agents = _agents(_table(budgets, "agents", config_path), config_path)
     return Home(
         root=root,
         logs=logs,
@@ -193,8 +193,24 @@ def _settings(cls: type[T], values: dict[str, Any], section: str, path: Path,
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"must be a number, got {value!r}", path=path,
                               field=f"{section}.{key}")
+        if expected is int and not float(value).is_integer():
+            raise ConfigError(f"must be a whole number, got {value!r}", path=path,
+                              field=f"{section}.{key}")
         kwargs[key] = expected(value)
     return cls(**kwargs, **extra)
+
+
+def _agents(values: dict[str, Any], path: Path) -> dict[str, dict[str, float]]:
+    """Per-agent budget tables, checked key by key like [budgets] itself."""
+    agents: dict[str, dict[str, float]] = {}
+    for agent, table in values.items():
+        section = f"budgets.agents.{agent}"
+        if not isinstance(table, dict) or "agents" in table:
+            raise ConfigError("must be a table of budget settings", path=path, field=section,
+                              hint=f"write it as [{section}]")
+        checked = _settings(BudgetSettings, table, section, path)
+        agents[agent] = {key: getattr(checked, key) for key in table}
+    return agents
 
 
 def _pricing(values: dict[str, Any], path: Path) -> dict[str, dict[str, float]]:

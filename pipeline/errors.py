@@ -94,7 +94,7 @@ class LockTimeout(TallyError):
     def __init__(self, what: str, *, path: Path, waited: float, holder: str) -> None:
         super().__init__(
             f"another {what} is running ({holder}); gave up after waiting {waited:.0f} s",
-            hint=f"wait for it to finish, or raise --lock-timeout (lock file: {path})",
+            hint=f"wait for it to finish or stop it (lock file: {path})",
         )
         self.path = path
 

@@ -22,6 +22,7 @@ from jsonschema.exceptions import best_match
 from pipeline.schemas import SchemaSet, load_schemas
 
 FOUND_LIMIT = 80
+_loads = orjson.loads
 
 
 class Event(NamedTuple):
@@ -30,6 +31,10 @@ class Event(NamedTuple):
     event_type: str
     version: int
     data: dict[str, Any]
+
+
+# NamedTuple's own __new__ is Python code; building the tuple directly keeps the hot path in C.
+_new_event = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -62,14 +67,14 @@ class Validator:
     def __init__(self, schemas: SchemaSet | None = None) -> None:
         self.schemas = schemas or load_schemas()
         resources = self.schemas.resources()
-        rs_registry = jsonschema_rs.Registry(resources)
         ref_registry: referencing.Registry[Any] = referencing.Registry().with_resources(
             (uri, referencing.Resource.from_contents(doc)) for uri, doc in resources
         )
         self._fast = {
-            key: jsonschema_rs.validator_for(doc, registry=rs_registry, validate_formats=True)
-            for key, doc in self.schemas.documents.items()
+            key: jsonschema_rs.validator_for(self.schemas.flattened(*key), validate_formats=True)
+            for key in self.schemas.documents
         }
+        self._fast_valid = {key: validator.is_valid for key, validator in self._fast.items()}
         checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
         self._reference = {
             key: jsonschema.Draft202012Validator(doc, registry=ref_registry,
@@ -82,14 +87,17 @@ class Validator:
     def validate(self, line: bytes) -> Event | Rejection:
         """Validate one line (without its newline)."""
         try:
-            obj = orjson.loads(line)
+            obj = _loads(line)
         except orjson.JSONDecodeError:
             return self.reference(line)
         if type(obj) is dict:
-            key = (obj.get("event_type"), obj.get("schema_version", 1))
-            fast = self._fast.get(key)  # type: ignore[arg-type]
-            if fast is not None and fast.is_valid(obj):
-                return Event(key[0], key[1], obj)  # type: ignore[arg-type]
+            event_type, version = obj.get("event_type"), obj.get("schema_version", 1)
+            # Only a str type and an int version pick a fast validator: a list is unhashable,
+            # and True or 1.0 would hash like 1. Anything else goes to the reference.
+            if type(event_type) is str and type(version) is int:
+                fast = self._fast_valid.get((event_type, version))
+                if fast is not None and fast(obj):
+                    return _new_event(Event, (event_type, version, obj))
         return self.reference(line)
 
     def validate_object(self, obj: Any) -> Event | Rejection:

@@ -87,7 +87,7 @@ def append_event(path: str | Path, event: Mapping[str, Any],
 
 def default_log_path(logs: Path, agent: str) -> Path:
     """logs/<agent>.jsonl, refusing agent names that are not plain file names."""
-    if not _SAFE_NAME.match(agent) or ".." in agent:
+    if not _SAFE_NAME.fullmatch(agent) or ".." in agent:  # match() allows a final \n
         raise UnsafeName(
             f"agent name {agent!r} is not a safe file name for the default log",
             hint="use letters, digits, '.', '_' and '-', or name the file with --to FILE",

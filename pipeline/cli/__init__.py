@@ -173,3 +173,13 @@ def _validation_json(reports: list[FileReport]) -> dict[str, object]:
             for r in reports for f in r.findings
         ],
     }
+
+
+def _register() -> None:
+    from pipeline.cli.tail import status, tail
+
+    main.add_command(tail)
+    main.add_command(status)
+
+
+_register()

@@ -1,0 +1,123 @@
+"""The tailer's durable state: per-file offsets and the committed batch watermark."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.errors import LockTimeout
+from pipeline.stage import fsync_dir, write_atomic
+
+CHECKPOINT = "checkpoint.json"
+
+
+@dataclass
+class FileState:
+    """Where reading of one file identity stands."""
+
+    fingerprint: str
+    path: str
+    dev: int
+    ino: int
+    offset: int = 0
+    size: int = 0
+    marker: str = ""
+    finished: bool = False
+    first_path: str = ""
+    last_seen: float = 0.0
+
+
+@dataclass
+class Checkpoint:
+    """Everything the tailer needs to resume exactly: files, watermark, totals."""
+
+    batch: int = 0
+    files: dict[str, FileState] = field(default_factory=dict)
+    staged: int = 0
+    quarantined: int = 0
+    updated_at: str = ""
+
+    def to_json(self) -> bytes:
+        """The checkpoint as JSON bytes."""
+        body = asdict(self)
+        return orjson.dumps(body, option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Checkpoint:
+        """Parse a checkpoint written by `to_json`."""
+        body: dict[str, Any] = orjson.loads(raw)
+        files = {fp: FileState(**state) for fp, state in body.pop("files", {}).items()}
+        return cls(files=files, **body)
+
+
+def load_checkpoint(state_dir: Path) -> Checkpoint:
+    """The last committed checkpoint, or an empty one."""
+    path = state_dir / CHECKPOINT
+    try:
+        return Checkpoint.from_json(path.read_bytes())
+    except FileNotFoundError:
+        return Checkpoint()
+
+
+def save_checkpoint(state_dir: Path, checkpoint: Checkpoint) -> None:
+    """Commit the checkpoint: temp file, fsync, rename, fsync the directory."""
+    checkpoint.updated_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+    body = checkpoint.to_json()
+    write_atomic(state_dir / CHECKPOINT, lambda handle: handle.write(body))
+    fsync_dir(state_dir)
+
+
+def committed_batch(state_dir: Path) -> int:
+    """The batch watermark: stage and quarantine files up to it are committed."""
+    return load_checkpoint(state_dir).batch
+
+
+class ProcessLock:
+    """An exclusive flock on a file in state/, released when the process dies."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float = 0.0, poll: float = 0.1) -> ProcessLock:
+        """Take the lock, waiting up to `timeout` seconds; LockTimeout if it stays held."""
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise LockTimeout(self.what, path=self.path, waited=timeout,
+                                      holder=holder) from None
+                time.sleep(poll)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Drop the lock."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ProcessLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

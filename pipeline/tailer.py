@@ -1,0 +1,564 @@
+"""The validating tailer: follows JSONL files under logs/, stages valid lines, quarantines the rest.
+
+Exactly-once rests on three rules. A batch's stage and quarantine files are written and
+fsynced before the checkpoint that covers them is renamed into place; files above the
+checkpoint's batch watermark are crash leftovers and get deleted; and a file is known by a
+fingerprint of its first line, so rotation, copies and restarts resume at the right offset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.checkpoint import Checkpoint, FileState, ProcessLock, load_checkpoint, save_checkpoint
+from pipeline.config import Home
+from pipeline.events import Event, Rejection, Validator
+from pipeline.stage import (
+    FrameBuilder,
+    fsync_dir,
+    quarantine_record,
+    remove_orphans,
+    write_quarantine,
+    write_stage_frame,
+)
+
+FINGERPRINT_BYTES = 4096
+MARKER_BYTES = 64
+READ_CHUNK = 4 << 20
+FORGET_AFTER_SECONDS = 7 * 86400
+
+Notify = Callable[[str], None]
+
+
+def fingerprint_of(fd: int) -> str | None:
+    """Hash of the first line (or first 4 KiB); None until the first line is complete."""
+    head = os.pread(fd, FINGERPRINT_BYTES, 0)
+    newline = head.find(b"\n")
+    if newline >= 0:
+        head = head[: newline + 1]
+    elif len(head) < FINGERPRINT_BYTES:
+        return None
+    return hashlib.sha256(head).hexdigest()[:32]
+
+
+def marker_at(fd: int, offset: int) -> str:
+    """Hash of the bytes just before `offset`: detects a file rewritten under the checkpoint."""
+    start = max(0, offset - MARKER_BYTES)
+    return hashlib.sha256(os.pread(fd, offset - start, start)).hexdigest()[:16]
+
+
+@dataclass
+class OpenFile:
+    """A followed file: its descriptor stays open through renames and deletion."""
+
+    fd: int
+    state: FileState
+    path: str
+    seen: bool = True
+
+
+@dataclass
+class PollResult:
+    """What one pass staged and quarantined."""
+
+    staged: int = 0
+    quarantined: int = 0
+    batches: int = 0
+    files: int = 0
+
+
+@dataclass
+class _TypeRows:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    by_type: dict[str, _TypeRows] = field(default_factory=dict)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
+    lines: int = 0
+
+
+class Tailer:
+    """Reads complete lines from the logs directory into stage/ and quarantine/, exactly once."""
+
+    def __init__(self, home: Home, validator: Validator | None = None,
+                 notify: Notify | None = None, lock_timeout: float = 0.0) -> None:
+        self.home = home
+        self.settings = home.tailer
+        self.validator = validator or Validator()
+        self.notify = notify or (lambda message: None)
+        for directory in (home.stage, home.quarantine, home.state):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._lock = ProcessLock(home.state / "tailer.lock", "tailer").acquire(lock_timeout)
+        self.checkpoint: Checkpoint = load_checkpoint(home.state)
+        types = self.validator.schemas.types
+        remove_orphans([home.stage / t for t in types] + [home.quarantine],
+                       above=self.checkpoint.batch)
+        self._builders = {t: FrameBuilder(t, self.validator.schemas) for t in types}
+        self._open: dict[str, OpenFile] = {}
+        self._pending = _Pending()
+        self._logs_real = os.path.realpath(home.logs)
+        self.stop = threading.Event()
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close followed files and release the lock (the checkpoint is already committed)."""
+        for handle in self._open.values():
+            os.close(handle.fd)
+        self._open.clear()
+        self._lock.release()
+
+    def __enter__(self) -> Tailer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ one pass
+
+    def poll(self, only: Iterable[str] | None = None) -> PollResult:
+        """Discover files (all, or just `only`), read every complete line, commit in batches."""
+        result = PollResult()
+        full_scan = only is None
+        paths = self.discover() if only is None else [p for p in only if self._wanted(p)]
+        if full_scan:
+            for handle in self._open.values():
+                handle.seen = False
+        for path in paths:
+            self._follow(path)
+        for fingerprint in list(self._open):
+            if self.stop.is_set():
+                break
+            self._read(fingerprint, result)
+        self._commit(result)
+        if full_scan:
+            self._retire_idle(result)
+            self._forget_stale()
+        result.files = len(self._open)
+        return result
+
+    def lag_bytes(self) -> int:
+        """Bytes present in followed files but not yet consumed."""
+        lag = 0
+        for handle in self._open.values():
+            with contextlib.suppress(OSError):
+                lag += max(0, os.fstat(handle.fd).st_size - handle.state.offset)
+        return lag
+
+    # ------------------------------------------------------------ discovery
+
+    def discover(self) -> list[str]:
+        """Paths under logs/ matching the include patterns, symlinks kept inside logs/."""
+        found: list[str] = []
+        for directory, _dirs, names in os.walk(self.home.logs, followlinks=False):
+            for name in names:
+                path = os.path.join(directory, name)
+                if self._wanted(path):
+                    found.append(path)
+        return sorted(found)
+
+    def _wanted(self, path: str) -> bool:
+        name = os.path.basename(path)
+        if not any(fnmatch.fnmatch(name, pattern) for pattern in self.home.include):
+            return False
+        real = os.path.realpath(path)
+        if real != self._logs_real and not real.startswith(self._logs_real + os.sep):
+            self._warn_once(path, f"{path}: symlink leads outside the logs directory; skipped")
+            return False
+        return True
+
+    def _follow(self, path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            return
+        for handle in self._open.values():
+            if (handle.state.dev, handle.state.ino) == (st.st_dev, st.st_ino):
+                handle.path, handle.seen = path, True
+                handle.state.path = self._relative(path)
+                return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            self._warn_once(path, f"{path}: cannot open ({exc.strerror}); will retry")
+            return
+        fingerprint = fingerprint_of(fd)
+        if fingerprint is None or fingerprint in self._open:
+            os.close(fd)  # not readable yet, or a copy of a file already followed
+            return
+        self._warned.discard(path)
+        state = self.checkpoint.files.get(fingerprint)
+        relative = self._relative(path)
+        if state is None:
+            state = FileState(fingerprint, relative, st.st_dev, st.st_ino, first_path=relative)
+        else:
+            state.offset = self._verified_offset(fd, state, st.st_size)
+            state.dev, state.ino, state.path = st.st_dev, st.st_ino, relative
+        state.finished = False
+        state.last_seen = time.time()
+        self._open[fingerprint] = OpenFile(fd, state, path)
+
+    def _verified_offset(self, fd: int, state: FileState, size: int) -> int:
+        if size >= state.offset and marker_at(fd, state.offset) == state.marker:
+            return state.offset
+        # Same first line but rewritten beyond it: the first line is the one already read.
+        first_line_end = os.pread(fd, FINGERPRINT_BYTES, 0).find(b"\n") + 1
+        self.notify(f"{state.path}: content changed under the checkpoint; resuming after line 1")
+        return min(first_line_end, state.offset)
+
+    def _relative(self, path: str) -> str:
+        try:
+            return os.path.relpath(path, self.home.logs)
+        except ValueError:
+            return path
+
+    # ------------------------------------------------------------ reading
+
+    def _read(self, fingerprint: str, result: PollResult) -> None:
+        handle = self._open[fingerprint]
+        try:
+            size = os.fstat(handle.fd).st_size
+        except OSError:
+            return
+        state = handle.state
+        if size < state.offset or (
+            size > state.offset and state.marker and fingerprint not in self._pending.offsets
+            and marker_at(handle.fd, state.offset) != state.marker
+        ):
+            self._truncated(fingerprint, result)
+            return
+        position = self._pending.offsets.get(fingerprint, state.offset)
+        read_size = max(READ_CHUNK, self.settings.max_line_bytes + 1)
+        while position < size and not self.stop.is_set():
+            chunk = os.pread(handle.fd, min(read_size, size - position), position)
+            if not chunk:
+                break
+            end = chunk.rfind(b"\n")
+            if end < 0:
+                skipped_to = self._skip_long_line(handle, position, size, len(chunk))
+                if skipped_to is None:
+                    break
+                position = skipped_to
+            else:
+                self._consume(handle, chunk[: end + 1], position)
+                position += end + 1
+            self._pending.offsets[fingerprint] = position
+            if self._pending.lines >= self.settings.batch_lines:
+                self._commit(result)
+
+    def _consume(self, handle: OpenFile, block: bytes, position: int) -> None:
+        # The hot loop: keep attribute lookups out of it.
+        validate = self.validator.validate
+        pending = self._pending
+        by_type = pending.by_type
+        source = handle.state.path
+        id_prefix = handle.state.fingerprint[:16] + "-"
+        limit = self.settings.max_line_bytes
+        lines = block.split(b"\n")
+        lines.pop()
+        for line in lines:
+            if len(line) > limit:
+                self._reject_long(source, position, line[:1024], len(line) + 1)
+                position += len(line) + 1
+                continue
+            result = validate(line)
+            if type(result) is Event:
+                data = result.data
+                if "event_id" not in data:
+                    data["event_id"] = f"{id_prefix}{position}"
+                rows = by_type.get(result.event_type)
+                if rows is None:
+                    rows = by_type[result.event_type] = _TypeRows()
+                rows.rows.append(data)
+                rows.sources.append(source)
+                rows.offsets.append(position)
+            else:
+                assert isinstance(result, Rejection)
+                pending.rejected.append(quarantine_record(source, position, line, result))
+            position += len(line) + 1
+        pending.lines += len(lines)
+
+    def _skip_long_line(self, handle: OpenFile, start: int, size: int,
+                        scanned: int) -> int | None:
+        """A chunk without a newline: past the limit, drop the line to its newline."""
+        if scanned <= self.settings.max_line_bytes:
+            return None  # a partial line shorter than the limit: wait for its newline
+        position = start + scanned
+        while position < size:
+            block = os.pread(handle.fd, min(READ_CHUNK, size - position), position)
+            newline = block.find(b"\n")
+            if newline >= 0:
+                end = position + newline + 1
+                head = os.pread(handle.fd, 1024, start)
+                self._reject_long(handle.state.path, start, head, end - start)
+                self._pending.lines += 1
+                return end
+            position += len(block)
+        return None  # the long line is not finished yet
+
+    def _reject_long(self, source: str, offset: int, head: bytes, length: int) -> None:
+        limit = self.settings.max_line_bytes
+        rejection = Rejection("line_too_long", f"line of {length:,} bytes exceeds the "
+                              f"{limit:,}-byte limit", expected=f"<= {limit}", found=str(length))
+        self._pending.rejected.append(quarantine_record(source, offset, head, rejection, length))
+
+    def _truncated(self, fingerprint: str, result: PollResult) -> None:
+        handle = self._open.pop(fingerprint)
+        self.notify(f"{handle.path}: truncated or rewritten under its checkpoint; "
+                    "reading it as a new file")
+        os.close(handle.fd)
+        self._follow(handle.path)
+
+    # ------------------------------------------------------------ committing
+
+    def _commit(self, result: PollResult) -> None:
+        pending = self._pending
+        if not pending.offsets:
+            return
+        batch = self.checkpoint.batch + 1
+        staged = self._write_stage(batch, pending)
+        if pending.rejected:
+            write_quarantine(self.home.quarantine, batch, pending.rejected)
+            fsync_dir(self.home.quarantine)
+        for fingerprint, offset in pending.offsets.items():
+            handle = self._open.get(fingerprint)
+            if handle is None:
+                continue
+            handle.state.offset = offset
+            handle.state.size = max(handle.state.size, offset)
+            handle.state.marker = marker_at(handle.fd, offset)
+            handle.state.last_seen = time.time()
+            self.checkpoint.files[fingerprint] = handle.state
+        self.checkpoint.batch = batch
+        self.checkpoint.staged += staged
+        self.checkpoint.quarantined += len(pending.rejected)
+        save_checkpoint(self.home.state, self.checkpoint)
+        result.staged += staged
+        result.quarantined += len(pending.rejected)
+        result.batches += 1
+        self._pending = _Pending()
+
+    def _write_stage(self, batch: int, pending: _Pending) -> int:
+        staged = 0
+        for event_type, rows in pending.by_type.items():
+            frame, unstageable = self._frame(event_type, rows)
+            pending.rejected.extend(unstageable)
+            if frame is None or frame.height == 0:
+                continue
+            write_stage_frame(self.home.stage, batch, frame)
+            fsync_dir(self.home.stage / event_type)
+            staged += frame.height
+        return staged
+
+    def _frame(self, event_type: str, rows: _TypeRows) -> tuple[Any, list[dict[str, Any]]]:
+        builder = self._builders[event_type]
+        try:
+            return builder.build(rows.rows, rows.sources, rows.offsets), []
+        except Exception:
+            return self._frame_row_by_row(builder, rows)
+
+    def _frame_row_by_row(self, builder: FrameBuilder,
+                          rows: _TypeRows) -> tuple[Any, list[dict[str, Any]]]:
+        import polars as pl
+
+        frames, rejected = [], []
+        for row, source, offset in zip(rows.rows, rows.sources, rows.offsets, strict=True):
+            try:
+                frames.append(builder.build([row], [source], [offset]))
+            except Exception as exc:
+                rejection = Rejection("unstageable", f"valid JSON that cannot be typed: {exc}")
+                raw = repr(row).encode()
+                rejected.append(quarantine_record(source, offset, raw, rejection))
+        return (pl.concat(frames) if frames else None), rejected
+
+    # ------------------------------------------------------------ rotation and idleness
+
+    def _retire_idle(self, result: PollResult) -> None:
+        now = time.time()
+        for fingerprint, handle in list(self._open.items()):
+            try:
+                st = os.fstat(handle.fd)
+            except OSError:
+                continue
+            rotated = not handle.seen or handle.state.path != handle.state.first_path
+            idle = now - st.st_mtime >= self.settings.idle_seconds
+            if not (rotated and idle):
+                continue
+            if st.st_size > handle.state.offset:
+                self._quarantine_tail(handle, st.st_size, result)
+            if not handle.seen:
+                os.close(handle.fd)
+                del self._open[fingerprint]
+                if st.st_nlink == 0:
+                    self.checkpoint.files.pop(fingerprint, None)
+                    save_checkpoint(self.home.state, self.checkpoint)
+
+    def _quarantine_tail(self, handle: OpenFile, size: int, result: PollResult) -> None:
+        offset = handle.state.offset
+        tail = os.pread(handle.fd, min(size - offset, 1024), offset)
+        rejection = Rejection("truncated_tail", "the file was rotated away and went idle with "
+                              "a last line that never got its newline")
+        self._pending.rejected.append(
+            quarantine_record(handle.state.path, offset, tail, rejection, size - offset))
+        self._pending.offsets[handle.state.fingerprint] = size
+        self._commit(result)
+
+    def _forget_stale(self) -> None:
+        cutoff = time.time() - FORGET_AFTER_SECONDS
+        stale = [fp for fp, state in self.checkpoint.files.items()
+                 if fp not in self._open and state.last_seen < cutoff]
+        for fingerprint in stale:
+            del self.checkpoint.files[fingerprint]
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.notify(message)
+
+
+def follow(tailer: Tailer, on_status: Callable[[str], None] | None = None) -> PollResult:
+    """Run until `tailer.stop` is set; watchdog wakes reads, a periodic rescan catches the rest."""
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    changed: set[str] = set()
+    wake = threading.Event()
+
+    class _Wake(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            for path in (event.src_path, getattr(event, "dest_path", "")):
+                if path:
+                    changed.add(os.fsdecode(path))
+            wake.set()
+
+    observer = Observer()
+    observer.schedule(_Wake(), str(tailer.home.logs), recursive=True)
+    observer.start()
+    total = PollResult()
+    try:
+        _follow_loop(tailer, changed, wake, total, on_status)
+    finally:
+        observer.stop()
+        observer.join(timeout=5)
+    return total
+
+
+def _follow_loop(tailer: Tailer, changed: set[str], wake: threading.Event, total: PollResult,
+                 on_status: Callable[[str], None] | None) -> None:
+    settings = tailer.settings
+    next_rescan = 0.0
+    window = _RateWindow(time.monotonic())
+    while not tailer.stop.is_set():
+        now = time.monotonic()
+        if now >= next_rescan:
+            result = tailer.poll()
+            next_rescan = now + settings.rescan_seconds
+        else:
+            paths = list(changed)
+            changed.clear()
+            result = tailer.poll(only=paths)
+        _add(total, result)
+        window.add(result)
+        if on_status and window.due(settings.status_interval):
+            on_status(window.summary(tailer.lag_bytes(), len(tailer._open)))
+        wake.wait(timeout=max(0.0, next_rescan - time.monotonic()))
+        wake.clear()
+
+
+def _add(total: PollResult, result: PollResult) -> None:
+    total.staged += result.staged
+    total.quarantined += result.quarantined
+    total.batches += result.batches
+    total.files = result.files
+
+
+@dataclass
+class _RateWindow:
+    started: float
+    staged: int = 0
+    quarantined: int = 0
+
+    def add(self, result: PollResult) -> None:
+        self.staged += result.staged
+        self.quarantined += result.quarantined
+
+    def due(self, interval: float) -> bool:
+        return time.monotonic() - self.started >= interval
+
+    def summary(self, lag: int, files: int) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        line = (f"tail: {self.staged / elapsed:,.0f} events/s, {self.staged:,} staged, "
+                f"{self.quarantined:,} invalid, lag {lag:,} bytes in {files} file(s)")
+        self.started, self.staged, self.quarantined = time.monotonic(), 0, 0
+        return line
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """One watched file as the checkpoint sees it."""
+
+    path: str
+    offset: int
+    size: int | None
+
+    @property
+    def lag(self) -> int | None:
+        """Bytes not yet consumed; None when the file is gone."""
+        return None if self.size is None else max(0, self.size - self.offset)
+
+
+@dataclass(frozen=True)
+class TailStatus:
+    """What `tally status` shows."""
+
+    files: list[FileStatus]
+    staged_waiting: int
+    staged_total: int
+    quarantined_total: int
+    batch: int
+    last_checkpoint: str
+
+
+def tail_status(home: Home) -> TailStatus:
+    """Per-file offsets and lag, stage and quarantine counts, last checkpoint time."""
+    import polars as pl
+
+    from pipeline.stage import staged_files
+
+    checkpoint = load_checkpoint(home.state)
+    files = []
+    for state in sorted(checkpoint.files.values(), key=lambda s: s.path):
+        files.append(FileStatus(state.path, state.offset, _size_if_same(home, state)))
+    waiting = 0
+    if home.stage.is_dir():
+        for type_dir in sorted(p for p in home.stage.iterdir() if p.is_dir()):
+            paths = [p for _, p in staged_files(home.stage, type_dir.name, checkpoint.batch)]
+            if paths:
+                waiting += pl.scan_ipc(paths).select(pl.len()).collect().item()
+    return TailStatus(files, waiting, checkpoint.staged, checkpoint.quarantined,
+                      checkpoint.batch, checkpoint.updated_at)
+
+
+def _size_if_same(home: Home, state: FileState) -> int | None:
+    try:
+        st = os.stat(home.logs / state.path)
+    except OSError:
+        return None
+    return st.st_size if (st.st_dev, st.st_ino) == (state.dev, state.ino) else None
