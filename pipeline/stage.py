@@ -214,15 +214,17 @@ def batch_files(directory: Path, suffix: str, up_to: int | None = None,
     return sorted(found)
 
 
-def staged_files(stage_dir: Path, event_type: str, up_to: int) -> list[tuple[int, Path]]:
-    """Committed stage files of one type, ascending by batch."""
-    return batch_files(stage_dir / event_type, "arrow", up_to=up_to)
+def staged_files(stage_dir: Path, event_type: str, up_to: int,
+                 after: int = 0) -> list[tuple[int, Path]]:
+    """Committed stage files of one type (batches in `after < b <= up_to`), ascending."""
+    return batch_files(stage_dir / event_type, "arrow", up_to=up_to, after=after)
 
 
 def scan_staged(stage_dir: Path, event_type: str, up_to: int,
-                schema: Mapping[str, pl.DataType] | None = None) -> pl.LazyFrame | None:
+                schema: Mapping[str, pl.DataType] | None = None,
+                after: int = 0) -> pl.LazyFrame | None:
     """A lazy scan of the committed stage files of a type, or None when there are none."""
-    files = staged_files(stage_dir, event_type, up_to)
+    files = staged_files(stage_dir, event_type, up_to, after)
     if not files:
         return None
     frames = [pl.scan_ipc(path) for _, path in files]

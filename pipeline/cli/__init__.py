@@ -176,10 +176,13 @@ def _validation_json(reports: list[FileReport]) -> dict[str, object]:
 
 
 def _register() -> None:
+    from pipeline.cli.lake import compact, rebuild
     from pipeline.cli.tail import status, tail
 
     main.add_command(tail)
     main.add_command(status)
+    main.add_command(compact)
+    main.add_command(rebuild)
 
 
 _register()

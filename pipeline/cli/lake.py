@@ -1,0 +1,97 @@
+"""`tally compact` and `tally rebuild`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import click
+
+from pipeline.cli.options import home_option
+from pipeline.compactor import (
+    CompactionResult,
+    optimize_lake,
+    run_compaction,
+    run_rebuild,
+    vacuum_lake,
+)
+from pipeline.config import Home
+
+
+@contextmanager
+def _progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A click progress bar on a terminal, nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=1, label=label, file=sys.stderr) as bar:
+        def update(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        yield update
+
+
+def _summary(verb: str, result: CompactionResult) -> str:
+    return (f"{verb}: {result.events:,} events in {result.commits} commit(s), "
+            f"{len(result.partitions)} partition(s) touched, {result.seconds:.2f} s "
+            f"({result.rate:,.0f} events/s)")
+
+
+@click.command()
+@click.option("--lock-timeout", type=float, default=None,
+              help="seconds to wait for a running compaction [default: from config, 60]")
+@click.option("--optimize", is_flag=True, help="then merge small files per partition")
+@click.option("--target-mb", type=int, default=None,
+              help="target file size for --optimize [default: from config, 128]")
+@click.option("--vacuum", is_flag=True, help="then delete files no longer referenced")
+@click.option("--retention-hours", type=float, default=None,
+              help="keep unreferenced files younger than this [default: from config, 168]")
+@home_option
+def compact(home: Home, lock_timeout: float | None, optimize: bool, target_mb: int | None,
+            vacuum: bool, retention_hours: float | None) -> None:
+    """Move staged events into the Delta lake (one table per type, partitioned by UTC date).
+
+    Idempotent and safe to kill: a batch already committed is recognised and never
+    written twice. Run it from cron or a systemd timer beside `tally tail`.
+
+    \b
+    Examples:
+      tally compact
+      tally compact --optimize --vacuum --retention-hours 168
+    """
+    with _progress_bar("compacting") as progress:
+        result = run_compaction(home, lock_timeout=lock_timeout, progress=progress)
+    click.echo(_summary("compact", result))
+    if optimize:
+        merged = optimize_lake(home, target_mb)
+        click.echo("optimize: " + _per_table(merged, "files merged"))
+    if vacuum:
+        removed = vacuum_lake(home, retention_hours)
+        click.echo("vacuum: " + _per_table(removed, "files deleted"))
+
+
+def _per_table(counts: dict[str, int], what: str) -> str:
+    if not counts:
+        return "no tables"
+    return ", ".join(f"{table} {n:,} {what}" for table, n in counts.items())
+
+
+@click.command()
+@home_option
+def rebuild(home: Home) -> None:
+    """Replay the raw logs into a fresh lake beside the current one, then swap it in.
+
+    Stop `tally tail` first: rebuild takes its lock. Stage, quarantine and checkpoints
+    are rebuilt too, so the tailer resumes from the replayed position.
+
+    \b
+    Example:
+      tally rebuild --home ~/.tally
+    """
+    with _progress_bar("rebuilding") as progress:
+        result = run_rebuild(home, progress=progress,
+                             notify=lambda message: click.echo(message, err=True))
+    click.echo(_summary("rebuild", result))
+    click.echo(f"lake: {home.lake}")

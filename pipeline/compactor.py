@@ -1,0 +1,217 @@
+"""Compaction: committed stage batches into one Delta table per event type, exactly once.
+
+Each Delta commit records `Transaction(APP_ID, N)`, N being the highest tailer batch it
+contains. Stage files of batches up to a table's recorded N are already in the lake: they
+are deleted, never written again. A kill at any point therefore leaves either the old
+table plus the stage files, or the new table plus stage files that the next run removes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+from deltalake import (
+    CommitProperties,
+    DeltaTable,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
+
+from pipeline.checkpoint import ProcessLock, committed_batch
+from pipeline.config import Home
+from pipeline.errors import LakeError, UsageError
+from pipeline.lake import APP_ID, lake_batch, open_table, table_path
+from pipeline.stage import fsync_dir, staged_files
+
+ROWS_PER_COMMIT = 1_000_000
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class CompactionResult:
+    """What a compaction run did."""
+
+    events: int = 0
+    commits: int = 0
+    partitions: set[tuple[str, str]] = field(default_factory=set)
+    files_removed: int = 0
+    seconds: float = 0.0
+    optimized: dict[str, int] = field(default_factory=dict)
+    vacuumed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        """Events per second."""
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def add_partition_date(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The partition column: the event's UTC date."""
+    return frame.with_columns(pl.col("ts").dt.date().alias("date"))
+
+
+def run_compaction(home: Home, *, lock_timeout: float | None = None,
+                   progress: Progress | None = None,
+                   rows_per_commit: int = ROWS_PER_COMMIT) -> CompactionResult:
+    """Move every committed stage batch into the lake; safe to kill and re-run at any point."""
+    started = time.monotonic()
+    result = CompactionResult()
+    timeout = home.compactor.lock_timeout if lock_timeout is None else lock_timeout
+    with ProcessLock(home.state / "compact.lock", "compaction").acquire(timeout):
+        watermark = committed_batch(home.state)
+        plan = {t: staged_files(home.stage, t, watermark) for t in _staged_types(home)}
+        total = sum(_rows(path) for files in plan.values() for _, path in files)
+        done = 0
+        for event_type, files in plan.items():
+            done = _compact_type(home, event_type, files, result, rows_per_commit,
+                                 lambda n: progress(n, total) if progress else None, done)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _staged_types(home: Home) -> list[str]:
+    if not home.stage.is_dir():
+        return []
+    return sorted(p.name for p in home.stage.iterdir() if p.is_dir())
+
+
+def _rows(path: Path) -> int:
+    return int(pl.scan_ipc(path).select(pl.len()).collect().item())
+
+
+def _compact_type(home: Home, event_type: str, files: list[tuple[int, Path]],
+                  result: CompactionResult, rows_per_commit: int,
+                  progress: Callable[[int], None], done: int) -> int:
+    path = table_path(home, event_type)
+    committed = lake_batch(open_table(path))
+    _remove(home, event_type, [f for b, f in files if b <= committed], result)
+    pending = [(b, f) for b, f in files if b > committed]
+    for chunk in _chunks(pending, rows_per_commit):
+        frame = add_partition_date(pl.concat([pl.scan_ipc(f) for _, f in chunk],
+                                             how="diagonal_relaxed")).collect()
+        _commit(path, frame.to_arrow(), chunk[-1][0])
+        result.events += frame.height
+        result.commits += 1
+        result.partitions.update((event_type, str(d)) for d in frame["date"].unique())
+        _remove(home, event_type, [f for _, f in chunk], result)
+        done += frame.height
+        progress(done)
+    return done
+
+
+def _chunks(files: list[tuple[int, Path]],
+            rows_per_commit: int) -> list[list[tuple[int, Path]]]:
+    chunks: list[list[tuple[int, Path]]] = []
+    current: list[tuple[int, Path]] = []
+    rows = 0
+    for batch, path in files:
+        current.append((batch, path))
+        rows += _rows(path)
+        if rows >= rows_per_commit:
+            chunks.append(current)
+            current, rows = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _commit(path: Path, data: pa.Table, batch: int) -> None:
+    try:
+        write_deltalake(
+            str(path), data, mode="append", partition_by=["date"], schema_mode="merge",
+            writer_properties=WriterProperties(compression="ZSTD"),
+            commit_properties=CommitProperties(
+                app_transactions=[Transaction(APP_ID, batch)],
+                custom_metadata={"tally.batch": str(batch)}),
+        )
+    except Exception as exc:
+        raise LakeError(f"commit to {path} failed: {exc}",
+                        hint="the stage is untouched; fix the cause and run compact again") from exc
+
+
+def _remove(home: Home, event_type: str, files: list[Path], result: CompactionResult) -> None:
+    for file in files:
+        file.unlink(missing_ok=True)
+    if files:
+        fsync_dir(home.stage / event_type)
+        result.files_removed += len(files)
+
+
+# ---------------------------------------------------------------- maintenance
+
+
+def optimize_lake(home: Home, target_mb: int | None = None) -> dict[str, int]:
+    """Merge small files per partition up to the target size; files removed per table."""
+    target = (target_mb or home.compactor.target_file_mb) << 20
+    merged = {}
+    for event_type, table in _tables(home):
+        metrics = table.optimize.compact(target_size=target)
+        merged[event_type] = int(metrics.get("numFilesRemoved", 0))
+    return merged
+
+
+def vacuum_lake(home: Home, retention_hours: float | None = None) -> dict[str, int]:
+    """Delete files no table version newer than the retention still references."""
+    hours = home.compactor.vacuum_retention_hours if retention_hours is None else retention_hours
+    if hours < 0:
+        raise UsageError("retention must be zero or more hours")
+    removed = {}
+    for event_type, table in _tables(home):
+        files = table.vacuum(retention_hours=int(hours), dry_run=False,
+                             enforce_retention_duration=False)
+        removed[event_type] = len(files)
+    return removed
+
+
+def _tables(home: Home) -> list[tuple[str, DeltaTable]]:
+    found: list[tuple[str, DeltaTable]] = []
+    if home.lake.is_dir():
+        for path in sorted(p for p in home.lake.iterdir() if p.is_dir()):
+            table = open_table(path)
+            if table is not None:
+                found.append((path.name, table))
+    return found
+
+
+# ---------------------------------------------------------------- rebuild
+
+
+def run_rebuild(home: Home, progress: Progress | None = None,
+                notify: Callable[[str], None] | None = None) -> CompactionResult:
+    """Replay the raw logs into a fresh lake beside the current one, then swap it in."""
+    from pipeline.tailer import Tailer
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    scratch = home.root / f".rebuild-{stamp}"
+    fresh = Home(root=scratch, logs=home.logs, include=home.include, tailer=home.tailer,
+                 compactor=home.compactor, budgets=home.budgets, pricing=home.pricing)
+    with ProcessLock(home.state / "tailer.lock", "tailer").acquire(0), \
+            ProcessLock(home.state / "compact.lock", "compaction").acquire(
+                home.compactor.lock_timeout):
+        with Tailer(fresh, notify=notify) as tailer:
+            tailer.poll()
+        result = run_compaction(fresh, progress=progress)
+        _swap(home, fresh, stamp)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def _swap(home: Home, fresh: Home, stamp: str) -> None:
+    # Each directory moves with two renames; the old one is kept until all are in place.
+    retired = home.root / f".replaced-{stamp}"
+    retired.mkdir()
+    for name in ("lake", "stage", "quarantine", "state"):
+        current, replacement = home.root / name, fresh.root / name
+        if current.exists():
+            current.rename(retired / name)
+        replacement.rename(current)
+    fsync_dir(home.root)
+    shutil.rmtree(retired, ignore_errors=True)
