@@ -160,7 +160,7 @@ def load_home(home: str | Path | None = None) -> Home:
         raise ConfigError("must be a list of glob patterns", path=config_path,
                           field="paths.include")
     budgets = _table(raw, "budgets", config_path)
-    agents = _agents(_table(budgets, "agents", config_path), config_path)
+    agents = _agents(_table(budgets, "agents", config_path, "budgets"), config_path)
     return Home(
         root=root,
         logs=logs,
@@ -174,10 +174,11 @@ def load_home(home: str | Path | None = None) -> Home:
     )
 
 
-def _table(raw: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+def _table(raw: dict[str, Any], key: str, path: Path, parent: str = "") -> dict[str, Any]:
     value = raw.get(key, {})
     if not isinstance(value, dict):
-        raise ConfigError("must be a table", path=path, field=key, hint=f"write it as [{key}]")
+        name = f"{parent}.{key}" if parent else key
+        raise ConfigError("must be a table", path=path, field=name, hint=f"write it as [{name}]")
     return value
 
 

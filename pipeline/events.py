@@ -241,6 +241,7 @@ _EXPECTATIONS = {
     "maxItems": "at most {value} items",
     "maxProperties": "at most {value} fields",
     "anyOf": "one of {value}",
+    "not": "a value that does not match {value}",
 }
 
 
