@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 
 from pipeline.errors import UnknownEventType
@@ -68,7 +69,7 @@ class SchemaSet:
             raise ValueError(f"{event_type} v{version}: cannot flatten keywords {unexpected}")
         merged = dict(self.envelope["properties"])
         for name, spec in document["properties"].items():
-            merged[name] = {"allOf": [merged[name], spec]} if name in merged else spec
+            merged[name] = spec if name not in merged else self._narrow(merged[name], spec)
         return {
             "$schema": document["$schema"],
             "type": "object",
@@ -76,6 +77,13 @@ class SchemaSet:
             "properties": {name: self._inline(spec) for name, spec in merged.items()},
             "additionalProperties": False,
         }
+
+    def _narrow(self, wide: dict[str, Any], narrow: dict[str, Any]) -> dict[str, Any]:
+        """Both specs must hold; a const that satisfies the wide spec is enough alone."""
+        if set(narrow) == {"const"} and jsonschema.Draft202012Validator(
+                self.resolve(wide)).is_valid(narrow["const"]):
+            return narrow
+        return {"allOf": [wide, narrow]}
 
     def _inline(self, spec: Any) -> Any:
         if isinstance(spec, list):
