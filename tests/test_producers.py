@@ -1,4 +1,4 @@
-"""Every producer snippet in the README's "Writing events from any language" runs and writes valid lines.
+"""Every producer snippet in the README's "Writing events from any language" section works.
 
 Each fenced block tagged bash, python, javascript, go or rust is extracted, written to a
 temporary directory and run (twice, to show it appends) with TALLY_HOME pointing at a
