@@ -158,11 +158,15 @@ def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     """Write via `write(handle)` to a temp file, fsync it, rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing half-written behind
+        raise
 
 
 def write_stage_frame(stage_dir: Path, batch: int, frame: pl.DataFrame) -> Path:

@@ -35,6 +35,7 @@ FINGERPRINT_BYTES = 4096
 MARKER_BYTES = 64
 READ_CHUNK = 4 << 20
 FORGET_AFTER_SECONDS = 7 * 86400
+STOP_CHECK_SECONDS = 0.2
 
 Notify = Callable[[str], None]
 
@@ -64,6 +65,7 @@ class OpenFile:
     state: FileState
     path: str
     seen: bool = True
+    checked: tuple[int, int] | None = None  # (size, mtime_ns) when last checked for rewrites
 
 
 @dataclass
@@ -100,8 +102,8 @@ class Tailer:
         self.settings = home.tailer
         self.validator = validator or Validator()
         self.notify = notify or (lambda message: None)
-        for directory in (home.stage, home.quarantine, home.state):
-            directory.mkdir(parents=True, exist_ok=True)
+        for directory in (home.logs, home.stage, home.quarantine, home.state):
+            directory.mkdir(parents=True, exist_ok=True)  # logs too: the observer needs it
         self._lock = ProcessLock(home.state / "tailer.lock", "tailer").acquire(lock_timeout)
         self.checkpoint: Checkpoint = load_checkpoint(home.state)
         types = self.validator.schemas.types
@@ -146,7 +148,7 @@ class Tailer:
                 break
             self._read(fingerprint, result)
         self._commit(result)
-        if full_scan:
+        if full_scan and not self.stop.is_set():  # a stopped read may have left whole lines
             self._retire_idle(result)
             self._forget_stale()
         result.files = len(self._open)
@@ -182,42 +184,57 @@ class Tailer:
             return False
         return True
 
-    def _follow(self, path: str) -> None:
+    def _follow(self, path: str) -> str | None:
+        """Open `path` unless it is followed already; the fingerprint newly opened, if any."""
         try:
             st = os.stat(path)
         except OSError:
-            return
+            return None
         if not stat.S_ISREG(st.st_mode):
-            return
+            return None
         for handle in self._open.values():
             if (handle.state.dev, handle.state.ino) == (st.st_dev, st.st_ino):
-                handle.path, handle.seen = path, True
-                handle.state.path = self._relative(path)
-                return
+                handle.seen = True
+                if not os.path.islink(path):  # an alias does not rename the file
+                    handle.path = path
+                    handle.state.path = self._relative(path)
+                return None
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             self._warn_once(path, f"{path}: cannot open ({exc.strerror}); will retry")
-            return
-        fingerprint = fingerprint_of(fd)
+            return None
+        try:
+            st = os.fstat(fd)  # what was opened, not what was stat'ed a moment before
+            fingerprint = fingerprint_of(fd) if stat.S_ISREG(st.st_mode) else None
+        except OSError:
+            fingerprint = None
         if fingerprint is None or fingerprint in self._open:
             os.close(fd)  # not readable yet, or a copy of a file already followed
-            return
+            return None
         self._warned.discard(path)
         state = self.checkpoint.files.get(fingerprint)
         relative = self._relative(path)
         if state is None:
             state = FileState(fingerprint, relative, st.st_dev, st.st_ino, first_path=relative)
         else:
-            state.offset = self._verified_offset(fd, state, st.st_size)
+            offset = self._verified_offset(fd, state, st)
+            if offset != state.offset:
+                state.offset, state.marker = offset, marker_at(fd, offset)
             state.dev, state.ino, state.path = st.st_dev, st.st_ino, relative
         state.finished = False
         state.last_seen = time.time()
         self._open[fingerprint] = OpenFile(fd, state, path)
+        return fingerprint
 
-    def _verified_offset(self, fd: int, state: FileState, size: int) -> int:
+    def _verified_offset(self, fd: int, state: FileState, st: os.stat_result) -> int:
+        size = st.st_size
         if size >= state.offset and marker_at(fd, state.offset) == state.marker:
             return state.offset
+        if size < state.offset and (st.st_dev, st.st_ino) != (state.dev, state.ino):
+            # Another inode with the same first line, shorter than what was read: a copy taken
+            # before the tailer read further (copytruncate). All of it was read already.
+            return size
         # Same first line but rewritten beyond it: the first line is the one already read.
         first_line_end = os.pread(fd, FINGERPRINT_BYTES, 0).find(b"\n") + 1
         self.notify(f"{state.path}: content changed under the checkpoint; resuming after line 1")
@@ -234,14 +251,11 @@ class Tailer:
     def _read(self, fingerprint: str, result: PollResult) -> None:
         handle = self._open[fingerprint]
         try:
-            size = os.fstat(handle.fd).st_size
+            st = os.fstat(handle.fd)
         except OSError:
             return
-        state = handle.state
-        if size < state.offset or (
-            size > state.offset and state.marker and fingerprint not in self._pending.offsets
-            and marker_at(handle.fd, state.offset) != state.marker
-        ):
+        size, state = st.st_size, handle.state
+        if size < state.offset or self._rewritten(handle, st):
             self._truncated(fingerprint, result)
             return
         position = self._pending.offsets.get(fingerprint, state.offset)
@@ -257,11 +271,37 @@ class Tailer:
                     break
                 position = skipped_to
             else:
-                self._consume(handle, chunk[: end + 1], position)
-                position += end + 1
+                end = self._batch_end(chunk, end + 1)
+                self._consume(handle, chunk[:end], position)
+                position += end
             self._pending.offsets[fingerprint] = position
             if self._pending.lines >= self.settings.batch_lines:
                 self._commit(result)
+
+    def _rewritten(self, handle: OpenFile, st: os.stat_result) -> bool:
+        """Whether the file was rewritten in place under the checkpoint (same size or larger).
+
+        Checked only when size or mtime moved since the last check. The marker (bytes before
+        the offset) alone misses a rewrite whose lines end alike; the first line does not.
+        """
+        now = (st.st_size, st.st_mtime_ns)
+        if handle.checked == now or handle.state.fingerprint in self._pending.offsets:
+            return False
+        handle.checked = now
+        state = handle.state
+        if state.marker and marker_at(handle.fd, state.offset) != state.marker:
+            return True
+        return fingerprint_of(handle.fd) != state.fingerprint
+
+    def _batch_end(self, chunk: bytes, end: int) -> int:
+        """Cut a block of complete lines so the pending batch stays within batch_lines."""
+        room = max(1, self.settings.batch_lines - self._pending.lines)
+        if chunk.count(b"\n", 0, end) <= room:
+            return end
+        cut = 0
+        for _ in range(room):
+            cut = chunk.index(b"\n", cut) + 1
+        return cut
 
     def _consume(self, handle: OpenFile, block: bytes, position: int) -> None:
         # The hot loop: keep attribute lookups out of it.
@@ -275,7 +315,7 @@ class Tailer:
         lines.pop()
         for line in lines:
             if len(line) > limit:
-                self._reject_long(source, position, line[:1024], len(line) + 1)
+                self._reject_long(source, position, line[:1024], len(line))
                 position += len(line) + 1
                 continue
             result = validate(line)
@@ -307,7 +347,8 @@ class Tailer:
             if newline >= 0:
                 end = position + newline + 1
                 head = os.pread(handle.fd, 1024, start)
-                self._reject_long(handle.state.path, start, head, end - start)
+                self._reject_long(handle.state.path, start, head[: end - 1 - start],
+                                  end - 1 - start)
                 self._pending.lines += 1
                 return end
             position += len(block)
@@ -324,7 +365,9 @@ class Tailer:
         self.notify(f"{handle.path}: truncated or rewritten under its checkpoint; "
                     "reading it as a new file")
         os.close(handle.fd)
-        self._follow(handle.path)
+        reopened = self._follow(handle.path)
+        if reopened is not None:  # read it now: a single pass (tail --once) must not miss it
+            self._read(reopened, result)
 
     # ------------------------------------------------------------ committing
 
@@ -397,7 +440,7 @@ class Tailer:
                 st = os.fstat(handle.fd)
             except OSError:
                 continue
-            rotated = not handle.seen or handle.state.path != handle.state.first_path
+            rotated = not handle.seen or not self._still_named(handle.state)
             idle = now - st.st_mtime >= self.settings.idle_seconds
             if not (rotated and idle):
                 continue
@@ -409,6 +452,14 @@ class Tailer:
                 if st.st_nlink == 0:
                     self.checkpoint.files.pop(fingerprint, None)
                     save_checkpoint(self.home.state, self.checkpoint)
+
+    def _still_named(self, state: FileState) -> bool:
+        """Whether the name the file was first seen under still leads to it (not rotated)."""
+        try:
+            st = os.stat(os.path.join(self.home.logs, state.first_path or state.path))
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (state.dev, state.ino)
 
     def _quarantine_tail(self, handle: OpenFile, size: int, result: PollResult) -> None:
         offset = handle.state.offset
@@ -471,14 +522,20 @@ def _follow_loop(tailer: Tailer, changed: set[str], wake: threading.Event, total
             result = tailer.poll()
             next_rescan = now + settings.rescan_seconds
         else:
-            paths = list(changed)
-            changed.clear()
+            paths = []
+            while changed:  # pop, not list+clear: an event added in between is kept
+                paths.append(changed.pop())
             result = tailer.poll(only=paths)
         _add(total, result)
         window.add(result)
         if on_status and window.due(settings.status_interval):
             on_status(window.summary(tailer.lag_bytes(), len(tailer._open)))
-        wake.wait(timeout=max(0.0, next_rescan - time.monotonic()))
+        # Wake on a file event or the next rescan, and notice `stop` within STOP_CHECK_SECONDS.
+        while not (wake.is_set() or tailer.stop.is_set()):
+            remaining = next_rescan - time.monotonic()
+            if remaining <= 0:
+                break
+            wake.wait(timeout=min(remaining, STOP_CHECK_SECONDS))
         wake.clear()
 
 

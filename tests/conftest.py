@@ -1,0 +1,49 @@
+"""Shared fixtures: a fresh tally home in tmp_path, and valid event lines with unique ids."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.config import Home, init_home, load_home
+
+_ids = itertools.count(1)
+TS = "2025-03-01T12:00:00Z"
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    """A valid agent_token_usage event with a unique event_id; `overrides` replace fields
+    (an override of None removes the field)."""
+    body: dict[str, Any] = {
+        "event_type": "agent_token_usage",
+        "ts": TS,
+        "agent": "claude",
+        "input_tokens": 100,
+        "output_tokens": 20,
+    }
+    body.update(overrides)
+    body.setdefault("event_id", f"evt-{next(_ids):08d}")  # last: lines differ at their end too
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def event_line(**overrides: Any) -> bytes:
+    """One valid agent_token_usage line, newline included, with a unique event_id."""
+    return orjson.dumps(event(**overrides)) + b"\n"
+
+
+def make_home(root: Path, config: str = "") -> Home:
+    """init_home at `root`, optionally replacing config.toml with `config`, then load it."""
+    init_home(root)
+    if config:
+        (root / "config.toml").write_text(config, encoding="utf-8")
+    return load_home(root)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    """A freshly initialised home with the default configuration."""
+    return make_home(tmp_path / "home")

@@ -1,0 +1,192 @@
+"""pipeline.checkpoint: the checkpoint round-trips, is committed atomically, and the process lock
+is exclusive across processes, times out, and dies with its holder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+import pipeline.stage as stage
+from pipeline.checkpoint import (
+    CHECKPOINT,
+    Checkpoint,
+    FileState,
+    ProcessLock,
+    committed_batch,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pipeline.errors import LockTimeout
+
+
+def sample() -> Checkpoint:
+    files = {
+        "f" * 32: FileState("f" * 32, "a.jsonl", dev=2049, ino=123456, offset=4096, size=5000,
+                            marker="0123456789abcdef", finished=False, first_path="a.jsonl",
+                            last_seen=1_700_000_000.25),
+        "e" * 32: FileState("e" * 32, "sub/b.jsonl.1", dev=2049, ino=7, offset=0,
+                            first_path="sub/b.jsonl", finished=True),
+    }
+    return Checkpoint(batch=17, files=files, staged=1234, quarantined=5,
+                      updated_at="2025-03-01T12:00:00.000+00:00")
+
+
+def test_round_trip_through_json() -> None:
+    checkpoint = sample()
+    raw = checkpoint.to_json()
+    assert isinstance(orjson.loads(raw), dict)
+    assert Checkpoint.from_json(raw) == checkpoint
+
+
+def test_save_and_load(tmp_path: Path) -> None:
+    assert load_checkpoint(tmp_path) == Checkpoint()
+    assert committed_batch(tmp_path) == 0
+    checkpoint = sample()
+    checkpoint.updated_at = ""
+    save_checkpoint(tmp_path, checkpoint)
+    assert checkpoint.updated_at  # stamped on save
+    loaded = load_checkpoint(tmp_path)
+    assert loaded == checkpoint
+    assert committed_batch(tmp_path) == 17
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]
+
+
+def test_leftover_temp_file_does_not_affect_load(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, sample())
+    # a crash in the middle of the next save leaves a half-written temp file
+    (tmp_path / f".{CHECKPOINT}.tmp").write_bytes(b'{"batch": 99, "files": {"tru')
+    assert load_checkpoint(tmp_path).batch == 17
+    newer = sample()
+    newer.batch = 18
+    save_checkpoint(tmp_path, newer)
+    assert load_checkpoint(tmp_path).batch == 18
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]
+
+
+def test_save_interrupted_before_the_rename_keeps_the_old_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_checkpoint(tmp_path, sample())
+
+    def killed(src: object, dst: object) -> None:
+        raise KeyboardInterrupt("killed before the rename")
+
+    monkeypatch.setattr(stage.os, "replace", killed)
+    newer = sample()
+    newer.batch = 18
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, newer)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path).batch == 17
+
+
+def test_save_fsyncs_file_and_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        kind = "dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "file"
+        events.append(f"fsync-{kind}")
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        events.append("rename")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stage.os, "fsync", fsync)
+    monkeypatch.setattr(stage.os, "replace", replace)
+    save_checkpoint(tmp_path, sample())
+    assert events == ["fsync-file", "rename", "fsync-dir"]
+
+
+# --------------------------------------------------------------------------------------------
+# ProcessLock
+# --------------------------------------------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from pipeline.checkpoint import ProcessLock
+    lock = ProcessLock(Path(sys.argv[1]), "tailer").acquire(timeout=float(sys.argv[2]))
+    print("locked", flush=True)
+    sys.stdin.read()  # hold until the parent closes our stdin
+    lock.release()
+    print("released", flush=True)
+""")
+
+
+def spawn_holder(path: Path, timeout: float = 0.0) -> subprocess.Popen[str]:
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(timeout)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parent.parent)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "locked"
+    return process
+
+
+def test_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "tailer.lock"
+    holder = spawn_holder(path)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LockTimeout) as raised:
+            ProcessLock(path, "tailer").acquire(timeout=0.5, poll=0.05)
+        waited = time.monotonic() - started
+        assert 0.45 <= waited < 5
+        assert f"pid {holder.pid}" in str(raised.value)
+        assert raised.value.exit_code == 75
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "released"
+        holder.wait(timeout=10)
+    with ProcessLock(path, "tailer").acquire() as lock:
+        assert path.read_text() == f"pid {os.getpid()}"
+        assert lock is not None
+
+
+def test_lock_waits_for_a_holder_that_lets_go(tmp_path: Path) -> None:
+    path = tmp_path / "tailer.lock"
+    first = ProcessLock(path, "tailer").acquire()
+    # the child waits up to 10 s; we release after a moment
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "10"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parent.parent)
+    try:
+        time.sleep(0.3)
+        assert process.poll() is None
+        first.release()
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "locked"
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(timeout=10)
+
+
+def test_lock_dies_with_its_holder(tmp_path: Path) -> None:
+    path = tmp_path / "tailer.lock"
+    holder = spawn_holder(path)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=10)
+    lock = ProcessLock(path, "tailer").acquire(timeout=2)
+    lock.release()
+
+
+def test_lock_in_the_same_process_is_exclusive_and_releasable(tmp_path: Path) -> None:
+    path = tmp_path / "tailer.lock"
+    with ProcessLock(path, "compactor").acquire():
+        with pytest.raises(LockTimeout) as raised:
+            ProcessLock(path, "compactor").acquire()
+        assert "another compactor is running" in str(raised.value)
+    again = ProcessLock(path, "compactor").acquire()
+    again.release()
+    again.release()  # idempotent
