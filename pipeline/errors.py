@@ -103,3 +103,18 @@ class LakeError(TallyError):
     """The lake is missing, damaged, or cannot take a commit."""
 
     exit_code = 5
+
+
+class UnknownTimeZone(UsageError):
+    """A --tz value that is not an IANA time zone name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown time zone {name!r}",
+                         hint="use an IANA name such as UTC, Europe/Istanbul or Asia/Tokyo")
+        self.name = name
+
+
+class PricingError(TallyError):
+    """The shipped pricing table cannot be read."""
+
+    exit_code = 3

@@ -78,8 +78,17 @@ def _scan_once(home: Home, event_type: str,
 
 def dedupe(frame: pl.LazyFrame, event_type: str) -> pl.LazyFrame:
     """One row per event_id; for token usage the row with the largest total wins."""
+    # Hash tables keyed by millions of distinct id strings are slow; sorting their u64
+    # hashes is not. An id whose hash occurs once is unique, so only the rows whose hash
+    # repeats (true duplicates, or a rare collision) go through the full rule.
+    key = pl.col("event_id").hash().alias("_key")
+    keys = frame.select(key).sort("_key")
+    repeated = keys.filter(pl.col("_key") == pl.col("_key").shift(1)).unique()
+    marked = frame.with_columns(key)
+    once = marked.join(repeated, on="_key", how="anti").drop("_key")
+    many = marked.join(repeated, on="_key", how="semi").drop("_key")
     if event_type == "agent_token_usage":
         total = pl.sum_horizontal(pl.col(c).fill_null(0) for c in TOKEN_COLUMNS)
-        frame = frame.sort(total, "_source", "_offset", descending=[True, False, False],
-                           nulls_last=True)
-    return frame.unique(subset="event_id", keep="first", maintain_order=True)
+        many = many.sort(total, "_source", "_offset", descending=[True, False, False],
+                         nulls_last=True)
+    return pl.concat([once, many.unique(subset="event_id", keep="first", maintain_order=True)])

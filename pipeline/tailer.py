@@ -51,6 +51,22 @@ def fingerprint_of(fd: int) -> str | None:
     return hashlib.sha256(head).hexdigest()[:32]
 
 
+def derived_id_prefix(identity: str) -> str:
+    """The start of the event_id given to a line without one: `<identity hash>-<offset>`."""
+    if "@" in identity:  # a file sharing its first line with another: hash the whole identity
+        identity = hashlib.sha256(identity.encode()).hexdigest()
+    return identity[:16] + "-"
+
+
+def _inodes(paths: Iterable[str]) -> set[tuple[int, int]]:
+    found = set()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            found.add((st.st_dev, st.st_ino))
+    return found
+
+
 def marker_at(fd: int, offset: int) -> str:
     """Hash of the bytes just before `offset`: detects a file rewritten under the checkpoint."""
     start = max(0, offset - MARKER_BYTES)
@@ -115,6 +131,7 @@ class Tailer:
         self._logs_real = os.path.realpath(home.logs)
         self.stop = threading.Event()
         self._warned: set[str] = set()
+        self._live: set[tuple[int, int]] = set()  # (dev, ino) of every file the last scan saw
 
     # ------------------------------------------------------------ lifecycle
 
@@ -139,6 +156,7 @@ class Tailer:
         full_scan = only is None
         paths = self.discover() if only is None else [p for p in only if self._wanted(p)]
         if full_scan:
+            self._live = _inodes(paths)
             for handle in self._open.values():
                 handle.seen = False
         for path in paths:
@@ -209,14 +227,15 @@ class Tailer:
             fingerprint = fingerprint_of(fd) if stat.S_ISREG(st.st_mode) else None
         except OSError:
             fingerprint = None
-        if fingerprint is None or fingerprint in self._open:
+        identity = None if fingerprint is None else self._identity(fingerprint, fd, st)
+        if identity is None or identity in self._open:
             os.close(fd)  # not readable yet, or a copy of a file already followed
             return None
         self._warned.discard(path)
-        state = self.checkpoint.files.get(fingerprint)
+        state = self.checkpoint.files.get(identity)
         relative = self._relative(path)
         if state is None:
-            state = FileState(fingerprint, relative, st.st_dev, st.st_ino, first_path=relative)
+            state = FileState(identity, relative, st.st_dev, st.st_ino, first_path=relative)
         else:
             offset = self._verified_offset(fd, state, st)
             if offset != state.offset:
@@ -224,8 +243,37 @@ class Tailer:
             state.dev, state.ino, state.path = st.st_dev, st.st_ino, relative
         state.finished = False
         state.last_seen = time.time()
-        self._open[fingerprint] = OpenFile(fd, state, path)
-        return fingerprint
+        self._open[identity] = OpenFile(fd, state, path)
+        return identity
+
+    def _identity(self, fingerprint: str, fd: int, st: os.stat_result) -> str:
+        """The fingerprint names a file unless another live file with other content owns it.
+
+        Two files may start with the same line. The second is its own identity,
+        `<fingerprint>@<dev>:<ino>`, unless its bytes up to the owner's offset are the
+        owner's (a copy, or the owner renamed across devices).
+        """
+        by_inode = f"{fingerprint}@{st.st_dev}:{st.st_ino}"
+        if by_inode in self.checkpoint.files or by_inode in self._open:
+            return by_inode
+        handle = self._open.get(fingerprint)
+        owner = handle.state if handle else self.checkpoint.files.get(fingerprint)
+        if owner is None or (owner.dev, owner.ino) == (st.st_dev, st.st_ino):
+            return fingerprint
+        if handle is not None and fingerprint_of(handle.fd) != fingerprint:
+            return fingerprint  # the owner was rewritten: decide once it is followed anew
+        # The owner lives on if it is open, or if its inode still exists and is not followed
+        # under another identity (truncated and rewritten, its old content is gone).
+        open_inodes = {(h.state.dev, h.state.ino) for h in self._open.values()}
+        owner_inode = (owner.dev, owner.ino)
+        owner_alive = handle is not None or (
+            owner_inode in self._live and owner_inode not in open_inodes)
+        if st.st_size >= owner.offset:
+            same_bytes = marker_at(fd, owner.offset) == owner.marker
+        else:  # a shorter copy: compare with the owner's bytes at the copy's end, if open
+            same_bytes = handle is not None and (
+                marker_at(fd, st.st_size) == marker_at(handle.fd, st.st_size))
+        return by_inode if owner_alive and not same_bytes else fingerprint
 
     def _verified_offset(self, fd: int, state: FileState, st: os.stat_result) -> int:
         size = st.st_size
@@ -291,7 +339,7 @@ class Tailer:
         state = handle.state
         if state.marker and marker_at(handle.fd, state.offset) != state.marker:
             return True
-        return fingerprint_of(handle.fd) != state.fingerprint
+        return fingerprint_of(handle.fd) != state.fingerprint.partition("@")[0]
 
     def _batch_end(self, chunk: bytes, end: int) -> int:
         """Cut a block of complete lines so the pending batch stays within batch_lines."""
@@ -309,7 +357,7 @@ class Tailer:
         pending = self._pending
         by_type = pending.by_type
         source = handle.state.path
-        id_prefix = handle.state.fingerprint[:16] + "-"
+        id_prefix = derived_id_prefix(handle.state.fingerprint)
         limit = self.settings.max_line_bytes
         lines = block.split(b"\n")
         lines.pop()
@@ -565,57 +613,3 @@ class _RateWindow:
                 f"{self.quarantined:,} invalid, lag {lag:,} bytes in {files} file(s)")
         self.started, self.staged, self.quarantined = time.monotonic(), 0, 0
         return line
-
-
-@dataclass(frozen=True)
-class FileStatus:
-    """One watched file as the checkpoint sees it."""
-
-    path: str
-    offset: int
-    size: int | None
-
-    @property
-    def lag(self) -> int | None:
-        """Bytes not yet consumed; None when the file is gone."""
-        return None if self.size is None else max(0, self.size - self.offset)
-
-
-@dataclass(frozen=True)
-class TailStatus:
-    """What `tally status` shows."""
-
-    files: list[FileStatus]
-    staged_waiting: int
-    staged_total: int
-    quarantined_total: int
-    batch: int
-    last_checkpoint: str
-
-
-def tail_status(home: Home) -> TailStatus:
-    """Per-file offsets and lag, stage and quarantine counts, last checkpoint time."""
-    import polars as pl
-
-    from pipeline.stage import staged_files
-
-    checkpoint = load_checkpoint(home.state)
-    files = []
-    for state in sorted(checkpoint.files.values(), key=lambda s: s.path):
-        files.append(FileStatus(state.path, state.offset, _size_if_same(home, state)))
-    waiting = 0
-    if home.stage.is_dir():
-        for type_dir in sorted(p for p in home.stage.iterdir() if p.is_dir()):
-            paths = [p for _, p in staged_files(home.stage, type_dir.name, checkpoint.batch)]
-            if paths:
-                waiting += pl.scan_ipc(paths).select(pl.len()).collect().item()
-    return TailStatus(files, waiting, checkpoint.staged, checkpoint.quarantined,
-                      checkpoint.batch, checkpoint.updated_at)
-
-
-def _size_if_same(home: Home, state: FileState) -> int | None:
-    try:
-        st = os.stat(home.logs / state.path)
-    except OSError:
-        return None
-    return st.st_size if (st.st_dev, st.st_ino) == (state.dev, state.ino) else None

@@ -386,9 +386,6 @@ def wait_for(condition: Any, timeout: float = 30.0) -> None:
 # ------------------------------------------------------------------------------- identity
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: a second live file whose first line equals "
-                   "another's is taken for a copy (same fingerprint) and never read, so its "
-                   "lines reach neither stage nor quarantine (guarantee 1)")
 def test_two_live_files_with_the_same_first_line_are_both_read(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     # A line without event_id that two producers can both write (the id is derived per file).

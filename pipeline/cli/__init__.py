@@ -177,12 +177,17 @@ def _validation_json(reports: list[FileReport]) -> dict[str, object]:
 
 def _register() -> None:
     from pipeline.cli.lake import compact, rebuild
+    from pipeline.cli.report import pricing, progress, report, usage
     from pipeline.cli.tail import status, tail
 
     main.add_command(tail)
     main.add_command(status)
     main.add_command(compact)
     main.add_command(rebuild)
+    main.add_command(report)
+    main.add_command(progress)
+    main.add_command(usage)
+    main.add_command(pricing)
 
 
 _register()

@@ -10,6 +10,7 @@ import click
 
 from pipeline.cli.options import home_option
 from pipeline.compactor import (
+    ROWS_PER_COMMIT,
     CompactionResult,
     optimize_lake,
     run_compaction,
@@ -48,9 +49,11 @@ def _summary(verb: str, result: CompactionResult) -> str:
 @click.option("--vacuum", is_flag=True, help="then delete files no longer referenced")
 @click.option("--retention-hours", type=float, default=None,
               help="keep unreferenced files younger than this [default: from config, 168]")
+@click.option("--rows-per-commit", type=click.IntRange(min=1), default=ROWS_PER_COMMIT,
+              hidden=True, help="events per Delta commit (tests use small values)")
 @home_option
 def compact(home: Home, lock_timeout: float | None, optimize: bool, target_mb: int | None,
-            vacuum: bool, retention_hours: float | None) -> None:
+            vacuum: bool, retention_hours: float | None, rows_per_commit: int) -> None:
     """Move staged events into the Delta lake (one table per type, partitioned by UTC date).
 
     Idempotent and safe to kill: a batch already committed is recognised and never
@@ -62,13 +65,14 @@ def compact(home: Home, lock_timeout: float | None, optimize: bool, target_mb: i
       tally compact --optimize --vacuum --retention-hours 168
     """
     with _progress_bar("compacting") as progress:
-        result = run_compaction(home, lock_timeout=lock_timeout, progress=progress)
+        result = run_compaction(home, lock_timeout=lock_timeout, progress=progress,
+                                rows_per_commit=rows_per_commit)
     click.echo(_summary("compact", result))
     if optimize:
-        merged = optimize_lake(home, target_mb)
+        merged = optimize_lake(home, target_mb, lock_timeout)
         click.echo("optimize: " + _per_table(merged, "files merged"))
     if vacuum:
-        removed = vacuum_lake(home, retention_hours)
+        removed = vacuum_lake(home, retention_hours, lock_timeout)
         click.echo("vacuum: " + _per_table(removed, "files deleted"))
 
 

@@ -10,7 +10,8 @@ import click
 
 from pipeline.cli.options import echo_json, format_option, home_option
 from pipeline.config import Home
-from pipeline.tailer import PollResult, Tailer, follow, tail_status
+from pipeline.status import tail_status
+from pipeline.tailer import PollResult, Tailer, follow
 
 
 @click.command()

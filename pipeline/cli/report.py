@@ -1,0 +1,419 @@
+"""`tally report` (and its daily-summary and context views), `tally progress`, `tally usage`,
+`tally pricing`: each parses, calls one library function, renders."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import click
+import polars as pl
+from click.core import ParameterSource
+
+from pipeline.cli.options import echo_json, format_option, home_option
+from pipeline.config import Home
+from pipeline.errors import UsageError
+from pipeline.pricing import RATE_NAMES, PriceTable, pricing_for
+from pipeline.progress import run_progress
+from pipeline.reports import (
+    COST_MODES,
+    DEFAULT_BY,
+    GROUP_KEYS,
+    ReportQuery,
+    check_timezone,
+    parse_by,
+    run_context_report,
+    run_daily_summary,
+    run_report,
+    run_usage,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+FORMATS = ("table", "json", "csv", "markdown")
+STATUSES = ("started", "in_progress", "blocked", "completed", "failed")
+DAY = click.DateTime(formats=["%Y-%m-%d"])
+
+
+# ---------------------------------------------------------------- shared options
+
+
+def _split(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Repeatable options also take comma-separated lists."""
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+def _day(value: datetime | None) -> date | None:
+    return value.date() if value else None
+
+
+def tz_option(func: F) -> F:
+    """--tz IANA zone for day boundaries, checked."""
+    return click.option("--tz", default="UTC", show_default=True, metavar="IANA",
+                        callback=lambda ctx, param, value: _checked_tz(value),
+                        help="IANA time zone of the day boundaries, e.g. Europe/Istanbul")(func)
+
+
+def _checked_tz(value: str) -> str:
+    try:
+        return check_timezone(value)
+    except UsageError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+def agent_option(func: F) -> F:
+    """--agent NAME, repeatable."""
+    return click.option("--agent", "agents", multiple=True, metavar="NAME",
+                        help="only these agents (repeatable, or comma-separated)")(func)
+
+
+def range_options(func: F) -> F:
+    """--since/--until inclusive dates in the report's time zone."""
+    func = click.option("--until", type=DAY, default=None, metavar="YYYY-MM-DD",
+                        help="last day included (in --tz)")(func)
+    return click.option("--since", type=DAY, default=None, metavar="YYYY-MM-DD",
+                        help="first day included (in --tz)")(func)
+
+
+def filter_options(func: F) -> F:
+    """--role/--phase/--model filters, each repeatable."""
+    for name, dest, meta in (("--model", "models", "MODEL"), ("--phase", "phases", "PHASE"),
+                             ("--role", "roles", "ROLE")):
+        func = click.option(name, dest, multiple=True, metavar=meta,
+                            help=f"only these {dest} (repeatable, or comma-separated)")(func)
+    return func
+
+
+def cost_mode_option(func: F) -> F:
+    """--cost-mode auto|calculate."""
+    return click.option("--cost-mode", type=click.Choice(COST_MODES), default="auto",
+                        show_default=True,
+                        help="auto: the producer's cost_usd when present, else computed; "
+                             "calculate: always from the pricing table")(func)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready value: dates as ISO text, floats without binary noise."""
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 6)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    return [{k: _plain(v) for k, v in row.items()} for row in frame.iter_rows(named=True)]
+
+
+def _is_cost(column: str) -> bool:
+    return column.endswith("cost_usd")
+
+
+def _cell(column: str, value: Any) -> str:
+    """How a value reads in a table: thousands separators, dollars, lists joined."""
+    if value is None:
+        return "-"
+    if _is_cost(column):
+        return f"${value:,.2f}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.1%}" if column.endswith("ratio") else f"{value:,.6g}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(_plain(value))
+
+
+def _numeric(frame: pl.DataFrame, column: str) -> bool:
+    return frame.schema[column].is_numeric()
+
+
+def _totals_row(frame: pl.DataFrame, label_column: str) -> dict[str, Any]:
+    """Sums of the count and cost columns; a cost total is null when no row had a cost."""
+    row: dict[str, Any] = {c: None for c in frame.columns}
+    row[label_column] = "total"
+    for column in frame.columns:
+        if _numeric(frame, column) and not column.endswith("ratio") and column != "progress":
+            values = frame[column].drop_nulls()
+            row[column] = values.sum() if len(values) else None
+    return row
+
+
+def _table_lines(frame: pl.DataFrame, totals: bool, markdown: bool) -> list[str]:
+    headers = frame.columns
+    rows = [[_cell(c, v) for c, v in zip(headers, r, strict=True)] for r in frame.iter_rows()]
+    if totals and frame.height:
+        total = _totals_row(frame, headers[0])
+        rows.append([_cell(c, total[c]) if total[c] is not None or _numeric(frame, c) else ""
+                     for c in headers])
+    right = [_numeric(frame, c) for c in headers]
+    if markdown:
+        rule = ["---:" if r else "---" for r in right]
+        return ["| " + " | ".join(cells) + " |" for cells in (headers, rule, *rows)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if r else c.ljust(w)
+                         for c, w, r in zip(cells, widths, right, strict=True)).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    if totals and frame.height:
+        out.insert(len(out) - 1, line(["-" * w for w in widths]))
+    return out
+
+
+def _csv_text(frame: pl.DataFrame) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(frame.columns)
+    for record in _records(frame):
+        writer.writerow("" if v is None else "; ".join(map(str, v)) if isinstance(v, list)
+                        else v for v in record.values())
+    return buffer.getvalue()
+
+
+def render(frame: pl.DataFrame, fmt: str, *, totals: bool = False) -> None:
+    """Print a result frame as a table, JSON array, CSV or Markdown table."""
+    if fmt == "json":
+        echo_json(_records(frame))
+    elif fmt == "csv":
+        click.echo(_csv_text(frame), nl=False)
+    elif frame.height == 0:
+        click.echo("no events match", err=True)
+    else:
+        click.echo("\n".join(_table_lines(frame, totals, markdown=fmt == "markdown")))
+
+
+def _warn_unpriced(models: list[str], events: int) -> None:
+    if models:
+        click.echo(f"warning: no price for {', '.join(models)}: {events:,} event(s) have no "
+                   "cost (add the model under [pricing] in config.toml)", err=True)
+
+
+# ---------------------------------------------------------------- tally report
+
+
+@click.group(invoke_without_command=True)
+@click.option("--by", "by_text", default=",".join(DEFAULT_BY), show_default=True, metavar="KEYS",
+              help="comma-separated group keys: " + ", ".join(GROUP_KEYS))
+@range_options
+@agent_option
+@filter_options
+@tz_option
+@cost_mode_option
+@format_option(*FORMATS)
+@home_option
+@click.pass_context
+def report(ctx: click.Context, home: Home, by_text: str, since: datetime | None,
+           until: datetime | None, agents: tuple[str, ...], roles: tuple[str, ...],
+           phases: tuple[str, ...], models: tuple[str, ...], tz: str, cost_mode: str,
+           fmt: str) -> None:
+    """Tokens and cost per agent, role, phase, day, week, month, model, task or session.
+
+    Counts every validated event once, compacted or still staged: token-usage rows
+    summed, task_progress tokens_used increments for tasks without usage rows.
+    Columns: events, input/output/cache_read/cache_write/other/total tokens, cost_usd
+    (null when nothing in the group has a price) and unpriced_events. Models without
+    a price are listed on stderr.
+
+    \b
+    Examples:
+      tally report --by role,phase                  # per agent role per phase
+      tally report --by agent,week --since 2025-08-01 --tz Europe/Istanbul
+      tally report --by model --agent claude --cost-mode calculate --format json
+      tally report daily-summary --date 2025-08-29 --format json
+    """
+    if ctx.invoked_subcommand is not None:
+        _refuse_report_options(ctx)
+        return
+    query = ReportQuery(by=parse_by(by_text), since=_day(since), until=_day(until),
+                        agents=_split(agents), roles=_split(roles), phases=_split(phases),
+                        models=_split(models), tz=tz, cost_mode=cost_mode)
+    result = run_report(home, query)
+    render(result.rows, fmt, totals=True)
+    _warn_unpriced(result.unpriced_models, int(result.rows["unpriced_events"].sum()))
+
+
+def _refuse_report_options(ctx: click.Context) -> None:
+    """Options of the plain report given before a subcommand would be silently ignored."""
+    given = [p.opts[0] for p in ctx.command.params if p.name and
+             ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)]
+    if given:
+        raise UsageError(f"{', '.join(given)} before {ctx.invoked_subcommand!r} would be ignored",
+                         hint=f"put options after the subcommand: tally report "
+                              f"{ctx.invoked_subcommand} {given[0]} ...")
+
+
+@report.command("daily-summary")
+@click.option("--date", "day", type=DAY, default=None, metavar="YYYY-MM-DD",
+              help="the day, in --tz [default: today]")
+@agent_option
+@tz_option
+@cost_mode_option
+@format_option(*FORMATS, default="json")
+@home_option
+def daily_summary(home: Home, day: datetime | None, agents: tuple[str, ...], tz: str,
+                  cost_mode: str, fmt: str) -> None:
+    """The daily token report: per agent tasks, tokens and cost, and the day's totals.
+
+    tasks: distinct tasks with activity that day; tasks_completed: those whose last
+    status that day is completed; avg_tokens_per_task: tokens per completed task.
+    JSON has the shape of the seed's aggregated token report, costs as "$X.XX".
+
+    \b
+    Example:
+      tally report daily-summary --date 2025-08-29 --agent claude,gemini,codex
+    """
+    when = _day(day) or datetime.now(ZoneInfo(tz)).date()
+    summary = run_daily_summary(home, when, ReportQuery(agents=_split(agents), tz=tz,
+                                                        cost_mode=cost_mode))
+    if fmt == "json":
+        echo_json(summary.seed_shape())
+        return
+    render(summary.agents, fmt, totals=True)
+
+
+@report.command("context")
+@range_options
+@agent_option
+@click.option("--role", "roles", multiple=True, metavar="ROLE",
+              help="only these roles (repeatable, or comma-separated)")
+@tz_option
+@format_option(*FORMATS)
+@home_option
+def context(home: Home, since: datetime | None, until: datetime | None,
+            agents: tuple[str, ...], roles: tuple[str, ...], tz: str, fmt: str) -> None:
+    """Context compilations per role with estimated input tokens and cache hit ratio.
+
+    Without a producer's estimates, a compilation whose prefix_hash equals the previous
+    one of the same role and session counts as a cache read of the prefix, any other as
+    a cache write; bytes stand in for tokens. The hit ratio is cache-read tokens over
+    cache-read plus cache-write tokens.
+
+    \b
+    Example:
+      tally report context --since 2025-08-25 --format markdown
+    """
+    query = ReportQuery(since=_day(since), until=_day(until), agents=_split(agents),
+                        roles=_split(roles), tz=tz)
+    render(run_context_report(home, query), fmt, totals=True)
+
+
+# ---------------------------------------------------------------- progress, usage, pricing
+
+
+@click.command()
+@agent_option
+@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
+              help="only tasks whose latest status is this (repeatable)")
+@tz_option
+@format_option(*FORMATS)
+@home_option
+def progress(home: Home, agents: tuple[str, ...], statuses: tuple[str, ...], tz: str,
+             fmt: str) -> None:
+    """The latest state of every (agent, task), folded from its task_progress events.
+
+    Shows status, progress, last update, tokens and cost counted so far (by the report's
+    rules), deliverables, completed components and what remains.
+
+    \b
+    Examples:
+      tally progress --status in_progress
+      tally progress --agent gemini --format json
+    """
+    frame = run_progress(home, _split(agents), statuses)
+    frame = frame.with_columns(pl.col("last_update").dt.convert_time_zone(tz))
+    if fmt in ("table", "markdown"):
+        frame = frame.drop("snapshots", "components_completed")
+    render(frame, fmt)
+
+
+@click.command()
+@click.option("--date", "day", type=DAY, default=None, metavar="YYYY-MM-DD",
+              help="count 'today' and 'this week' as of this day [default: today in --tz]")
+@agent_option
+@tz_option
+@cost_mode_option
+@format_option(*FORMATS)
+@home_option
+def usage(home: Home, day: datetime | None, agents: tuple[str, ...], tz: str, cost_mode: str,
+          fmt: str) -> None:
+    """Total tokens and cost today, this week (ISO, from Monday) and all time, per agent.
+
+    \b
+    Examples:
+      tally usage
+      tally usage --tz America/New_York --format json
+    """
+    today = _day(day) or datetime.now(ZoneInfo(tz)).date()
+    frame = run_usage(home, today, ReportQuery(agents=_split(agents), tz=tz,
+                                               cost_mode=cost_mode))
+    if fmt == "json":
+        total = _totals_row(frame, "agent")
+        echo_json({"date": today.isoformat(), "tz": tz, "agents": _records(frame),
+                   "total": {k: _plain(v) for k, v in total.items() if k != "agent"}})
+        return
+    render(frame, fmt, totals=True)
+
+
+def _price_frame(table: PriceTable, model: str | None) -> pl.DataFrame:
+    rows = []
+    for name, price in sorted(table.models.items()):
+        if model is not None and table.lookup(model) is not price:
+            continue
+        tier = price.long_context
+        rows.append({"model": name, "provider": price.provider, **price.rates.as_dict(),
+                     "long_context_threshold": tier.threshold if tier else None,
+                     **{f"long_context_{k}": (v if tier else None)
+                        for k, v in (tier.rates if tier else price.rates).as_dict().items()},
+                     "origin": price.origin})
+    schema = {"model": pl.String(), "provider": pl.String(),
+              **{n: pl.Float64() for n in RATE_NAMES}, "long_context_threshold": pl.Int64(),
+              **{f"long_context_{n}": pl.Float64() for n in RATE_NAMES}, "origin": pl.String()}
+    return pl.DataFrame(rows, schema=schema)
+
+
+@click.command()
+@click.option("--model", default=None, help="show only the price this model name matches")
+@format_option(*FORMATS)
+@home_option
+def pricing(home: Home, model: str | None, fmt: str) -> None:
+    """The pricing table in use: USD per million tokens, shipped and from config.toml.
+
+    Names match exactly, then without a provider prefix or a dated suffix
+    (claude-sonnet-4-5-20250929 is priced as claude-sonnet-4-5).
+
+    \b
+    Examples:
+      tally pricing
+      tally pricing --model claude-sonnet-4-5@20250929 --format json
+    """
+    table = pricing_for(home)
+    frame = _price_frame(table, model)
+    if model is not None and frame.height == 0:
+        raise UsageError(f"no price for model {model!r}",
+                         hint="add it under [pricing] in config.toml")
+    if fmt == "json":
+        aliases = {a: t for a, t in table.aliases.items() if t in set(frame["model"])}
+        echo_json({"taken": table.taken, "source": table.source, "unit": "USD per 1M tokens",
+                   "models": _records(frame), "aliases": aliases})
+        return
+    if fmt in ("table", "markdown"):
+        frame = frame.select(pl.exclude("^long_context_(cache_.*)$"))
+    render(frame, fmt)
+    if fmt != "csv":
+        click.echo(f"prices taken {table.taken}; check them against the providers' pages",
+                   err=True)

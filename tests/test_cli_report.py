@@ -1,0 +1,373 @@
+"""tally report / report daily-summary / report context / progress / usage / pricing, through
+CliRunner on homes filled by the tailer: sample_logs/ (the seed's numbers) and small fixtures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner, Result
+
+from pipeline.cli import main
+from pipeline.compactor import run_compaction
+from pipeline.config import Home, init_home, load_home
+from pipeline.reports import context_estimates, open_events
+from pipeline.tailer import Tailer
+
+SAMPLE_LOGS = Path(__file__).resolve().parent.parent / "sample_logs"
+FORMATS = ("table", "json", "csv", "markdown")
+
+
+def tail_once(home: Home) -> None:
+    with Tailer(home) as tailer:
+        tailer.poll()
+
+
+def home_with(root: Path, events: list[dict[str, Any]], config: str = "") -> Home:
+    """A home whose logs/test.jsonl holds `events`, tailed into the stage (not compacted)."""
+    init_home(root)
+    if config:
+        (root / "config.toml").write_text(config, encoding="utf-8")
+    log = root / "logs" / "test.jsonl"
+    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    home = load_home(root)
+    tail_once(home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def sample_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
+    """sample_logs/ (minus the invalid lines) tailed into a stage-only home."""
+    root = tmp_path_factory.mktemp("sample") / "home"
+    init_home(root)
+    shutil.rmtree(root / "logs")
+    shutil.copytree(SAMPLE_LOGS, root / "logs", ignore=shutil.ignore_patterns("invalid", "*.md"))
+    home = load_home(root)
+    tail_once(home)
+    return home
+
+
+def run(home: Home, *args: str) -> Result:
+    result = CliRunner().invoke(main, [*args, "--home", str(home.root)])
+    assert result.exit_code == 0, result.output + result.stderr
+    return result
+
+
+def as_json(result: Result) -> Any:
+    return json.loads(result.stdout)
+
+
+# ---------------------------------------------------------------- tally report
+
+
+def test_default_report_is_per_agent_and_day_with_a_totals_row(sample_home: Home) -> None:
+    lines = run(sample_home, "report").stdout.splitlines()
+    assert lines[0].split()[:3] == ["agent", "day", "events"]
+    claude_29 = next(line for line in lines if line.startswith("claude  2025-08-29"))
+    assert "45,000" in claude_29
+    assert lines[-1].startswith("total") and "584,950" in lines[-1]
+    assert lines[-2].startswith("------")
+    # numbers are right-aligned: every row ends at the same column
+    assert len({len(line) for line in lines if not line.startswith("-")}) == 1
+
+
+def test_report_matches_the_sample_logs_totals(sample_home: Home) -> None:
+    rows = as_json(run(sample_home, "report", "--format", "json"))
+    table = {(r["agent"], r["day"]): r["total_tokens"] for r in rows}
+    assert table[("claude", "2025-08-29")] == 45_000
+    assert table[("gemini", "2025-08-29")] == 32_000
+    assert table[("codex", "2025-08-29")] == 28_000
+    assert table[("claude", "2025-08-28")] == 29_750  # the duplicated event_id counts once
+    assert table[("cursor", "2025-08-28")] == 10_900  # 01:15+02:00 on the 29th is the 28th UTC
+    assert table[("gemini", "2025-08-28")] == 21_300  # GM-004's 950 increment
+    assert sum(r["total_tokens"] for r in rows) == 584_950
+    buckets = next(r for r in rows if (r["agent"], r["day"]) == ("claude", "2025-08-29"))
+    assert (buckets["cache_read_tokens"], buckets["cache_write_tokens"]) == (13_394, 1_624)
+
+
+def test_must_have_per_role_per_phase(sample_home: Home) -> None:
+    result = run(sample_home, "report", "--by", "role,phase", "--agent", "yolo")
+    header = result.stdout.splitlines()[0].split()
+    assert header[:2] == ["role", "phase"]
+    for column in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+        assert column in header
+    rows = as_json(run(sample_home, "report", "--by", "role,phase", "--agent", "yolo",
+                       "--format", "json"))
+    dev_1 = next(r for r in rows if (r["role"], r["phase"]) == ("dev", "1"))
+    assert dev_1["input_tokens"] >= 5000  # the yolo plan's example is in phase 1
+    assert [r["phase"] for r in rows if r["role"] == "architect"][-1] == "planning"
+
+
+def test_json_is_sorted_with_string_keys(sample_home: Home) -> None:
+    rows = as_json(run(sample_home, "report", "--by", "week,month,phase", "--format", "json"))
+    keys = [(r["week"], r["month"]) for r in rows]
+    assert keys == sorted(keys)
+    assert {r["week"] for r in rows} == {"2025-W34", "2025-W35"}
+    assert {r["month"] for r in rows} == {"2025-08"}
+    assert all(r["phase"] is None or isinstance(r["phase"], str) for r in rows)
+    assert list(rows[0])[3:] == ["events", "input_tokens", "output_tokens", "cache_read_tokens",
+                                 "cache_write_tokens", "other_tokens", "total_tokens",
+                                 "cost_usd", "unpriced_events"]
+
+
+def test_unpriced_models_are_null_and_listed_on_stderr(sample_home: Home) -> None:
+    result = run(sample_home, "report", "--by", "model", "--format", "json")
+    rows = {r["model"]: r for r in as_json(result)}
+    assert rows["local-llama-3-8b"]["cost_usd"] is None
+    assert rows["local-llama-3-8b"]["unpriced_events"] == 17
+    assert rows[None]["cost_usd"] is None  # the yolo example has no model
+    assert rows["claude-sonnet-4-5-20250929"]["cost_usd"] > 0  # priced through its alias
+    assert "local-llama-3-8b" in result.stderr and "no price" in result.stderr
+
+
+def test_cost_mode_calculate_differs_where_producers_report_cost(sample_home: Home) -> None:
+    auto = as_json(run(sample_home, "report", "--by", "agent", "--format", "json"))
+    calc = as_json(run(sample_home, "report", "--by", "agent", "--format", "json",
+                       "--cost-mode", "calculate"))
+    auto_cost = {r["agent"]: r["cost_usd"] for r in auto}
+    calc_cost = {r["agent"]: r["cost_usd"] for r in calc}
+    assert auto_cost["gemini"] == calc_cost["gemini"]  # gemini reports no cost_usd
+    assert auto_cost["claude"] != calc_cost["claude"]
+
+
+def test_filters_and_time_zone(sample_home: Home) -> None:
+    rows = as_json(run(sample_home, "report", "--since", "2025-08-29", "--until", "2025-08-29",
+                       "--agent", "claude", "--agent", "gemini", "--format", "json"))
+    assert [(r["agent"], r["total_tokens"]) for r in rows] == [("claude", 45_000),
+                                                               ("gemini", 32_000)]
+    tokyo = as_json(run(sample_home, "report", "--by", "day", "--tz", "Asia/Tokyo",
+                        "--format", "json"))
+    assert sum(r["total_tokens"] for r in tokyo) == 584_950
+    assert tokyo[0]["day"] == "2025-08-23"
+    models = as_json(run(sample_home, "report", "--by", "model", "--model",
+                         "claude-sonnet-4-5", "--format", "json"))
+    assert [r["model"] for r in models] == ["claude-sonnet-4-5-20250929"]
+    phases = as_json(run(sample_home, "report", "--by", "phase", "--phase", "planning,1",
+                         "--role", "dev,architect", "--format", "json"))
+    assert [r["phase"] for r in phases] == ["1", "planning"]
+
+
+def test_csv_and_markdown_have_the_same_columns(sample_home: Home) -> None:
+    text = run(sample_home, "report", "--by", "agent", "--format", "csv").stdout
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == ["agent", "events", "input_tokens", "output_tokens",
+                             "cache_read_tokens", "cache_write_tokens", "other_tokens",
+                             "total_tokens", "cost_usd", "unpriced_events"]
+    assert len(rows) == 5 and sum(int(r["total_tokens"]) for r in rows) == 584_950
+    markdown = run(sample_home, "report", "--by", "agent", "--format", "markdown").stdout
+    lines = markdown.splitlines()
+    assert lines[0].startswith("| agent | events |") and lines[1].startswith("| --- | ---: |")
+    assert lines[-1].startswith("| total |") and "584,950" in lines[-1]
+
+
+def test_empty_home_reports_nothing(tmp_path: Path) -> None:
+    home = home_with(tmp_path / "home", [])
+    assert as_json(run(home, "report", "--format", "json")) == []
+    assert run(home, "report").stdout == ""
+    assert run(home, "report", "--format", "csv").stdout.startswith("agent,day,events")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--tz", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
+    (["--by", "agent,colour"], "cannot group by colour"),
+    (["--since", "2025-09-01", "--until", "2025-08-01"], "is after"),
+    (["--since", "yesterday"], "yesterday"),
+])
+def test_bad_arguments_are_clear_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["report", *args, "--home", str(tmp_path)])
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_report_options_before_a_subcommand_are_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["report", "--by", "role", "daily-summary",
+                                       "--home", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--by before 'daily-summary' would be ignored" in result.stderr
+
+
+def test_config_prices_an_unknown_model(tmp_path: Path) -> None:
+    config = '[pricing."local-llama-3-8b"]\ninput = 1.0\noutput = 2.0\n'
+    home = home_with(tmp_path / "home", [{
+        "event_type": "agent_token_usage", "ts": "2025-08-29T10:00:00Z", "agent": "cursor",
+        "model": "local-llama-3-8b", "input_tokens": 1_000_000, "output_tokens": 0}], config)
+    result = run(home, "report", "--format", "json")
+    assert as_json(result)[0]["cost_usd"] == 1.0
+    assert "no price" not in result.stderr
+
+
+def test_asia_tokyo_day_boundary_end_to_end(tmp_path: Path) -> None:
+    home = home_with(tmp_path / "home", [{
+        "event_type": "agent_token_usage", "ts": "2025-08-28T23:30:00Z", "agent": "claude",
+        "model": "gpt-5", "input_tokens": 10, "output_tokens": 0}])
+    assert as_json(run(home, "report", "--format", "json"))[0]["day"] == "2025-08-28"
+    tokyo = as_json(run(home, "report", "--format", "json", "--tz", "Asia/Tokyo"))
+    assert tokyo[0]["day"] == "2025-08-29"
+
+
+# ---------------------------------------------------------------- daily summary
+
+
+def test_daily_summary_reproduces_the_seed(sample_home: Home) -> None:
+    summary = as_json(run(sample_home, "report", "daily-summary", "--date", "2025-08-29",
+                          "--agent", "claude,gemini,codex", "--format", "json"))
+    assert summary["date"] == "2025-08-29"
+    assert {a: v["tokens"] for a, v in summary["agents"].items()} == {
+        "claude": 45_000, "gemini": 32_000, "codex": 28_000}
+    assert {a: v["tasks_completed"] for a, v in summary["agents"].items()} == {
+        "claude": 6, "gemini": 5, "codex": 4}
+    # tasks with activity: the completed ones plus CL-106, GM-004 and RAG_MIGRATION
+    assert {a: v["tasks"] for a, v in summary["agents"].items()} == {
+        "claude": 7, "gemini": 6, "codex": 5}
+    total = summary["total"]
+    assert (total["tasks_completed"], total["tokens_used"], total["avg_tokens_per_task"]) == (
+        15, 105_000, 7_000)
+    for value in [total["cost"], *(v["cost"] for v in summary["agents"].values())]:
+        assert value.startswith("$") and len(value.split(".")[1]) == 2
+
+
+def test_daily_summary_of_everyone_and_other_formats(sample_home: Home) -> None:
+    summary = as_json(run(sample_home, "report", "daily-summary", "--date", "2025-08-29"))
+    assert summary["total"]["tokens_used"] == 127_250
+    assert summary["agents"]["cursor"]["unpriced_events"] == 5
+    table = run(sample_home, "report", "daily-summary", "--date", "2025-08-29",
+                "--format", "table").stdout.splitlines()
+    assert table[0].split() == ["agent", "tasks", "tasks_completed", "tokens", "cost_usd",
+                                "unpriced_events"]
+    assert table[-1].split()[:4] == ["total", "24", "15", "127,250"]
+    text = run(sample_home, "report", "daily-summary", "--date", "2025-08-29",
+               "--format", "csv").stdout
+    assert len(list(csv.DictReader(io.StringIO(text)))) == 5
+    markdown = run(sample_home, "report", "daily-summary", "--date", "2025-08-29",
+                   "--format", "markdown").stdout
+    assert markdown.startswith("| agent | tasks |")
+
+
+# ---------------------------------------------------------------- context, progress, usage
+
+
+def test_context_report_per_role(sample_home: Home) -> None:
+    rows = as_json(run(sample_home, "report", "context", "--format", "json"))
+    assert [r["role"] for r in rows] == ["architect", "dev", "lead", "qa"]
+    assert sum(r["compilations"] for r in rows) == 106
+    assert all(0 < r["cache_hit_ratio"] < 1 for r in rows)
+    table = run(sample_home, "report", "context").stdout.splitlines()
+    assert table[-1].startswith("total") and "106" in table[-1]
+    assert "%" in table[2]
+    assert run(sample_home, "report", "context", "--format", "csv").stdout.startswith(
+        "role,compilations,")
+    assert run(sample_home, "report", "context", "--format", "markdown", "--role",
+               "qa").stdout.count("| qa |") == 1
+
+
+def test_derived_context_estimates_equal_the_explicit_ones(sample_home: Home) -> None:
+    frame = open_events(sample_home, "context_compiled")
+    stripped = frame.with_columns(cache_read_tokens_estimate=None,
+                                  cache_write_tokens_estimate=None)
+    given = context_estimates(frame).collect().sort("event_id")
+    derived = context_estimates(stripped).collect().sort("event_id")
+    had = given["estimated"].not_()
+    assert had.sum() > 10
+    for column in ("cache_read_tokens_estimate", "cache_write_tokens_estimate"):
+        assert given.filter(had)[column].to_list() == derived.filter(had)[column].to_list()
+
+
+def test_progress_view(sample_home: Home) -> None:
+    rows = as_json(run(sample_home, "progress", "--status", "in_progress", "--format", "json"))
+    by_task = {r["task"]: r for r in rows}
+    assert set(by_task) == {"CL-106", "GM-004", "RAG_MIGRATION"}
+    gm = by_task["GM-004"]
+    assert (gm["progress"], gm["tokens"], gm["remaining"]) == (
+        60.0, 2_500, ["TaskBoard.jsx", "MessageStream.jsx"])
+    assert gm["last_update"] == "2025-08-29T13:00:00Z"
+    assert by_task["RAG_MIGRATION"]["tokens"] == 18_000
+    claude = as_json(run(sample_home, "progress", "--agent", "claude", "--format", "json"))
+    cl_102 = next(r for r in claude if r["task"] == "CL-102")
+    assert cl_102["status"] == "completed" and cl_102["deliverables"] == [
+        "hybrid-search.js", "vector-index.sql"]
+    table = run(sample_home, "progress", "--status", "in_progress").stdout
+    assert "TaskBoard.jsx, MessageStream.jsx" in table and "18,000" in table
+    assert run(sample_home, "progress", "--format", "csv").stdout.startswith("agent,task,")
+    assert "| GM-004 |" in run(sample_home, "progress", "--format", "markdown").stdout
+
+
+def test_usage_today_week_all_time(sample_home: Home) -> None:
+    usage = as_json(run(sample_home, "usage", "--date", "2025-08-29", "--format", "json"))
+    claude = next(a for a in usage["agents"] if a["agent"] == "claude")
+    assert claude["today_tokens"] == 45_000
+    assert usage["total"]["today_tokens"] == 127_250
+    assert usage["total"]["total_tokens"] == 584_950
+    # ISO week 35 starts Monday 2025-08-25
+    assert usage["total"]["week_tokens"] == 87_500 + 94_000 + 84_950 + 96_800 + 127_250
+    table = run(sample_home, "usage", "--date", "2025-08-29").stdout.splitlines()
+    assert table[-1].split()[:2] == ["total", "127,250"]
+    assert run(sample_home, "usage", "--format", "csv").stdout.startswith("agent,today_tokens")
+    assert run(sample_home, "usage", "--format", "markdown").stdout.startswith("| agent |")
+
+
+def test_pricing_command(tmp_path: Path) -> None:
+    home = home_with(tmp_path / "home", [])
+    table = run(home, "pricing").stdout
+    assert "claude-sonnet-4-5" in table and "gemini-2.5-pro" in table
+    found = as_json(run(home, "pricing", "--model", "claude-sonnet-4-5-20250929",
+                        "--format", "json"))
+    assert [m["model"] for m in found["models"]] == ["claude-sonnet-4-5"]
+    assert found["taken"] and found["source"]
+    assert run(home, "pricing", "--format", "csv").stdout.startswith("model,provider,input")
+    missing = CliRunner().invoke(main, ["pricing", "--model", "local-llama-3-8b",
+                                        "--home", str(home.root)])
+    assert missing.exit_code == 2 and "no price" in missing.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["report"], ["report", "daily-summary"], ["report", "context"], ["progress"], ["usage"],
+    ["pricing"]])
+def test_every_help_has_an_example(command: list[str]) -> None:
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0 and "Example" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_command_renders_every_format(sample_home: Home, fmt: str) -> None:
+    for command in (["report"], ["report", "daily-summary", "--date", "2025-08-29"],
+                    ["report", "context"], ["progress"], ["usage"], ["pricing"]):
+        assert run(sample_home, *command, "--format", fmt).stdout.strip()
+
+
+# ---------------------------------------------------------------- before and after compaction
+
+
+def test_report_is_the_same_before_and_after_compaction(tmp_path: Path) -> None:
+    root = tmp_path / "home"
+    init_home(root)
+    shutil.rmtree(root / "logs")
+    shutil.copytree(SAMPLE_LOGS, root / "logs", ignore=shutil.ignore_patterns("invalid", "*.md"))
+    home = load_home(root)
+    tail_once(home)
+    commands = [
+        ["report", "--by", "agent,role,phase,day,week,month,model,task,session"],
+        ["report", "--by", "agent,day", "--tz", "Asia/Tokyo"],
+        ["report", "daily-summary", "--date", "2025-08-29"],
+        ["report", "context"], ["progress"], ["usage", "--date", "2025-08-29"],
+    ]
+    before = [run(home, *c, "--format", "json").stdout for c in commands]
+    result = run_compaction(home)
+    assert result.events == 1_002
+    assert not list((root / "stage").rglob("*.arrow"))  # everything is in the lake now
+    after = [run(home, *c, "--format", "json").stdout for c in commands]
+    for command, old, new in zip(commands, before, after, strict=True):
+        assert old == new, command
+    # Half-compacted: new lines staged on top of the lake count once too.
+    extra = root / "logs" / "late.jsonl"
+    extra.write_bytes(orjson.dumps({
+        "event_type": "agent_token_usage", "ts": "2025-08-29T23:00:00Z", "agent": "claude",
+        "model": "gpt-5", "input_tokens": 1000, "output_tokens": 0}) + b"\n")
+    tail_once(home)
+    rows = as_json(run(home, "report", "--format", "json", "--since", "2025-08-29"))
+    assert next(r for r in rows if r["agent"] == "claude")["total_tokens"] == 46_000
