@@ -13,9 +13,10 @@ $TALLY init
 cp -R sample_logs/. "$TALLY_HOME/logs/"
 rm -f "$TALLY_HOME/logs/README.md"
 
-step "validate the sample logs (the invalid file is expected to fail)"
-$TALLY validate sample_logs/*/*.jsonl --max-errors 0 || true
-$TALLY validate sample_logs/invalid/bad_lines.jsonl | tail -n 4 || true
+step "validate the sample logs, then the file of bad lines (expected to fail)"
+find sample_logs -name '*.jsonl' -not -path '*/invalid/*' -print0 | sort -z \
+    | xargs -0 $TALLY validate --max-errors 0
+$TALLY validate sample_logs/invalid/bad_lines.jsonl || true
 
 step "log one event from the shell (the yolo plan's example)"
 $TALLY log agent_token_usage --phase 1 role=dev input_tokens=5000 output_tokens=1200 \
@@ -23,7 +24,7 @@ $TALLY log agent_token_usage --phase 1 role=dev input_tokens=5000 output_tokens=
 
 step "tail: validate and stage every line, quarantine the bad ones"
 $TALLY tail --once
-$TALLY status
+$TALLY status | tail -n 3
 
 step "compact: stage -> Delta Lake"
 $TALLY compact
@@ -34,8 +35,10 @@ step "report: per agent per day"
 $TALLY report --by agent,day --since 2025-08-27
 step "the seed's daily summary for 2025-08-29"
 $TALLY report daily-summary --date 2025-08-29 --format json
-step "progress of each task"
-$TALLY progress
+step "tasks still in progress"
+$TALLY progress --status in_progress
+step "usage today, this week, all time (the sample is from 2025-08, so today is empty)"
+$TALLY usage
 
 step "the lake"
 echo "Delta tables under $TALLY_HOME/lake/ (one per event type, partitioned by date=YYYY-MM-DD)."
