@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,8 +89,6 @@ class ProcessLock:
 
     def acquire(self, timeout: float = 0.0, poll: float = 0.1) -> ProcessLock:
         """Take the lock, waiting up to `timeout` seconds; LockTimeout if it stays held."""
-        import time
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from deltalake.exceptions import TableNotFoundError
 from pipeline.checkpoint import committed_batch
 from pipeline.config import Home
 from pipeline.schemas import SchemaSet, load_schemas
-from pipeline.stage import conform, scan_staged, stage_schema
+from pipeline.stage import conform, scan_stage_files, stage_schema, staged_files
 
 # The Delta app id under which compaction records the highest tailer batch it committed.
 APP_ID = "tally-stage"
@@ -62,15 +62,18 @@ def scan_events(home: Home, event_type: str,
 def _scan_once(home: Home, event_type: str,
                schema: dict[str, pl.DataType]) -> pl.LazyFrame | None:
     watermark = committed_batch(home.state)
+    # List the stage before opening the table: a batch gone from the listing was deleted
+    # after its commit, so the table opened next has it. Listed batches the table already
+    # has are skipped; a listed file deleted before we read it raises, and the caller retries.
+    listed = staged_files(home.stage, event_type, watermark)
     table = open_table(table_path(home, event_type))
+    committed = lake_batch(table)
     parts: list[pl.LazyFrame] = []
     if table is not None:
         parts.append(conform(pl.scan_delta(table), schema))
-    staged = scan_staged(home.stage, event_type, up_to=watermark, schema=schema,
-                         after=lake_batch(table))
+    staged = scan_stage_files([path for batch, path in listed if batch > committed], schema)
     if staged is not None:
-        # Materialise now so a file deleted by a compaction fails here, inside the retry.
-        parts.append(staged.collect().lazy())
+        parts.append(staged.collect().lazy())  # read now, inside the caller's retry
     if not parts:
         return None
     return pl.concat(parts, how="vertical")

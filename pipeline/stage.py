@@ -7,6 +7,7 @@ Files above the watermark are leftovers of a crash: never read, deleted by the n
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -94,8 +95,6 @@ def json_text(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except TypeError:  # integers past 64 bits, which orjson refuses
-        import json
-
         return json.dumps(value, separators=(",", ":"))
 
 
@@ -228,14 +227,17 @@ def scan_staged(stage_dir: Path, event_type: str, up_to: int,
                 schema: Mapping[str, pl.DataType] | None = None,
                 after: int = 0) -> pl.LazyFrame | None:
     """A lazy scan of the committed stage files of a type, or None when there are none."""
-    files = staged_files(stage_dir, event_type, up_to, after)
+    files = [path for _, path in staged_files(stage_dir, event_type, up_to, after)]
+    return scan_stage_files(files, schema)
+
+
+def scan_stage_files(files: list[Path],
+                     schema: Mapping[str, pl.DataType] | None = None) -> pl.LazyFrame | None:
+    """A lazy scan of the given stage files, conformed to `schema` when given."""
     if not files:
         return None
-    frames = [pl.scan_ipc(path) for _, path in files]
-    combined = pl.concat(frames, how="diagonal_relaxed")
-    if schema is None:
-        return combined
-    return conform(combined, schema)
+    combined = pl.concat([pl.scan_ipc(path) for path in files], how="diagonal_relaxed")
+    return combined if schema is None else conform(combined, schema)
 
 
 def conform(frame: pl.LazyFrame, schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:

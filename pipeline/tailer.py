@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
+
 from pipeline.checkpoint import Checkpoint, FileState, ProcessLock, load_checkpoint, save_checkpoint
 from pipeline.config import Home
 from pipeline.events import Event, Rejection, Validator
@@ -467,8 +469,6 @@ class Tailer:
 
     def _frame_row_by_row(self, builder: FrameBuilder,
                           rows: _TypeRows) -> tuple[Any, list[dict[str, Any]]]:
-        import polars as pl
-
         frames, rejected = [], []
         for row, source, offset in zip(rows.rows, rows.sources, rows.offsets, strict=True):
             try:
@@ -534,6 +534,7 @@ class Tailer:
 
 def follow(tailer: Tailer, on_status: Callable[[str], None] | None = None) -> PollResult:
     """Run until `tailer.stop` is set; watchdog wakes reads, a periodic rescan catches the rest."""
+    # Imported here so that `tally tail --once` (cron, tests) never loads the observer.
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
     from watchdog.observers import Observer
 

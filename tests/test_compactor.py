@@ -398,11 +398,6 @@ def test_readers_see_the_same_rows_before_during_and_after_compaction(home: Home
     assert stage_files(home) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG in pipeline/lake.py _scan_once: it opens the table, then lists the stage; a "
-    "compaction that commits and cleans up in between makes those batches vanish from the "
-    "read. Listing the stage before opening the table fixes it (a file then deleted raises "
-    "FileNotFoundError, which scan_events already retries). Remove this mark with the fix."))
 def test_a_compaction_between_table_and_stage_reads_loses_nothing(
         home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.lake

@@ -13,8 +13,20 @@ from pipeline.schemas import load_schemas
 from pipeline.validation import FileReport, validate_files
 from pipeline.writer import append_event, build_event, default_log_path, shared_validator
 
+LAZY_COMMANDS = {
+    "tail": "pipeline.cli.tail:tail",
+    "status": "pipeline.cli.tail:status",
+    "compact": "pipeline.cli.lake:compact",
+    "rebuild": "pipeline.cli.lake:rebuild",
+    "report": "pipeline.cli.report:report",
+    "progress": "pipeline.cli.report:progress",
+    "usage": "pipeline.cli.report:usage",
+    "pricing": "pipeline.cli.report:pricing",
+}
 
-@click.group(cls=TallyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=TallyGroup, lazy_commands=LAZY_COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tally")
 def main() -> None:
     """tally: validated LLM-agent telemetry, from JSONL logs to a Delta Lake and reports.
@@ -173,21 +185,3 @@ def _validation_json(reports: list[FileReport]) -> dict[str, object]:
             for r in reports for f in r.findings
         ],
     }
-
-
-def _register() -> None:
-    from pipeline.cli.lake import compact, rebuild
-    from pipeline.cli.report import pricing, progress, report, usage
-    from pipeline.cli.tail import status, tail
-
-    main.add_command(tail)
-    main.add_command(status)
-    main.add_command(compact)
-    main.add_command(rebuild)
-    main.add_command(report)
-    main.add_command(progress)
-    main.add_command(usage)
-    main.add_command(pricing)
-
-
-_register()
