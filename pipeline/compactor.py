@@ -32,7 +32,7 @@ from pipeline.checkpoint import ProcessLock, committed_batch
 from pipeline.config import Home
 from pipeline.errors import LakeError, UsageError
 from pipeline.lake import APP_ID, lake_batch, open_table, table_path
-from pipeline.stage import fsync_dir, staged_files
+from pipeline.stage import fsync_dir, scan_stage_files, staged_files
 
 # Rows per Delta commit: peak RSS grows with it (2M events: 1.07 GB at 1M rows, 570 MB at
 # 250k; 10M events: 1.28 GB vs 0.70 GB) while CPU time stays the same.
@@ -105,8 +105,9 @@ def _compact_type(home: Home, event_type: str, files: list[tuple[int, Path]],
     _remove(home, event_type, [f for b, f in files if b <= committed], result)
     pending = [(b, f) for b, f in files if b > committed]
     for chunk in _chunks(pending, rows_per_commit):
-        frame = add_partition_date(pl.concat([pl.scan_ipc(f) for _, f in chunk],
-                                             how="diagonal_relaxed")).collect()
+        staged = scan_stage_files([f for _, f in chunk])
+        assert staged is not None  # chunks are never empty
+        frame = add_partition_date(staged).collect()
         _fault("before_write")
         _commit(path, frame.to_arrow(), chunk[-1][0])
         _fault("after_commit")

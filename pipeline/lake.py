@@ -15,12 +15,11 @@ from deltalake.exceptions import TableNotFoundError
 from pipeline.checkpoint import committed_batch
 from pipeline.config import Home
 from pipeline.schemas import SchemaSet, load_schemas
-from pipeline.stage import conform, scan_stage_files, stage_schema, staged_files
+from pipeline.stage import conform, stage_schema, staged_files
 
 # The Delta app id under which compaction records the highest tailer batch it committed.
 APP_ID = "tally-stage"
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-READ_ATTEMPTS = 5
 
 
 def table_path(home: Home, event_type: str) -> Path:
@@ -48,50 +47,43 @@ def scan_events(home: Home, event_type: str,
                 schemas: SchemaSet | None = None) -> pl.LazyFrame | None:
     """All events of a type, compacted or still staged, duplicates removed; None if none."""
     schema = stage_schema(event_type, schemas or load_schemas())
-    for attempt in range(READ_ATTEMPTS):
-        try:
-            frame = _scan_once(home, event_type, schema)
-            return None if frame is None else dedupe(frame, event_type)
-        except FileNotFoundError:
-            # A compaction removed stage files we had listed: they are in a newer lake version.
-            if attempt == READ_ATTEMPTS - 1:
-                raise
-    return None
-
-
-def _scan_once(home: Home, event_type: str,
-               schema: dict[str, pl.DataType]) -> pl.LazyFrame | None:
-    watermark = committed_batch(home.state)
-    # List the stage before opening the table: a batch gone from the listing was deleted
-    # after its commit, so the table opened next has it. Listed batches the table already
-    # has are skipped; a listed file deleted before we read it raises, and the caller retries.
-    listed = staged_files(home.stage, event_type, watermark)
+    # Stage first, table second. A stage file is deleted only after its commit, so one that
+    # vanishes before we read it is in the table we open next; batches read from the stage
+    # that the table already holds are dropped.
+    staged = _read_stage(home, event_type)
     table = open_table(table_path(home, event_type))
     committed = lake_batch(table)
-    parts: list[pl.LazyFrame] = []
+    parts = [conform(frame.lazy(), schema) for batch, frame in staged if batch > committed]
     if table is not None:
-        parts.append(conform(pl.scan_delta(table), schema))
-    staged = scan_stage_files([path for batch, path in listed if batch > committed], schema)
-    if staged is not None:
-        parts.append(staged.collect().lazy())  # read now, inside the caller's retry
+        parts.insert(0, conform(pl.scan_delta(table), schema))
     if not parts:
         return None
-    return pl.concat(parts, how="vertical")
+    return dedupe(pl.concat(parts, how="vertical"), event_type)
+
+
+def _read_stage(home: Home, event_type: str) -> list[tuple[int, pl.DataFrame]]:
+    frames = []
+    for batch, path in staged_files(home.stage, event_type, committed_batch(home.state)):
+        try:
+            frames.append((batch, pl.read_ipc(path)))
+        except FileNotFoundError:
+            continue  # compacted meanwhile
+    return frames
 
 
 def dedupe(frame: pl.LazyFrame, event_type: str) -> pl.LazyFrame:
-    """One row per event_id; for token usage the row with the largest total wins."""
+    """One row per event_id: for token usage the largest total wins; then the first by source."""
     # Hash tables keyed by millions of distinct id strings are slow; sorting their u64
     # hashes is not. An id whose hash occurs once is unique, so only the rows whose hash
     # repeats (true duplicates, or a rare collision) go through the full rule.
     key = pl.col("event_id").hash().alias("_key")
     keys = frame.select(key).sort("_key")
     repeated = keys.filter(pl.col("_key") == pl.col("_key").shift(1)).unique()
-    marked = frame.with_columns(key)
-    once = marked.join(repeated, on="_key", how="anti").drop("_key")
+    marked = frame.with_row_index("_row").with_columns(key)
+    once = marked.join(repeated, on="_key", how="anti").drop("_key", "_row")
     many = marked.join(repeated, on="_key", how="semi").drop("_key")
+    order: list[pl.Expr] = [pl.col("_source"), pl.col("_offset"), pl.col("_row")]
     if event_type == "agent_token_usage":
-        total = pl.sum_horizontal(pl.col(c).fill_null(0) for c in TOKEN_COLUMNS)
-        many = many.sort(total, "_source", "_offset", descending=[True, False, False],
-                         nulls_last=True)
-    return pl.concat([once, many.unique(subset="event_id", keep="first", maintain_order=True)])
+        order.insert(0, -pl.sum_horizontal(pl.col(c).fill_null(0) for c in TOKEN_COLUMNS))
+    first = many.sort(order).unique(subset="event_id", keep="first", maintain_order=True)
+    return pl.concat([once, first.drop("_row")])

@@ -223,14 +223,6 @@ def staged_files(stage_dir: Path, event_type: str, up_to: int,
     return batch_files(stage_dir / event_type, "arrow", up_to=up_to, after=after)
 
 
-def scan_staged(stage_dir: Path, event_type: str, up_to: int,
-                schema: Mapping[str, pl.DataType] | None = None,
-                after: int = 0) -> pl.LazyFrame | None:
-    """A lazy scan of the committed stage files of a type, or None when there are none."""
-    files = [path for _, path in staged_files(stage_dir, event_type, up_to, after)]
-    return scan_stage_files(files, schema)
-
-
 def scan_stage_files(files: list[Path],
                      schema: Mapping[str, pl.DataType] | None = None) -> pl.LazyFrame | None:
     """A lazy scan of the given stage files, conformed to `schema` when given."""

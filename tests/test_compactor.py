@@ -7,6 +7,7 @@ and DuckDB. Each `tail()` call makes one tailer batch, so batch numbers are pred
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -420,6 +421,37 @@ def test_a_compaction_between_table_and_stage_reads_loses_nothing(
     frame = scan_events(home, USAGE)
     assert fired and frame is not None
     assert frame.collect().height == 30
+
+
+class _OneCommitDone(Exception):
+    pass
+
+
+def _stop_after_first_commit(done: int, total: int) -> None:
+    raise _OneCommitDone
+
+
+def test_a_reader_survives_a_commit_during_every_read_attempt(
+        home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.lake
+
+    for cycle in range(8):
+        append(home, "a.jsonl", day_events(f"c{cycle}", ["2025-08-01"], 10))
+        tail(home)
+    real_open = pipeline.lake.open_table
+    commits: list[int] = []
+
+    def open_then_one_commit(path: Path) -> DeltaTable | None:
+        found = real_open(path)
+        with contextlib.suppress(_OneCommitDone):  # another process commits one batch
+            run_compaction(home, rows_per_commit=1, progress=_stop_after_first_commit)
+        commits.append(1)
+        return found
+
+    monkeypatch.setattr(pipeline.lake, "open_table", open_then_one_commit)
+    frame = scan_events(home, USAGE)
+    assert frame is not None and commits
+    assert frame.collect()["event_id"].n_unique() == 80
 
 
 def test_duplicate_event_ids_count_once_keeping_the_largest_total(home: Home) -> None:

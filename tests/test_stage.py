@@ -30,7 +30,7 @@ from pipeline.stage import (
     json_text,
     quarantine_record,
     remove_orphans,
-    scan_staged,
+    scan_stage_files,
     stage_schema,
     staged_files,
     write_atomic,
@@ -196,7 +196,7 @@ def test_column_type(spec: dict[str, Any], expected: pl.DataType) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# conform and scan_staged
+# conform and scan_stage_files
 # --------------------------------------------------------------------------------------------
 
 def test_conform_adds_missing_columns_as_nulls_in_schema_order() -> None:
@@ -216,27 +216,33 @@ def _stage_frame(ids: list[str], batch_source: str = "a.jsonl") -> pl.DataFrame:
                                            list(range(len(ids))))
 
 
-def test_scan_staged_reads_committed_batches_only(tmp_path: Path) -> None:
+def _scan(stage_dir: Path, up_to: int, after: int = 0,
+          schema: dict[str, pl.DataType] | None = None) -> pl.LazyFrame | None:
+    files = [path for _, path in staged_files(stage_dir, "tool_call", up_to, after)]
+    return scan_stage_files(files, schema)
+
+
+def test_staged_files_are_committed_batches_only(tmp_path: Path) -> None:
     stage_dir = tmp_path / "stage"
-    assert scan_staged(stage_dir, "tool_call", up_to=10) is None
+    assert _scan(stage_dir, up_to=10) is None
     for batch in (1, 2, 3):
         write_stage_frame(stage_dir, batch, _stage_frame([f"e{batch}a", f"e{batch}b"]))
-    scan = scan_staged(stage_dir, "tool_call", up_to=2)
+    scan = _scan(stage_dir, up_to=2)
     assert scan is not None
     assert sorted(scan.collect()["event_id"].to_list()) == ["e1a", "e1b", "e2a", "e2b"]
-    after = scan_staged(stage_dir, "tool_call", up_to=3, after=1)
+    after = _scan(stage_dir, up_to=3, after=1)
     assert after is not None
     assert sorted(after.collect()["event_id"].to_list()) == ["e2a", "e2b", "e3a", "e3b"]
-    assert scan_staged(stage_dir, "tool_call", up_to=0) is None
+    assert _scan(stage_dir, up_to=0) is None
     assert [b for b, _ in staged_files(stage_dir, "tool_call", 3, after=2)] == [3]
 
 
-def test_scan_staged_conforms_batches_with_different_columns(tmp_path: Path) -> None:
+def test_scan_conforms_batches_with_different_columns(tmp_path: Path) -> None:
     stage_dir = tmp_path / "stage"
     write_stage_frame(stage_dir, 1, _stage_frame(["old"]).drop("duration_ms", "ok"))
     write_stage_frame(stage_dir, 2, _stage_frame(["new"]))
     schema = stage_schema("tool_call")
-    scan = scan_staged(stage_dir, "tool_call", up_to=2, schema=schema)
+    scan = _scan(stage_dir, up_to=2, schema=schema)
     assert scan is not None
     frame = scan.collect()
     assert dict(frame.schema) == schema
