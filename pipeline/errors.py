@@ -38,6 +38,18 @@ class ConfigError(TallyError):
         self.field = field
 
 
+class HomeNotFound(TallyError):
+    """The home directory a command reads does not exist."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no tally home at {path}",
+                         hint=f"run `tally init --home {path}`, or point --home or "
+                              "TALLY_HOME at an existing home")
+        self.path = path
+
+
 class UnknownEventType(TallyError):
     """An event type (or version) that has no schema."""
 
@@ -93,7 +105,7 @@ class LockTimeout(TallyError):
 
     def __init__(self, what: str, *, path: Path, waited: float, holder: str) -> None:
         super().__init__(
-            f"another {what} is running ({holder}); gave up after waiting {waited:.0f} s",
+            f"another {what} is running ({holder}); gave up after waiting {waited:g} s",
             hint=f"wait for it to finish or stop it (lock file: {path})",
         )
         self.path = path

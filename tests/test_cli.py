@@ -409,3 +409,15 @@ def test_log_output_is_one_json_line(runner: CliRunner, tmp_path: Path) -> None:
     raw = (tmp_path / "logs" / "a.jsonl").read_bytes()
     assert raw.count(b"\n") == 1
     assert orjson.loads(raw)["data"] == {"x": 1}
+
+
+@pytest.mark.parametrize("command", [["compact"], ["status"], ["report"], ["progress"],
+                                     ["usage"], ["rebuild"], ["report", "daily-summary"]])
+def test_commands_reading_a_home_refuse_a_missing_one(tmp_path: Path,
+                                                      command: list[str]) -> None:
+    missing = tmp_path / "typo"
+    result = CliRunner().invoke(main, [*command, "--home", str(missing)])
+    assert result.exit_code == 3, result.output
+    assert f"no tally home at {missing}" in result.stderr
+    assert "tally init" in result.stderr
+    assert not missing.exists()

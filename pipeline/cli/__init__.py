@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import TallyGroup, echo_json, format_option, home_option
+from pipeline.cli.options import TallyGroup, echo_json, format_option, new_home_option
 from pipeline.config import Home, init_home
 from pipeline.errors import UsageError
 from pipeline.schemas import load_schemas
@@ -38,7 +38,7 @@ def main() -> None:
 
 
 @main.command()
-@home_option
+@new_home_option
 def init(home: Home) -> None:
     """Create the home layout (idempotent; never overwrites config.toml).
 
@@ -110,7 +110,7 @@ def schema_show(event_type: str, version: int | None) -> None:
 @click.option("--to", "to_file", type=click.Path(dir_okay=False, path_type=Path),
               help="append to this file instead of <home>/logs/<agent>.jsonl")
 @click.option("--quiet", "-q", is_flag=True, help="print nothing on success")
-@home_option
+@new_home_option
 def log(home: Home, event_type: str, fields: tuple[str, ...], agent: str | None, role: str | None,
         phase: str | None, task: str | None, session_id: str | None, model: str | None,
         to_file: Path | None, quiet: bool) -> None:

@@ -13,21 +13,38 @@ from typing import Any, TypeVar
 import click
 
 from pipeline.config import Home, load_home
-from pipeline.errors import TallyError
+from pipeline.errors import HomeNotFound, TallyError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def home_option(func: F) -> F:
-    """--home DIR (or TALLY_HOME), passed to the command as a loaded `Home`."""
+def _home_decorator(must_exist: bool) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        @click.option("--home", "home_dir", type=click.Path(file_okay=False), default=None,
+                      help="tally home directory [env: TALLY_HOME; default: ./.tally]")
+        @functools.wraps(func)
+        def wrapper(*args: Any, home_dir: str | None, **kwargs: Any) -> Any:
+            home = load_home(home_dir)
+            if must_exist:
+                require_home(home)
+            return func(*args, home=home, **kwargs)
 
-    @click.option("--home", "home_dir", type=click.Path(file_okay=False), default=None,
-                  help="tally home directory [env: TALLY_HOME; default: ./.tally]")
-    @functools.wraps(func)
-    def wrapper(*args: Any, home_dir: str | None, **kwargs: Any) -> Any:
-        return func(*args, home=load_home(home_dir), **kwargs)
+        return wrapper  # type: ignore[return-value]
 
-    return wrapper  # type: ignore[return-value]
+    return decorate
+
+
+def require_home(home: Home) -> None:
+    """HomeNotFound unless the home directory exists."""
+    if not home.root.is_dir():
+        raise HomeNotFound(home.root)
+
+
+home_option = _home_decorator(must_exist=True)
+"""--home DIR (or TALLY_HOME) of an existing home, passed to the command as a `Home`."""
+
+new_home_option = _home_decorator(must_exist=False)
+"""--home DIR (or TALLY_HOME) that the command may create, or checks itself."""
 
 
 def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:

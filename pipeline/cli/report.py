@@ -15,7 +15,13 @@ import click
 import polars as pl
 from click.core import ParameterSource
 
-from pipeline.cli.options import echo_json, format_option, home_option
+from pipeline.cli.options import (
+    echo_json,
+    format_option,
+    home_option,
+    new_home_option,
+    require_home,
+)
 from pipeline.config import Home
 from pipeline.errors import UsageError
 from pipeline.pricing import RATE_NAMES, PriceTable, pricing_for
@@ -215,7 +221,7 @@ def _warn_unpriced(models: list[str], events: int) -> None:
 @tz_option
 @cost_mode_option
 @format_option(*FORMATS)
-@home_option
+@new_home_option  # checked below: a subcommand has its own --home
 @click.pass_context
 def report(ctx: click.Context, home: Home, by_text: str, since: datetime | None,
            until: datetime | None, agents: tuple[str, ...], roles: tuple[str, ...],
@@ -239,6 +245,7 @@ def report(ctx: click.Context, home: Home, by_text: str, since: datetime | None,
     if ctx.invoked_subcommand is not None:
         _refuse_report_options(ctx)
         return
+    require_home(home)
     query = ReportQuery(by=parse_by(by_text), since=_day(since), until=_day(until),
                         agents=_split(agents), roles=_split(roles), phases=_split(phases),
                         models=_split(models), tz=tz, cost_mode=cost_mode)

@@ -8,7 +8,7 @@ from types import FrameType
 
 import click
 
-from pipeline.cli.options import echo_json, format_option, home_option
+from pipeline.cli.options import echo_json, format_option, home_option, new_home_option
 from pipeline.config import Home
 from pipeline.status import tail_status
 from pipeline.tailer import PollResult, Tailer, follow
@@ -17,7 +17,7 @@ from pipeline.tailer import PollResult, Tailer, follow
 @click.command()
 @click.option("--once", is_flag=True, help="catch up on everything present, then exit")
 @click.option("--quiet", "-q", is_flag=True, help="no summary lines")
-@home_option
+@new_home_option
 def tail(home: Home, once: bool, quiet: bool) -> None:
     """Validate and stage every complete line appended under <home>/logs.
 
