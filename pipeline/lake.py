@@ -46,7 +46,13 @@ def lake_batch(table: DeltaTable | None) -> int:
 def scan_events(home: Home, event_type: str,
                 schemas: SchemaSet | None = None) -> pl.LazyFrame | None:
     """All events of a type, compacted or still staged, duplicates removed; None if none."""
-    schema = stage_schema(event_type, schemas or load_schemas())
+    union = union_events(home, event_type, stage_schema(event_type, schemas or load_schemas()))
+    return None if union is None else dedupe(union, event_type)
+
+
+def union_events(home: Home, event_type: str,
+                 schema: dict[str, pl.DataType]) -> pl.LazyFrame | None:
+    """Lake rows plus the stage batches the lake does not hold yet, before dedupe."""
     # Stage first, table second. A stage file is deleted only after its commit, so one that
     # vanishes before we read it is in the table we open next; batches read from the stage
     # that the table already holds are dropped.
@@ -56,9 +62,7 @@ def scan_events(home: Home, event_type: str,
     parts = [conform(frame.lazy(), schema) for batch, frame in staged if batch > committed]
     if table is not None:
         parts.insert(0, conform(pl.scan_delta(table), schema))
-    if not parts:
-        return None
-    return dedupe(pl.concat(parts, how="vertical"), event_type)
+    return pl.concat(parts, how="vertical") if parts else None
 
 
 def _read_stage(home: Home, event_type: str) -> list[tuple[int, pl.DataFrame]]:

@@ -347,7 +347,7 @@ def test_a_reader_during_compaction_sees_whole_commits_only(seed: int, tmp_path:
             if open_table(Path(path)) is not None:
                 raw_counts.append(pl.scan_delta(path).select(pl.len()).collect().item())
             # The union before dedupe: a batch in both lake and stage would show here.
-            union = pipeline.lake._scan_once(home, USAGE, schema)
+            union = pipeline.lake.union_events(home, USAGE, schema)
             if union is not None:
                 rows = union.select("_source", "_offset").collect()
                 union_counts.append(rows.height)

@@ -1367,7 +1367,7 @@ class TailerMachine(RuleBasedStateMachine):
 
 QUICK = settings(max_examples=60, stateful_step_count=30, deadline=None,
                  suppress_health_check=list(HealthCheck))
-THOROUGH = settings(max_examples=300, stateful_step_count=50, deadline=None,
+THOROUGH = settings(max_examples=120, stateful_step_count=40, deadline=None,
                     suppress_health_check=list(HealthCheck))
 
 
