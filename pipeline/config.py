@@ -26,7 +26,7 @@ CONFIG_TEMPLATE = """\
 # max_line_bytes = 1048576   # longer lines are quarantined as a record, never read whole
 # rescan_seconds = 1.0       # periodic rescan beside the watchdog observer
 # idle_seconds = 30.0        # a rotated-away file idle this long has its partial tail quarantined
-# batch_lines = 50000        # lines staged per batch during catch-up
+# batch_lines = 10000        # lines per staged batch (bounds memory: ~190 MB peak)
 # status_interval = 10.0     # seconds between the running tailer's summary lines
 
 [compactor]
@@ -59,7 +59,7 @@ class TailerSettings:
     max_line_bytes: int = 1 << 20
     rescan_seconds: float = 1.0
     idle_seconds: float = 30.0
-    batch_lines: int = 50_000
+    batch_lines: int = 10_000
     status_interval: float = 10.0
 
 
