@@ -34,7 +34,7 @@ $TALLY report --by role,phase
 step "report: per agent per day"
 $TALLY report --by agent,day --since 2025-08-27
 step "the seed's daily summary for 2025-08-29"
-$TALLY report daily-summary --date 2025-08-29 --format json
+$TALLY report daily-summary --date 2025-08-29 --agent claude,gemini,codex --format json
 step "tasks still in progress"
 $TALLY progress --status in_progress
 step "usage today, this week, all time (the sample is from 2025-08, so today is empty)"
