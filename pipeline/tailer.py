@@ -348,10 +348,8 @@ class Tailer:
         room = max(1, self.settings.batch_lines - self._pending.lines)
         if chunk.count(b"\n", 0, end) <= room:
             return end
-        cut = 0
-        for _ in range(room):
-            cut = chunk.index(b"\n", cut) + 1
-        return cut
+        rest = chunk.split(b"\n", room)[-1]  # what follows the room-th newline
+        return len(chunk) - len(rest)
 
     def _consume(self, handle: OpenFile, block: bytes, position: int) -> None:
         # The hot loop: keep attribute lookups out of it.
