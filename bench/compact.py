@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import log, run_child
 from bench.generate import write_log
 
 TALLY = str(Path(sys.executable).with_name("tally"))
@@ -53,31 +54,6 @@ connection.execute(f"COPY (SELECT * FROM read_json('{source}')) TO '{target}' "
            "(FORMAT parquet, COMPRESSION zstd)")
 print(f"{time.perf_counter() - began:.3f}")
 """
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def run_child(command: list[str]) -> dict[str, Any]:
-    """Run a command as a child: wall seconds, its own peak RSS (os.wait4), its stdout."""
-    began = time.perf_counter()
-    with open(os.devnull, "wb") as null, tempfile.TemporaryFile() as out, \
-            tempfile.TemporaryFile() as err:
-        pid = os.posix_spawn(command[0], command, dict(os.environ),
-                             file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1),
-                                           (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
-                                           (os.POSIX_SPAWN_DUP2, null.fileno(), 0)])
-        _, status, usage = os.wait4(pid, 0)
-        wall = time.perf_counter() - began
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{' '.join(command[:3])} failed ({code}): {stderr}")
-    return {"seconds": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "rss_mb": usage.ru_maxrss / 1024, "stdout": stdout}
 
 
 def prepare(root: Path, events: int, seed: int) -> tuple[Path, Path, dict[str, float]]:
@@ -159,25 +135,25 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             tally_runs.append(compact_once(home, saved, args.events))
             log(f"tally compact: {tally_runs[-1]['seconds']:.2f} s "
-                f"({tally_runs[-1]['cpu_s']:.1f} CPU s), "
+                f"({tally_runs[-1]['cpu']:.1f} CPU s), "
                 f"{tally_runs[-1]['rss_mb']:,.0f} MB peak  ({tally_runs[-1]['summary']})")
             duck_runs.append(duckdb_once(work / "main" / "events.jsonl",
                                          work / "main" / "x.parquet", args.events))
             log(f"duckdb COPY:   {duck_runs[-1]['seconds']:.2f} s "
-                f"({duck_runs[-1]['cpu_s']:.1f} CPU s), "
+                f"({duck_runs[-1]['cpu']:.1f} CPU s), "
                 f"{duck_runs[-1]['rss_mb']:,.0f} MB peak (COPY alone "
                 f"{duck_runs[-1]['copy_seconds']:.2f} s)")
         tally = min(tally_runs, key=lambda r: r["seconds"])
         duck = min(duck_runs, key=lambda r: r["seconds"])
         figures.update({
             "tally_compact_s": round(tally["seconds"], 3),
-            "tally_cpu_s": round(tally["cpu_s"], 2),
+            "tally_cpu_s": round(tally["cpu"], 2),
             "tally_rows_per_s": round(tally["rows_per_s"]),
             "tally_peak_rss_mb": round(tally["rss_mb"]),
             "tally_lake_mb": round(lake_size_mb(home), 1),
             "duckdb_s": round(duck["seconds"], 3),
-            "duckdb_cpu_s": round(duck["cpu_s"], 2),
-            "cpu_ratio_duckdb_over_tally": round(duck["cpu_s"] / tally["cpu_s"], 3),
+            "duckdb_cpu_s": round(duck["cpu"], 2),
+            "cpu_ratio_duckdb_over_tally": round(duck["cpu"] / tally["cpu"], 3),
             "duckdb_rows_per_s": round(duck["rows_per_s"]),
             "duckdb_copy_only_s": round(duck["copy_seconds"], 3),
             "duckdb_peak_rss_mb": round(duck["rss_mb"]),
@@ -201,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rss_events": args.rss_events,
                 "rss_tail_s": round(prep["tail_s"], 1),
                 "rss_compact_s": round(run["seconds"], 2),
-                "rss_compact_cpu_s": round(run["cpu_s"], 2),
+                "rss_compact_cpu_s": round(run["cpu"], 2),
                 "rss_rows_per_s": round(run["rows_per_s"]),
                 "rss_peak_mb": round(run["rss_mb"]),
                 "rss_trend_mb": {str(args.events): figures["tally_peak_rss_mb"],

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import duckdb
 import polars as pl
 from deltalake import DeltaTable
 
+from bench.common import log, run_child
 from bench.generate import write_log
 from pipeline.pricing import shipped_pricing
 
@@ -72,31 +72,6 @@ print(json.dumps({"seconds": time.perf_counter() - began, "rows": len(rows)}))
 
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def run_child(command: list[str]) -> dict[str, Any]:
-    """Run a command as a child: wall seconds, CPU seconds and peak RSS (os.wait4), stdout."""
-    began = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                 cwd=REPO)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - began
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
-    if child.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:4])} failed ({child.returncode}): {stderr}")
-    return {"seconds": wall, "cpu": usage.ru_utime + usage.ru_stime,
-            "rss_mb": usage.ru_maxrss / 1024, "stdout": stdout, "stderr": stderr}
-
-
-# ---------------------------------------------------------------- preparing the lake
 
 
 def prepare(root: Path, events: int, seed: int, method: str) -> tuple[Path, dict[str, Any]]:
