@@ -22,14 +22,12 @@ CHECKPOINT = "checkpoint.json"
 class FileState:
     """Where reading of one file identity stands."""
 
-    fingerprint: str
+    fingerprint: str  # the identity: a first-line hash, plus "@dev:ino" when two files share it
     path: str
     dev: int
     ino: int
     offset: int = 0
-    size: int = 0
     marker: str = ""
-    finished: bool = False
     first_path: str = ""
     last_seen: float = 0.0
 

@@ -243,7 +243,6 @@ class Tailer:
             if offset != state.offset:
                 state.offset, state.marker = offset, marker_at(fd, offset)
             state.dev, state.ino, state.path = st.st_dev, st.st_ino, relative
-        state.finished = False
         state.last_seen = time.time()
         self._open[identity] = OpenFile(fd, state, path)
         return identity
@@ -433,7 +432,6 @@ class Tailer:
             if handle is None:
                 continue
             handle.state.offset = offset
-            handle.state.size = max(handle.state.size, offset)
             handle.state.marker = marker_at(handle.fd, offset)
             handle.state.last_seen = time.time()
             self.checkpoint.files[fingerprint] = handle.state

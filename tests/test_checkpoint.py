@@ -29,11 +29,11 @@ from pipeline.errors import LockTimeout
 
 def sample() -> Checkpoint:
     files = {
-        "f" * 32: FileState("f" * 32, "a.jsonl", dev=2049, ino=123456, offset=4096, size=5000,
-                            marker="0123456789abcdef", finished=False, first_path="a.jsonl",
+        "f" * 32: FileState("f" * 32, "a.jsonl", dev=2049, ino=123456, offset=4096,
+                            marker="0123456789abcdef", first_path="a.jsonl",
                             last_seen=1_700_000_000.25),
         "e" * 32: FileState("e" * 32, "sub/b.jsonl.1", dev=2049, ino=7, offset=0,
-                            first_path="sub/b.jsonl", finished=True),
+                            first_path="sub/b.jsonl"),
     }
     return Checkpoint(batch=17, files=files, staged=1234, quarantined=5,
                       updated_at="2025-03-01T12:00:00.000+00:00")
