@@ -19,7 +19,7 @@ demo: setup
 	TALLY_HOME=$(HOME_DIR) ./scripts/demo.sh
 
 lint: setup
-	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff check pipeline tests bench scripts
 	$(BIN)/mypy pipeline
 
 test: lint
