@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
 from deltalake import (
     CommitProperties,
     DeltaTable,
@@ -109,7 +108,7 @@ def _compact_type(home: Home, event_type: str, files: list[tuple[int, Path]],
         assert staged is not None  # chunks are never empty
         frame = add_partition_date(staged).collect()
         _fault("before_write")
-        _commit(path, frame.to_arrow(), chunk[-1][0])
+        _commit(path, frame, chunk[-1][0])
         _fault("after_commit")
         result.events += frame.height
         result.commits += 1
@@ -136,7 +135,7 @@ def _chunks(files: list[tuple[int, Path]],
     return chunks
 
 
-def _commit(path: Path, data: pa.Table, batch: int) -> None:
+def _commit(path: Path, data: pl.DataFrame, batch: int) -> None:
     try:
         write_deltalake(
             str(path), data, mode="append", partition_by=["date"], schema_mode="merge",
