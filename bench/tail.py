@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 import polars as pl
 
+from bench.common import log
 from bench.generate import generate_lines, write_log
 
 TALLY = str(Path(sys.executable).with_name("tally"))
@@ -54,10 +55,6 @@ usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": rc, "wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
                   "max_rss_kb": usage.ru_maxrss}))
 """
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def init_home(root: Path, tailer: dict[str, Any] | None = None) -> Path:

@@ -77,10 +77,11 @@ def run_compaction(home: Home, *, lock_timeout: float | None = None,
     with ProcessLock(home.state / "compact.lock", "compaction").acquire(timeout):
         watermark = committed_batch(home.state)
         plan = {t: staged_files(home.stage, t, watermark) for t in _staged_types(home)}
-        total = sum(_rows(path) for files in plan.values() for _, path in files)
+        rows = {path: _rows(path) for files in plan.values() for _, path in files}
+        total = sum(rows.values())
         done = 0
         for event_type, files in plan.items():
-            done = _compact_type(home, event_type, files, result, rows_per_commit,
+            done = _compact_type(home, event_type, files, result, _Budget(rows, rows_per_commit),
                                  lambda n: progress(n, total) if progress else None, done)
     result.seconds = time.monotonic() - started
     return result
@@ -96,14 +97,22 @@ def _rows(path: Path) -> int:
     return int(pl.scan_ipc(path).select(pl.len()).collect().item())
 
 
+@dataclass(frozen=True)
+class _Budget:
+    """Rows per stage file (counted once) and how many go into one commit."""
+
+    rows: dict[Path, int]
+    per_commit: int
+
+
 def _compact_type(home: Home, event_type: str, files: list[tuple[int, Path]],
-                  result: CompactionResult, rows_per_commit: int,
+                  result: CompactionResult, budget: _Budget,
                   progress: Callable[[int], None], done: int) -> int:
     path = table_path(home, event_type)
     committed = lake_batch(open_table(path))
     _remove(home, event_type, [f for b, f in files if b <= committed], result)
     pending = [(b, f) for b, f in files if b > committed]
-    for chunk in _chunks(pending, rows_per_commit):
+    for chunk in _chunks(pending, budget):
         staged = scan_stage_files([f for _, f in chunk])
         assert staged is not None  # chunks are never empty
         frame = add_partition_date(staged).collect()
@@ -119,15 +128,14 @@ def _compact_type(home: Home, event_type: str, files: list[tuple[int, Path]],
     return done
 
 
-def _chunks(files: list[tuple[int, Path]],
-            rows_per_commit: int) -> list[list[tuple[int, Path]]]:
+def _chunks(files: list[tuple[int, Path]], budget: _Budget) -> list[list[tuple[int, Path]]]:
     chunks: list[list[tuple[int, Path]]] = []
     current: list[tuple[int, Path]] = []
     rows = 0
     for batch, path in files:
         current.append((batch, path))
-        rows += _rows(path)
-        if rows >= rows_per_commit:
+        rows += budget.rows[path]
+        if rows >= budget.per_commit:
             chunks.append(current)
             current, rows = [], 0
     if current:
