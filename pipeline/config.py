@@ -28,6 +28,8 @@ CONFIG_TEMPLATE = """\
 # idle_seconds = 30.0        # a rotated-away file idle this long has its partial tail quarantined
 # batch_lines = 10000        # lines per staged batch (bounds memory: ~190 MB peak)
 # status_interval = 10.0     # seconds between the running tailer's summary lines
+# workers = 2                # line-checking processes for a catch-up (CPUs, at most 4; 0: none)
+# parallel_min_bytes = 67108864  # unread bytes in one file that start those workers
 
 [compactor]
 # lock_timeout = 60.0        # seconds a second compaction waits for the first
@@ -52,6 +54,10 @@ CONFIG_TEMPLATE = """\
 """
 
 
+# Line-checking worker processes pay off only with a second core to run on.
+DEFAULT_WORKERS = 0 if (os.cpu_count() or 1) < 2 else min(os.cpu_count() or 1, 4)
+
+
 @dataclass(frozen=True)
 class TailerSettings:
     """Limits and intervals of the tailer."""
@@ -61,6 +67,8 @@ class TailerSettings:
     idle_seconds: float = 30.0
     batch_lines: int = 10_000
     status_interval: float = 10.0
+    workers: int = DEFAULT_WORKERS
+    parallel_min_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True)

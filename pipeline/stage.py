@@ -7,29 +7,26 @@ Files above the watermark are leftovers of a crash: never read, deleted by the n
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import polars as pl
 
-from pipeline.events import Rejection
+from pipeline.events import Rejection, Validator
+from pipeline.intake import BlockChecker, convert_nested, quarantine_record
 from pipeline.schemas import SchemaSet, load_schemas
 
 TS_TYPE = pl.Datetime("us", "UTC")
 # The schema's pattern guarantees this shape; naming it is 13x faster than inferring it.
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 SOURCE_COLUMNS: dict[str, pl.DataType] = {"_source": pl.String(), "_offset": pl.Int64()}
-EXCERPT_BYTES = 1024
 _BATCH_FILE = re.compile(r"^b(?P<batch>[0-9]{12})\.(?:arrow|jsonl)$")
-
-Converter = Callable[[Any], Any]
-
 
 def batch_name(batch: int, suffix: str) -> str:
     """File name of a batch: b000000000042.arrow."""
@@ -78,38 +75,17 @@ def stage_schema(event_type: str, schemas: SchemaSet | None = None) -> dict[str,
     return {**columns, **SOURCE_COLUMNS}
 
 
-def _converters(event_type: str, schemas: SchemaSet) -> dict[str, Converter]:
-    # Only nested fields need Python work per row; flat types convert column-wise.
-    converters: dict[str, Converter] = {}
+def nested_fields(event_type: str, schemas: SchemaSet) -> dict[str, frozenset[str] | None]:
+    """Fields needing conversion before staging: struct fields (their declared names) and
+    free-form maps (None, kept as JSON text). Flat types convert column-wise in Polars."""
+    nested: dict[str, frozenset[str] | None] = {}
     for name, dtype in stage_schema(event_type, schemas).items():
         if isinstance(dtype, pl.Struct):
-            declared = {f.name for f in dtype.fields} - {"extra"}
-            converters[name] = _struct_converter(declared)
-        elif dtype == pl.String and name not in SOURCE_COLUMNS:
-            spec = schemas.properties(event_type).get(name, {})
-            if spec.get("type") == "object":
-                converters[name] = json_text
-    return converters
-
-
-def json_text(value: Any) -> str:
-    """A free-form value as compact JSON text (big integers included)."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # integers past 64 bits, which orjson refuses
-        return json.dumps(value, separators=(",", ":"))
-
-
-def _struct_converter(declared: set[str]) -> Converter:
-    def convert(value: Any) -> Any:
-        if not isinstance(value, dict):
-            return value
-        extra = {k: v for k, v in value.items() if k not in declared}
-        fixed = {k: v for k, v in value.items() if k in declared}
-        fixed["extra"] = json_text(extra) if extra else None
-        return fixed
-
-    return convert
+            nested[name] = frozenset(f.name for f in dtype.fields) - {"extra"}
+        elif dtype == pl.String and name not in SOURCE_COLUMNS and (
+                schemas.properties(event_type).get(name, {}).get("type") == "object"):
+            nested[name] = None
+    return nested
 
 
 class FrameBuilder:
@@ -123,17 +99,22 @@ class FrameBuilder:
             name: pl.String() if dtype == TS_TYPE else dtype
             for name, dtype in self.schema.items() if name not in SOURCE_COLUMNS
         }
-        self._converters = _converters(event_type, schemas)
+        self.nested = nested_fields(event_type, schemas)
         self._timestamps = [n for n, d in self.schema.items() if d == TS_TYPE]
 
     def build(self, rows: list[dict[str, Any]], sources: list[str],
               offsets: list[int]) -> pl.DataFrame:
-        """A typed frame of the rows; `sources`/`offsets` give each row's origin."""
-        for name, convert in self._converters.items():
-            for row in rows:
-                if name in row:
-                    row[name] = convert(row[name])
-        frame = pl.from_dicts(rows, schema=self._raw_schema, strict=False)
+        """A typed frame of parsed rows; `sources`/`offsets` give each row's origin."""
+        convert_nested(rows, self.nested)
+        return self.from_converted(rows, sources, offsets)
+
+    def from_converted(self, rows: list[dict[str, Any]], sources: list[str],
+                       offsets: list[int]) -> pl.DataFrame:
+        """A typed frame of rows whose nested fields are converted already."""
+        return self._typed(pl.from_dicts(rows, schema=self._raw_schema, strict=False),
+                           sources, offsets)
+
+    def _typed(self, frame: pl.DataFrame, sources: list[str], offsets: list[int]) -> pl.DataFrame:
         return frame.with_columns(
             *(pl.col(n).str.to_datetime(TS_FORMAT, time_unit="us", time_zone="UTC")
               for n in self._timestamps),
@@ -141,6 +122,66 @@ class FrameBuilder:
             pl.Series("_source", sources, dtype=pl.String),
             pl.Series("_offset", offsets, dtype=pl.Int64),
         )
+
+
+    def from_converted_or_quarantine(self, rows: list[dict[str, Any]], sources: list[str],
+                                     offsets: list[int],
+                                     ) -> tuple[pl.DataFrame | None, list[dict[str, Any]]]:
+        """The typed frame; if some rows cannot be typed, the others plus a quarantine
+        record (`unstageable`) for each of those."""
+        try:
+            return self.from_converted(rows, sources, offsets), []
+        except Exception:
+            pass
+        frames, rejected = [], []
+        for row, source, offset in zip(rows, sources, offsets, strict=True):
+            try:
+                frames.append(self.from_converted([row], [source], [offset]))
+            except Exception as exc:
+                rejection = Rejection("unstageable", f"valid JSON that cannot be typed: {exc}")
+                rejected.append(quarantine_record(source, offset, repr(row).encode(), rejection))
+        return (pl.concat(frames) if frames else None), rejected
+
+
+@dataclass
+class StagedBlock:
+    """A checked block ready to stage: Arrow IPC bytes and row counts by type, rejects."""
+
+    frames: dict[str, bytes] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+class BlockStager:
+    """Checks a block of lines and types its events: the tailer's work per block, done in
+    its own process or in a worker (see pipeline.workers)."""
+
+    def __init__(self, validator: Validator) -> None:
+        schemas = validator.schemas
+        self.builders = {t: FrameBuilder(t, schemas) for t in schemas.types}
+        nested = {t: builder.nested for t, builder in self.builders.items()}
+        self.checker = BlockChecker(validator, nested)
+
+    def stage(self, block: bytes, position: int, source: str, id_prefix: str,
+              limit: int) -> StagedBlock:
+        """Check `block` (complete lines read at `position`) and type what is valid."""
+        checked = self.checker.check(block, position, source, id_prefix, limit)
+        staged = StagedBlock(rejected=checked.rejected)
+        for event_type, typed in checked.rows.items():
+            frame, unstageable = self.builders[event_type].from_converted_or_quarantine(
+                typed.rows, [source] * len(typed.offsets), typed.offsets)
+            staged.rejected.extend(unstageable)
+            if frame is not None and frame.height:
+                staged.frames[event_type] = ipc_bytes(frame)
+                staged.counts[event_type] = frame.height
+        return staged
+
+
+def ipc_bytes(frame: pl.DataFrame) -> bytes:
+    """A frame as an Arrow IPC file (uncompressed: written once, read soon, then deleted)."""
+    buffer = io.BytesIO()
+    frame.write_ipc(buffer, compression="uncompressed")
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------- durable files
@@ -172,27 +213,14 @@ def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
 
 def write_stage_frame(stage_dir: Path, batch: int, frame: pl.DataFrame) -> Path:
     """Write one type's frame of a batch durably (the caller fsyncs the directory)."""
-    event_type = str(frame["event_type"][0])
+    return write_stage_bytes(stage_dir, batch, str(frame["event_type"][0]), ipc_bytes(frame))
+
+
+def write_stage_bytes(stage_dir: Path, batch: int, event_type: str, ipc: bytes) -> Path:
+    """Write one type's Arrow IPC bytes of a batch durably (the caller fsyncs the directory)."""
     path = stage_dir / event_type / batch_name(batch, "arrow")
-    write_atomic(path, lambda handle: frame.write_ipc(handle, compression="lz4"))
+    write_atomic(path, lambda handle: handle.write(ipc))
     return path
-
-
-def quarantine_record(source: str, offset: int, line: bytes, rejection: Rejection,
-                      length: int | None = None) -> dict[str, Any]:
-    """What the quarantine keeps of a rejected line: where, why, and an escaped capped copy."""
-    excerpt = line[:EXCERPT_BYTES]
-    return {
-        "source": source,
-        "offset": offset,
-        "length": len(line) if length is None else length,
-        "reason": rejection.reason,
-        "message": rejection.message,
-        "pointer": rejection.pointer,
-        "excerpt": excerpt.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"),
-        "excerpt_truncated": len(line) > EXCERPT_BYTES or (length or 0) > len(line),
-        "detected_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-    }
 
 
 def write_quarantine(quarantine_dir: Path, batch: int, records: list[dict[str, Any]]) -> Path:

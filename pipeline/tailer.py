@@ -11,11 +11,15 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import io
 import os
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,15 +27,18 @@ import polars as pl
 
 from pipeline.checkpoint import Checkpoint, FileState, ProcessLock, load_checkpoint, save_checkpoint
 from pipeline.config import Home
-from pipeline.events import Event, Rejection, Validator
+from pipeline.events import Rejection, Validator
+from pipeline.intake import quarantine_record, too_long
 from pipeline.stage import (
-    FrameBuilder,
+    BlockStager,
+    StagedBlock,
     fsync_dir,
-    quarantine_record,
+    ipc_bytes,
     remove_orphans,
     write_quarantine,
-    write_stage_frame,
+    write_stage_bytes,
 )
+from pipeline.workers import StagerPool, done_future
 
 FINGERPRINT_BYTES = 4096
 MARKER_BYTES = 64
@@ -97,15 +104,18 @@ class PollResult:
 
 
 @dataclass
-class _TypeRows:
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
+class _Segment:
+    """Lines of one file handed to the checker; `redo` checks them again in this process."""
+
+    future: Future[StagedBlock]
+    redo: Callable[[], StagedBlock]
 
 
 @dataclass
 class _Pending:
-    by_type: dict[str, _TypeRows] = field(default_factory=dict)
+    """A batch being gathered: checked segments, rejects found here, offsets reached."""
+
+    segments: list[_Segment] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)
     lines: int = 0
@@ -127,7 +137,9 @@ class Tailer:
         types = self.validator.schemas.types
         remove_orphans([home.stage / t for t in types] + [home.quarantine],
                        above=self.checkpoint.batch)
-        self._builders = {t: FrameBuilder(t, self.validator.schemas) for t in types}
+        self._stager = BlockStager(self.validator)
+        self._pool: StagerPool | None = None
+        self._sealed: deque[_Pending] = deque()  # full batches whose checks may still run
         self._open: dict[str, OpenFile] = {}
         self._pending = _Pending()
         self._logs_real = os.path.realpath(home.logs)
@@ -142,6 +154,7 @@ class Tailer:
         for handle in self._open.values():
             os.close(handle.fd)
         self._open.clear()
+        self._stop_pool()
         self._lock.release()
 
     def __enter__(self) -> Tailer:
@@ -308,6 +321,9 @@ class Tailer:
             self._truncated(fingerprint, result)
             return
         position = self._pending.offsets.get(fingerprint, state.offset)
+        if self._pool is None and self.settings.workers > 0 and (
+                size - position >= self.settings.parallel_min_bytes):
+            self._pool = StagerPool(self.validator.schemas, self.settings.workers)
         read_size = max(READ_CHUNK, self.settings.max_line_bytes + 1)
         while position < size and not self.stop.is_set():
             chunk = os.pread(handle.fd, min(read_size, size - position), position)
@@ -320,12 +336,14 @@ class Tailer:
                     break
                 position = skipped_to
             else:
-                end = self._batch_end(chunk, end + 1)
-                self._consume(handle, chunk[:end], position)
+                end, lines = self._batch_end(chunk, end + 1)
+                self._submit(handle, chunk[:end], position, lines)
                 position += end
             self._pending.offsets[fingerprint] = position
             if self._pending.lines >= self.settings.batch_lines:
-                self._commit(result)
+                self._seal()
+                self._drain(result, wait=False)
+        self._drain(result, wait=True)  # other files' reads and rotations assume no batch in flight
 
     def _rewritten(self, handle: OpenFile, st: os.stat_result) -> bool:
         """Whether the file was rewritten in place under the checkpoint (same size or larger).
@@ -342,45 +360,39 @@ class Tailer:
             return True
         return fingerprint_of(handle.fd) != state.fingerprint.partition("@")[0]
 
-    def _batch_end(self, chunk: bytes, end: int) -> int:
-        """Cut a block of complete lines so the pending batch stays within batch_lines."""
-        room = max(1, self.settings.batch_lines - self._pending.lines)
-        if chunk.count(b"\n", 0, end) <= room:
-            return end
-        rest = chunk.split(b"\n", room)[-1]  # what follows the room-th newline
-        return len(chunk) - len(rest)
+    def _batch_end(self, chunk: bytes, end: int) -> tuple[int, int]:
+        """Cut a block of complete lines so the pending batch stays within batch_lines.
 
-    def _consume(self, handle: OpenFile, block: bytes, position: int) -> None:
-        # The hot loop: keep attribute lookups out of it.
-        validate = self.validator.validate
-        pending = self._pending
-        by_type = pending.by_type
-        source = handle.state.path
+        Returns the cut and the lines before it. The cut is guessed from the mean line
+        length, then moved a line at a time, so no list of lines is built.
+        """
+        room = max(1, self.settings.batch_lines - self._pending.lines)
+        lines = chunk.count(b"\n", 0, end)
+        if lines <= room:
+            return end, lines
+        cut = chunk.rfind(b"\n", 0, end * room // lines) + 1
+        count = chunk.count(b"\n", 0, cut)
+        while count > room:
+            cut = chunk.rfind(b"\n", 0, cut - 1) + 1
+            count -= 1
+        while count < room:
+            cut = chunk.find(b"\n", cut) + 1
+            count += 1
+        return cut, room
+
+    def _submit(self, handle: OpenFile, block: bytes, position: int, lines: int) -> None:
+        """Hand a block of complete lines to the workers, or check it here and now."""
+        source, limit = handle.state.path, self.settings.max_line_bytes
         id_prefix = derived_id_prefix(handle.state.fingerprint)
-        limit = self.settings.max_line_bytes
-        lines = block.split(b"\n")
-        lines.pop()
-        for line in lines:
-            if len(line) > limit:
-                self._reject_long(source, position, line[:1024], len(line))
-                position += len(line) + 1
-                continue
-            result = validate(line)
-            if type(result) is Event:
-                data = result.data
-                if "event_id" not in data:
-                    data["event_id"] = f"{id_prefix}{position}"
-                rows = by_type.get(result.event_type)
-                if rows is None:
-                    rows = by_type[result.event_type] = _TypeRows()
-                rows.rows.append(data)
-                rows.sources.append(source)
-                rows.offsets.append(position)
-            else:
-                assert isinstance(result, Rejection)
-                pending.rejected.append(quarantine_record(source, position, line, result))
-            position += len(line) + 1
-        pending.lines += len(lines)
+
+        def redo() -> StagedBlock:
+            return self._stager.stage(block, position, source, id_prefix, limit)
+
+        pool = self._pool
+        future = done_future(redo) if pool is None else pool.submit(
+            block, position, source, id_prefix, limit)
+        self._pending.segments.append(_Segment(future, redo))
+        self._pending.lines += lines
 
     def _skip_long_line(self, handle: OpenFile, start: int, size: int,
                         scanned: int) -> int | None:
@@ -402,9 +414,7 @@ class Tailer:
         return None  # the long line is not finished yet
 
     def _reject_long(self, source: str, offset: int, head: bytes, length: int) -> None:
-        limit = self.settings.max_line_bytes
-        rejection = Rejection("line_too_long", f"line of {length:,} bytes exceeds the "
-                              f"{limit:,}-byte limit", expected=f"<= {limit}", found=str(length))
+        rejection = too_long(self.settings.max_line_bytes, length)
         self._pending.rejected.append(quarantine_record(source, offset, head, rejection, length))
 
     def _truncated(self, fingerprint: str, result: PollResult) -> None:
@@ -419,13 +429,33 @@ class Tailer:
     # ------------------------------------------------------------ committing
 
     def _commit(self, result: PollResult) -> None:
-        pending = self._pending
-        if not pending.offsets:
-            return
+        """Commit everything read so far, waiting for checks still running."""
+        self._seal()
+        self._drain(result, wait=True)
+
+    def _seal(self) -> None:
+        if self._pending.offsets:
+            self._sealed.append(self._pending)
+            self._pending = _Pending()
+
+    def _drain(self, result: PollResult, wait: bool) -> None:
+        """Commit sealed batches in order: all of them, or those done while reading goes on."""
+        in_flight = self.settings.workers + 1 if self._pool else 0
+        while self._sealed:
+            front = self._sealed[0]
+            if not wait and len(self._sealed) <= in_flight and not all(
+                    segment.future.done() for segment in front.segments):
+                return
+            self._commit_batch(self._sealed.popleft(), result)
+
+    def _commit_batch(self, pending: _Pending, result: PollResult) -> None:
         batch = self.checkpoint.batch + 1
-        staged = self._write_stage(batch, pending)
-        if pending.rejected:
-            write_quarantine(self.home.quarantine, batch, pending.rejected)
+        staged_blocks = [self._outcome(segment) for segment in pending.segments]
+        rejected = [record for block in staged_blocks for record in block.rejected]
+        rejected += pending.rejected
+        staged = self._write_stage(batch, staged_blocks)
+        if rejected:
+            write_quarantine(self.home.quarantine, batch, rejected)
             fsync_dir(self.home.quarantine)
         for fingerprint, offset in pending.offsets.items():
             handle = self._open.get(fingerprint)
@@ -437,43 +467,36 @@ class Tailer:
             self.checkpoint.files[fingerprint] = handle.state
         self.checkpoint.batch = batch
         self.checkpoint.staged += staged
-        self.checkpoint.quarantined += len(pending.rejected)
+        self.checkpoint.quarantined += len(rejected)
         save_checkpoint(self.home.state, self.checkpoint)
         result.staged += staged
-        result.quarantined += len(pending.rejected)
+        result.quarantined += len(rejected)
         result.batches += 1
-        self._pending = _Pending()
 
-    def _write_stage(self, batch: int, pending: _Pending) -> int:
-        staged = 0
-        for event_type, rows in pending.by_type.items():
-            frame, unstageable = self._frame(event_type, rows)
-            pending.rejected.extend(unstageable)
-            if frame is None or frame.height == 0:
-                continue
-            write_stage_frame(self.home.stage, batch, frame)
-            fsync_dir(self.home.stage / event_type)
-            staged += frame.height
-        return staged
-
-    def _frame(self, event_type: str, rows: _TypeRows) -> tuple[Any, list[dict[str, Any]]]:
-        builder = self._builders[event_type]
+    def _outcome(self, segment: _Segment) -> StagedBlock:
         try:
-            return builder.build(rows.rows, rows.sources, rows.offsets), []
-        except Exception:
-            return self._frame_row_by_row(builder, rows)
+            return segment.future.result()
+        except BrokenProcessPool:  # a worker died (out of memory, killed): check here instead
+            self.notify("a line-checking worker died; checking lines in the tailer process")
+            self._stop_pool()
+            return segment.redo()
 
-    def _frame_row_by_row(self, builder: FrameBuilder,
-                          rows: _TypeRows) -> tuple[Any, list[dict[str, Any]]]:
-        frames, rejected = [], []
-        for row, source, offset in zip(rows.rows, rows.sources, rows.offsets, strict=True):
-            try:
-                frames.append(builder.build([row], [source], [offset]))
-            except Exception as exc:
-                rejection = Rejection("unstageable", f"valid JSON that cannot be typed: {exc}")
-                raw = repr(row).encode()
-                rejected.append(quarantine_record(source, offset, raw, rejection))
-        return (pl.concat(frames) if frames else None), rejected
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _write_stage(self, batch: int, staged_blocks: list[StagedBlock]) -> int:
+        by_type: dict[str, list[bytes]] = {}
+        for block in staged_blocks:
+            for event_type, ipc in block.frames.items():
+                by_type.setdefault(event_type, []).append(ipc)
+        for event_type, parts in by_type.items():
+            ipc = parts[0] if len(parts) == 1 else ipc_bytes(
+                pl.concat([pl.read_ipc(io.BytesIO(part)) for part in parts]))
+            write_stage_bytes(self.home.stage, batch, event_type, ipc)
+            fsync_dir(self.home.stage / event_type)
+        return sum(sum(block.counts.values()) for block in staged_blocks)
 
     # ------------------------------------------------------------ rotation and idleness
 

@@ -15,9 +15,9 @@ import pytest
 
 import pipeline.stage as stage
 from pipeline.events import Event, Rejection, Validator
+from pipeline.intake import quarantine_record
 from pipeline.schemas import load_schemas
 from pipeline.stage import (
-    EXCERPT_BYTES,
     SOURCE_COLUMNS,
     TS_TYPE,
     FrameBuilder,
@@ -27,8 +27,6 @@ from pipeline.stage import (
     column_type,
     conform,
     iter_quarantine,
-    json_text,
-    quarantine_record,
     remove_orphans,
     scan_stage_files,
     stage_schema,
@@ -145,11 +143,6 @@ def test_big_integer_in_metric_data_survives_as_json_text(validator: Validator) 
     text = frame["data"][0]
     assert str(big) in text
     assert json.loads(text) == {"big": big, "small": -1, "f": 1.5}
-
-
-def test_json_text_falls_back_for_big_integers() -> None:
-    assert json_text({"a": 1, "b": [True, None]}) == '{"a":1,"b":[true,null]}'
-    assert json_text({"x": 2**70}) == f'{{"x":{2**70}}}'
 
 
 def test_build_attaches_source_offset_and_default_version(validator: Validator) -> None:
@@ -343,35 +336,6 @@ def test_stage_frame_round_trips_through_ipc(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 REJECTION = Rejection("invalid_json", "bad", pointer="/x")
-
-
-def test_quarantine_record_fields() -> None:
-    record = quarantine_record("a.jsonl", 10, b'{"a": oops}', REJECTION)
-    assert record["source"] == "a.jsonl"
-    assert (record["offset"], record["length"]) == (10, 11)
-    assert (record["reason"], record["message"], record["pointer"]) == ("invalid_json", "bad",
-                                                                         "/x")
-    assert record["excerpt"] == '{"a": oops}'
-    assert record["excerpt_truncated"] is False
-    detected = datetime.fromisoformat(record["detected_at"])
-    assert detected.tzinfo is not None
-    assert abs((datetime.now(UTC) - detected).total_seconds()) < 60
-
-
-def test_quarantine_excerpt_is_escaped_and_capped() -> None:
-    line = b"\xff\x00abc" + b"y" * 5000
-    record = quarantine_record("a.jsonl", 0, line, REJECTION)
-    excerpt = record["excerpt"]
-    assert excerpt.startswith("\\xff\\x00abc")
-    assert "\x00" not in excerpt
-    assert excerpt.endswith("y") and excerpt.count("y") == EXCERPT_BYTES - 5
-    assert record["length"] == len(line)
-    assert record["excerpt_truncated"] is True
-    # a head of a longer line given with its full length
-    head = quarantine_record("a.jsonl", 0, b"z" * 100, REJECTION, length=10_000)
-    assert (head["length"], head["excerpt_truncated"]) == (10_000, True)
-    # survives a JSON round trip as text
-    assert orjson.loads(orjson.dumps(record))["excerpt"] == excerpt
 
 
 def test_quarantine_batches_round_trip(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from polars.testing import assert_frame_equal
 
 import pipeline.tailer as tailer_module
 from pipeline.checkpoint import load_checkpoint
@@ -322,7 +323,7 @@ def test_unstageable_row_is_quarantined_and_the_batch_still_staged(
         home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.stage import FrameBuilder
 
-    real_build = FrameBuilder.build
+    real_build = FrameBuilder.from_converted
 
     def build(self: FrameBuilder, rows: list[dict[str, Any]], sources: list[str],
               offsets: list[int]) -> pl.DataFrame:
@@ -330,7 +331,7 @@ def test_unstageable_row_is_quarantined_and_the_batch_still_staged(
             raise ValueError("cannot type this row")
         return real_build(self, rows, sources, offsets)
 
-    monkeypatch.setattr(FrameBuilder, "build", build)
+    monkeypatch.setattr(FrameBuilder, "from_converted", build)
     good = [event_line(), event_line()]
     poison = event_line(agent="poison")
     append(home.logs / "a.jsonl", good[0], poison, good[1])
@@ -1378,3 +1379,60 @@ def test_state_machine_quick() -> None:
 @pytest.mark.slow
 def test_state_machine_thorough() -> None:
     run_state_machine_as_test(TailerMachine, settings=THOROUGH)
+
+
+# --------------------------------------------------------------------------------------------
+# worker processes for catch-ups
+# --------------------------------------------------------------------------------------------
+
+def _every_stage_row(home: Home) -> dict[str, pl.DataFrame]:
+    return {t: staged_rows(home, t).sort("_source", "_offset")
+            for t in ("agent_token_usage", "task_progress", "tool_call", "metric",
+                      "context_compiled")}
+
+
+def test_workers_stage_the_same_as_one_process(tmp_path: Path) -> None:
+    from bench.generate import write_log
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write_log(logs, 12_000, seed=5, files=3, invalid_ratio=0.01)
+    homes = {}
+    for workers in (0, 2):
+        home = make_home(tmp_path / f"home-{workers}", "[tailer]\nbatch_lines = 1500\n"
+                         f"workers = {workers}\nparallel_min_bytes = 1\n")
+        for path in logs.iterdir():
+            shutil.copy(path, home.logs / path.name)
+        with running(home) as tailer:
+            result = tailer.poll()
+            assert (tailer._pool is not None) == (workers > 0)
+        assert result.staged + result.quarantined == 12_000
+        homes[workers] = home
+    one, many = (_every_stage_row(homes[w]) for w in (0, 2))
+    for event_type, frame in one.items():
+        assert frame.height > 0
+        assert_frame_equal(many[event_type], frame)
+
+    def records(home: Home) -> list[tuple[str, int, str]]:
+        return sorted((r["source"], r["offset"], r["reason"]) for r in quarantined(home))
+
+    assert records(homes[0]) == records(homes[2]) and len(records(homes[0])) > 50
+    assert load_checkpoint(homes[0].state).batch == load_checkpoint(homes[2].state).batch
+
+
+def test_a_dead_worker_is_replaced_by_checking_in_process(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home", "[tailer]\nworkers = 1\nparallel_min_bytes = 1\n")
+    first = [event_line() for _ in range(20)]
+    append(home.logs / "a.jsonl", *first)
+    notes: list[str] = []
+    with running(home, notify=notes.append) as tailer:
+        assert tailer.poll().staged == 20
+        assert tailer._pool is not None
+        for pid in list(tailer._pool._executor._processes):
+            os.kill(pid, signal.SIGKILL)
+        second = [event_line() for _ in range(20)]
+        append(home.logs / "a.jsonl", *second)
+        assert tailer.poll().staged == 20
+        assert tailer._pool is None
+    assert_staged_once(home, ids_of(*first, *second))
+    assert any("worker died" in note for note in notes)

@@ -10,6 +10,7 @@ every valid id exactly once, and the committed quarantine every invalid line exa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -63,13 +64,32 @@ for i, step in enumerate(plan):
 # ------------------------------------------------------------------------------- helpers
 
 
-def make_home(root: Path, batch_lines: int = 200, rescan_seconds: float = 0.05) -> Path:
-    """A fresh home (what `tally init` makes), with small batches so kills land mid-batch."""
+def make_home(root: Path, batch_lines: int = 200, rescan_seconds: float = 0.05,
+              workers: int = 0) -> Path:
+    """A fresh home (what `tally init` makes), with small batches so kills land mid-batch;
+    with `workers`, line-checking workers start on any backlog."""
     init_home(root)
     (root / "config.toml").write_text(
-        f"[tailer]\nrescan_seconds = {rescan_seconds}\nbatch_lines = {batch_lines}\n",
-        encoding="utf-8")
+        f"[tailer]\nrescan_seconds = {rescan_seconds}\nbatch_lines = {batch_lines}\n"
+        f"workers = {workers}\nparallel_min_bytes = 1\n", encoding="utf-8")
     return root
+
+
+def children(pid: int) -> set[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "State:\tZ" in status
 
 
 def invalid_line(rng: random.Random, marker: str) -> bytes:
@@ -304,14 +324,15 @@ CATCHUP_SEEDS = range(101, 103)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2], ids=["in_process", "workers"])
 @pytest.mark.parametrize("seed", CATCHUP_SEEDS)
-def test_sigkill_during_catch_up(tmp_path: Path, seed: int) -> None:
+def test_sigkill_during_catch_up(tmp_path: Path, seed: int, workers: int) -> None:
     rng = random.Random(seed)
-    home = make_home(tmp_path / "home", batch_lines=1000)
+    home = make_home(tmp_path / "home", batch_lines=1000, workers=workers)
     plan = make_plan(seed, 50_000)
     write_all(home / "logs", plan)
     log = tmp_path / "tail.err"
-    killed = 0
+    killed, orphans = 0, set()
     for attempt in range(rng.randint(4, 6)):
         tailer = start_tail(home, "--once", "--quiet", log=log)
         if wait_ready(tailer, home):
@@ -319,7 +340,14 @@ def test_sigkill_during_catch_up(tmp_path: Path, seed: int) -> None:
             time.sleep(rng.uniform(0.02, 0.1) if attempt == 0 else rng.uniform(0.05, 1.0))
             if tailer.poll() is None:
                 killed += 1
+        orphans |= children(tailer.pid)
         kill(tailer)
+    # Workers left without their tailer see their pipe close and exit.
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in orphans) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(gone(pid) for pid in orphans), "worker processes outlived a killed tailer"
+    assert orphans or not workers, "the workers never started"
     subprocess.run([TALLY, "tail", "--once", "--quiet", "--home", str(home)], check=True,
                    timeout=300)
     assert killed > 0, "no kill landed while catching up"
@@ -331,11 +359,12 @@ def test_sigkill_during_catch_up(tmp_path: Path, seed: int) -> None:
 # ------------------------------------------------------------------------------- SIGTERM
 
 
-@pytest.mark.parametrize("when", ["idle", "catching_up"])
+@pytest.mark.parametrize("when", ["idle", "catching_up", "catching_up_with_workers"])
 def test_sigterm_exits_cleanly_with_everything_committed(tmp_path: Path, when: str) -> None:
-    home = make_home(tmp_path / "home", batch_lines=500)
+    home = make_home(tmp_path / "home", batch_lines=500,
+                     workers=2 if when.endswith("workers") else 0)
     logs = home / "logs"
-    plan = make_plan(7, 20_000 if when == "catching_up" else 2000)
+    plan = make_plan(7, 2000 if when == "idle" else 20_000)
     first = Plan(plan.steps[: len(plan.steps) // 2])
     rest = Plan(plan.steps[len(plan.steps) // 2:])
     write_all(logs, first)
