@@ -477,8 +477,9 @@ class Tailer:
         try:
             return segment.future.result()
         except BrokenProcessPool:  # a worker died (out of memory, killed): check here instead
-            self.notify("a line-checking worker died; checking lines in the tailer process")
-            self._stop_pool()
+            if self._pool is not None:
+                self.notify("a line-checking worker died; checking lines in the tailer process")
+                self._stop_pool()
             return segment.redo()
 
     def _stop_pool(self) -> None:
