@@ -89,10 +89,12 @@ def quarantine_record(source: str, offset: int, line: bytes, rejection: Rejectio
     }
 
 
-def too_long(limit: int, length: int) -> Rejection:
-    """The rejection of a line past the size limit."""
-    return Rejection("line_too_long", f"line of {length:,} bytes exceeds the {limit:,}-byte "
-                     "limit", expected=f"<= {limit}", found=str(length))
+def too_long_record(source: str, offset: int, head: bytes, length: int,
+                    limit: int) -> dict[str, Any]:
+    """The quarantine record of a line past the size limit, from its first bytes."""
+    rejection = Rejection("line_too_long", f"line of {length:,} bytes exceeds the {limit:,}-byte "
+                          "limit", expected=f"<= {limit}", found=str(length))
+    return quarantine_record(source, offset, head, rejection, length)
 
 
 class BlockChecker:
@@ -163,8 +165,7 @@ class BlockChecker:
         validate = self.validator.validate
         for line, start in zip(chunk, starts, strict=True):
             if len(line) > limit:
-                result.rejected.append(quarantine_record(
-                    source, start, line[:EXCERPT_BYTES], too_long(limit, len(line)), len(line)))
+                result.rejected.append(too_long_record(source, start, line, len(line), limit))
                 continue
             verdict = validate(line)
             if type(verdict) is not Event:

@@ -28,7 +28,7 @@ import polars as pl
 from pipeline.checkpoint import Checkpoint, FileState, ProcessLock, load_checkpoint, save_checkpoint
 from pipeline.config import Home
 from pipeline.events import Rejection, Validator
-from pipeline.intake import quarantine_record, too_long
+from pipeline.intake import quarantine_record, too_long_record
 from pipeline.stage import (
     BlockStager,
     StagedBlock,
@@ -414,8 +414,8 @@ class Tailer:
         return None  # the long line is not finished yet
 
     def _reject_long(self, source: str, offset: int, head: bytes, length: int) -> None:
-        rejection = too_long(self.settings.max_line_bytes, length)
-        self._pending.rejected.append(quarantine_record(source, offset, head, rejection, length))
+        self._pending.rejected.append(
+            too_long_record(source, offset, head, length, self.settings.max_line_bytes))
 
     def _truncated(self, fingerprint: str, result: PollResult) -> None:
         handle = self._open.pop(fingerprint)
