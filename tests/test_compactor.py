@@ -29,6 +29,7 @@ import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable
 
+from pipeline import compactor
 from pipeline.checkpoint import committed_batch
 from pipeline.cli import main
 from pipeline.compactor import (
@@ -39,6 +40,7 @@ from pipeline.compactor import (
     vacuum_lake,
 )
 from pipeline.config import Home, init_home, load_home
+from pipeline.errors import LakeError
 from pipeline.events import Validator
 from pipeline.lake import APP_ID, lake_batch, open_table, scan_events, table_path
 from pipeline.schemas import SchemaSet, load_schemas, schema_dir
@@ -328,6 +330,34 @@ def test_batches_already_committed_are_deleted_not_written_again(home: Home,
     assert result.events == 30 and lake_batch(table(partial)) == 3
     counts = lake(partial)["event_id"].value_counts()
     assert counts.height == 45 and counts["count"].max() == 1
+
+
+def test_a_failed_deletion_is_reported_and_the_next_run_finishes_it(
+        home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    for cycle in range(3):
+        append(home, "a.jsonl", day_events(f"c{cycle}", ["2025-08-01"], 10))
+        tail(home)
+
+    def refuse(*_: Any) -> None:
+        raise PermissionError("stage directory is read-only")
+
+    monkeypatch.setattr(compactor, "_remove", refuse)
+    with pytest.raises(LakeError, match=r"could not be deleted.*read-only") as raised:
+        run_compaction(home, rows_per_commit=10)
+    assert "in the lake already" in str(raised.value)
+    assert lake(home).height == 30 and len(stage_files(home)) == 3  # committed, not deleted
+    monkeypatch.undo()
+    again = run_compaction(home)
+    assert (again.events, again.files_removed) == (0, 3)
+    assert stage_files(home) == [] and events(home).height == 30
+
+
+def test_stage_files_are_counted_the_way_polars_reads_them(home: Home) -> None:
+    for cycle, per_day in enumerate((1, 7, 40)):
+        append(home, "a.jsonl", day_events(f"c{cycle}", ["2025-08-01", "2025-08-03"], per_day))
+        tail(home)
+    for path in stage_files(home):
+        assert compactor._rows(path) == pl.read_ipc(path).height
 
 
 def test_a_kill_at_the_fault_points_loses_and_duplicates_nothing(home: Home) -> None:
