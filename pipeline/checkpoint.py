@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from pipeline.errors import LockTimeout
-from pipeline.stage import fsync_dir, write_atomic
+from pipeline.stage import fsync_dir, write_synced
 
 CHECKPOINT = "checkpoint.json"
 
@@ -66,9 +66,19 @@ def load_checkpoint(state_dir: Path) -> Checkpoint:
 
 def save_checkpoint(state_dir: Path, checkpoint: Checkpoint) -> None:
     """Commit the checkpoint: temp file, fsync, rename, fsync the directory."""
+    publish_checkpoint(state_dir, prepare_checkpoint(state_dir, checkpoint))
+
+
+def prepare_checkpoint(state_dir: Path, checkpoint: Checkpoint) -> Path:
+    """Write the checkpoint to a temp file and fsync it; nothing is committed yet."""
     checkpoint.updated_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     body = checkpoint.to_json()
-    write_atomic(state_dir / CHECKPOINT, lambda handle: handle.write(body))
+    return write_synced(state_dir / CHECKPOINT, lambda handle: handle.write(body))
+
+
+def publish_checkpoint(state_dir: Path, prepared: Path) -> None:
+    """Commit a prepared checkpoint: rename it into place, fsync the directory."""
+    os.replace(prepared, state_dir / CHECKPOINT)
     fsync_dir(state_dir)
 
 

@@ -198,6 +198,11 @@ def fsync_dir(path: Path) -> None:
 
 def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     """Write via `write(handle)` to a temp file, fsync it, rename it over `path`."""
+    os.replace(write_synced(path, write), path)
+
+
+def write_synced(path: Path, write: Callable[[Any], None]) -> Path:
+    """Write via `write(handle)` to a temp file beside `path` and fsync it; the temp path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -205,10 +210,10 @@ def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a failed write leaves nothing half-written behind
         raise
+    return tmp
 
 
 def write_stage_frame(stage_dir: Path, batch: int, frame: pl.DataFrame) -> Path:

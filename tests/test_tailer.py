@@ -422,11 +422,11 @@ def test_crash_before_the_checkpoint_commit_replays_exactly_once(
     second = [event_line() for _ in range(4)]
     append(log, *second, b"not json\n")
 
-    def killed(state_dir: Path, checkpoint: Any) -> None:
+    def killed(state_dir: Path, prepared: Path) -> None:
         raise KeyboardInterrupt("simulated kill before the checkpoint rename")
 
     crashed = Tailer(home)
-    monkeypatch.setattr(tailer_module, "save_checkpoint", killed)
+    monkeypatch.setattr(tailer_module, "publish_checkpoint", killed)
     with pytest.raises(KeyboardInterrupt):
         crashed.poll()
     crashed.close()
@@ -439,6 +439,42 @@ def test_crash_before_the_checkpoint_commit_replays_exactly_once(
     assert (result.staged, result.quarantined) == (4, 1)
     assert_staged_once(home, ids_of(*first, *second))
     assert len(quarantined(home)) == 1
+
+
+def test_the_checkpoint_is_published_only_after_every_file_of_its_batch(
+        home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's files are written in parallel; the slowest still precedes the commit."""
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def slowly(name: str, write: Callable[..., Path], delay: float) -> Callable[..., Path]:
+        def wrapped(*args: Any) -> Path:
+            time.sleep(delay)
+            path = write(*args)
+            with lock:
+                events.append(f"{name} {path.name}")
+            return path
+        return wrapped
+
+    def published(state_dir: Path, prepared: Path) -> None:
+        with lock:
+            events.append(f"checkpoint batch {orjson.loads(prepared.read_bytes())['batch']}")
+        publish(state_dir, prepared)
+
+    publish = tailer_module.publish_checkpoint
+    monkeypatch.setattr(tailer_module, "write_stage_bytes",
+                        slowly("stage", tailer_module.write_stage_bytes, 0.05))
+    monkeypatch.setattr(tailer_module, "write_quarantine",
+                        slowly("quarantine", tailer_module.write_quarantine, 0.1))
+    monkeypatch.setattr(tailer_module, "publish_checkpoint", published)
+    append(home.logs / "a.jsonl", event_line(), b"not json\n",
+           event_line(event_type="tool_call", tool="grep", input_tokens=None,
+                      output_tokens=None))
+    poll_once(home)
+    assert sorted(events[:3]) == ["quarantine b000000000001.jsonl",
+                                  "stage b000000000001.arrow", "stage b000000000001.arrow"]
+    assert events[3:] == ["checkpoint batch 1"]
+    assert load_checkpoint(home.state).batch == 1
 
 
 def test_derived_event_id_is_deterministic(home: Home) -> None:
@@ -1310,17 +1346,17 @@ class TailerMachine(RuleBasedStateMachine):
     def crash_before_commit(self) -> None:
         """kill -9 after a batch's files are written, before its checkpoint is renamed."""
         assert self.tailer is not None
-        original = tailer_module.save_checkpoint
+        original = tailer_module.publish_checkpoint
 
         def killed(*args: Any) -> None:
             raise _Killed
 
-        tailer_module.save_checkpoint = killed
+        tailer_module.publish_checkpoint = killed
         try:
             with contextlib.suppress(_Killed):
                 self.tailer.poll()
         finally:
-            tailer_module.save_checkpoint = original
+            tailer_module.publish_checkpoint = original
         self.tailer.close()
         self.tailer = Tailer(self.home)
 
