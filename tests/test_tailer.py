@@ -25,7 +25,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 from conftest import event_line, make_home
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -382,6 +382,20 @@ def test_batches_split_by_batch_lines(tmp_path: Path) -> None:
     assert result.staged == 35 and result.batches >= 4
     assert load_checkpoint(home.state).batch == result.batches
     assert_staged_once(home, ids_of(*lines))
+
+
+@given(lengths=st.lists(st.integers(0, 300), min_size=1, max_size=60),
+       room=st.integers(1, 80), line_bytes=st.integers(1, 2000),
+       partial=st.binary(max_size=50).filter(lambda tail: b"\n" not in tail))
+def test_cut_lines_ends_after_exactly_room_lines(lengths: list[int], room: int,
+                                                 line_bytes: int, partial: bytes) -> None:
+    lines = [b"x" * length + b"\n" for length in lengths]
+    chunk = b"".join(lines) + partial  # a partial line past `end` is never counted
+    end = len(chunk) - len(partial)
+    cut, count = tailer_module.cut_lines(chunk, end, room, line_bytes)
+    taken = min(room, len(lines))
+    assert count == taken
+    assert cut == sum(map(len, lines[:taken]))
 
 
 def test_orphan_batches_above_the_watermark_are_deleted(home: Home) -> None:
