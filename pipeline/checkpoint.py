@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from pipeline.errors import LockTimeout
-from pipeline.stage import fsync_dir, write_synced
+from pipeline.stage import fsync_dir, rename_or_discard, write_synced
 
 CHECKPOINT = "checkpoint.json"
 
@@ -78,7 +78,7 @@ def prepare_checkpoint(state_dir: Path, checkpoint: Checkpoint) -> Path:
 
 def publish_checkpoint(state_dir: Path, prepared: Path) -> None:
     """Commit a prepared checkpoint: rename it into place, fsync the directory."""
-    os.replace(prepared, state_dir / CHECKPOINT)
+    rename_or_discard(prepared, state_dir / CHECKPOINT)
     fsync_dir(state_dir)
 
 

@@ -198,7 +198,16 @@ def fsync_dir(path: Path) -> None:
 
 def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     """Write via `write(handle)` to a temp file, fsync it, rename it over `path`."""
-    os.replace(write_synced(path, write), path)
+    rename_or_discard(write_synced(path, write), path)
+
+
+def rename_or_discard(tmp: Path, path: Path) -> None:
+    """Rename a synced temp file over `path`; if that fails, delete the temp file."""
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_synced(path: Path, write: Callable[[Any], None]) -> Path:

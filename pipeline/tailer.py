@@ -18,9 +18,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import polars as pl
@@ -73,21 +73,23 @@ def cut_lines(chunk: bytes, end: int, room: int, line_bytes: int) -> tuple[int, 
     """Where the first `room` lines of `chunk[:end]` end (all of them if fewer), and how
     many lines that is. `chunk[:end]` ends in a newline.
 
-    Counting newlines costs about 1 ms a MiB, so only the bytes that `line_bytes` (the
-    expected line length) says are needed get counted, not the whole chunk.
+    Counting newlines costs about 1 ms a MiB, so the bytes counted are those `line_bytes`
+    (the expected line length) says are needed; a guess that went too far narrows the
+    window and sharpens the estimate from the lines it found there.
     """
     cut = lines = 0
+    limit, per_line = end, max(1, line_bytes)
     while lines < room and cut < end:
-        per_line = cut // lines if lines else line_bytes
-        guess = cut + (room - lines + 1) * per_line  # one line past: then back off
-        step = end if guess >= end else chunk.rfind(b"\n", cut, guess) + 1
-        if step <= cut:  # lines longer than guessed: take the next one whole
+        guess = cut + (room - lines) * per_line
+        step = limit if guess >= limit else chunk.rfind(b"\n", cut, guess) + 1
+        if step <= cut:  # the next line is longer than guessed: take it whole
             step = chunk.find(b"\n", cut) + 1
-        lines += chunk.count(b"\n", cut, step)
-        cut = step
-    while lines > room:
-        cut = chunk.rfind(b"\n", 0, cut - 1) + 1
-        lines -= 1
+        found = chunk.count(b"\n", cut, step)
+        per_line = max(1, (step - cut) // found)
+        if lines + found > room:  # too far: the cut lies before `step`
+            limit = step
+            continue
+        cut, lines = step, lines + found
     return cut, lines
 
 
@@ -170,13 +172,13 @@ class Tailer:
                        above=self.checkpoint.batch)
         self._stager = BlockStager(self.validator)
         self._pool: StagerPool | None = None
-        # Writes a batch's files, its checkpoint's temp file among them, side by side: their
-        # fsyncs overlap, so a commit costs about one fsync, not one per file.
+        # Writes a batch's stage and quarantine files while this thread writes the
+        # checkpoint's temp file: their fsyncs overlap instead of following one another.
         self._writers = ThreadPoolExecutor(COMMIT_WRITERS, thread_name_prefix="tally-commit")
         self._sealed: deque[_Pending] = deque()  # full batches whose checks may still run
         self._open: dict[str, OpenFile] = {}
         self._pending = _Pending()
-        self._line_bytes = 256  # mean line length read so far: where a batch probably ends
+        self._line_bytes = 256  # mean line length of the last block cut: where the next ends
         self._logs_real = os.path.realpath(home.logs)
         self.stop = threading.Event()
         self._warned: set[str] = set()
@@ -186,12 +188,15 @@ class Tailer:
 
     def close(self) -> None:
         """Close followed files and release the lock (the checkpoint is already committed)."""
-        for handle in self._open.values():
-            os.close(handle.fd)
-        self._open.clear()
-        self._stop_pool()
-        self._writers.shutdown(wait=True)
-        self._lock.release()
+        try:
+            for handle in self._open.values():
+                with contextlib.suppress(OSError):
+                    os.close(handle.fd)
+            self._open.clear()
+            self._stop_pool()
+        finally:
+            self._writers.shutdown(wait=True)
+            self._lock.release()
 
     def __enter__(self) -> Tailer:
         return self
@@ -475,29 +480,36 @@ class Tailer:
             self._commit_batch(self._sealed.popleft(), result)
 
     def _commit_batch(self, pending: _Pending, result: PollResult) -> None:
-        batch = self.checkpoint.batch + 1
         staged_blocks = [self._outcome(segment) for segment in pending.segments]
         rejected = [record for block in staged_blocks for record in block.rejected]
         rejected += pending.rejected
-        writes = self._stage_writes(batch, staged_blocks)
-        if rejected:
-            writes.append(self._writers.submit(self._write_rejected, batch, rejected))
-        for fingerprint, offset in pending.offsets.items():
-            handle = self._open.get(fingerprint)
-            if handle is None:
-                continue
-            handle.state.offset = offset
-            handle.state.marker = marker_at(handle.fd, offset)
-            handle.state.last_seen = time.time()
-            self.checkpoint.files[fingerprint] = handle.state
         staged = sum(sum(block.counts.values()) for block in staged_blocks)
-        self.checkpoint.batch = batch
-        self.checkpoint.staged += staged
-        self.checkpoint.quarantined += len(rejected)
-        prepared = prepare_checkpoint(self.home.state, self.checkpoint)
-        for write in writes:
-            write.result()  # every file durable before the checkpoint that covers it
-        publish_checkpoint(self.home.state, prepared)
+        advanced = {fingerprint: replace(handle.state, offset=offset, last_seen=time.time(),
+                                         marker=marker_at(handle.fd, offset))
+                    for fingerprint, offset in pending.offsets.items()
+                    if (handle := self._open.get(fingerprint)) is not None}
+        # Built aside and adopted only once published: a failed write changes nothing.
+        checkpoint = replace(self.checkpoint, batch=self.checkpoint.batch + 1,
+                             files={**self.checkpoint.files, **advanced},
+                             staged=self.checkpoint.staged + staged,
+                             quarantined=self.checkpoint.quarantined + len(rejected))
+        writes = self._stage_writes(checkpoint.batch, staged_blocks)
+        if rejected:
+            writes.append(self._writers.submit(self._write_rejected, checkpoint.batch, rejected))
+        prepared = None
+        try:
+            prepared = prepare_checkpoint(self.home.state, checkpoint)
+            for write in writes:
+                write.result()  # every file durable before the checkpoint that covers it
+            publish_checkpoint(self.home.state, prepared)
+        except BaseException:
+            wait(writes)  # nothing of this batch is written after the failure is reported
+            if prepared is not None:
+                prepared.unlink(missing_ok=True)
+            raise
+        self.checkpoint = checkpoint
+        for fingerprint, state in advanced.items():
+            self._open[fingerprint].state = state
         result.staged += staged
         result.quarantined += len(rejected)
         result.batches += 1

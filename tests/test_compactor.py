@@ -356,8 +356,17 @@ def test_stage_files_are_counted_the_way_polars_reads_them(home: Home) -> None:
     for cycle, per_day in enumerate((1, 7, 40)):
         append(home, "a.jsonl", day_events(f"c{cycle}", ["2025-08-01", "2025-08-03"], per_day))
         tail(home)
-    for path in stage_files(home):
+    one = stage_files(home)[-1]
+    parts = pl.read_ipc(one)
+    several = one.with_name("b000000000099.arrow")  # three record batches in one file
+    table = parts.to_arrow()
+    with pa.ipc.new_file(str(several), table.schema) as writer:
+        for start in (0, 5, 30):
+            writer.write_table(table.slice(start, 25 if start < 30 else None))
+    assert pa.ipc.open_file(str(several)).num_record_batches == 3
+    for path in [*stage_files(home)]:
         assert compactor._rows(path) == pl.read_ipc(path).height
+    assert compactor._rows(several) == pl.read_ipc(several).height == 25 + 25 + parts.height - 30
 
 
 def test_a_kill_at_the_fault_points_loses_and_duplicates_nothing(home: Home) -> None:

@@ -313,6 +313,15 @@ def test_write_atomic_failure_keeps_the_old_content(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]
 
 
+def test_write_atomic_failed_rename_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "inside").write_bytes(b"")  # os.replace cannot put a file over this directory
+    with pytest.raises(OSError):
+        write_atomic(target, lambda handle: handle.write(b"x"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
 def test_write_atomic_fsyncs_before_the_rename(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []

@@ -491,6 +491,32 @@ def test_the_checkpoint_is_published_only_after_every_file_of_its_batch(
     assert load_checkpoint(home.state).batch == 1
 
 
+def test_a_failed_write_leaves_the_checkpoint_and_the_next_poll_loses_nothing(
+        home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = home.logs / "a.jsonl"
+    first = [event_line() for _ in range(3)]
+    append(log, *first, b"not json\n")
+    real_write = tailer_module.write_stage_bytes
+
+    def disk_full(*args: Any) -> Path:
+        raise OSError(28, "No space left on device")
+
+    with Tailer(home) as tailer:
+        monkeypatch.setattr(tailer_module, "write_stage_bytes", disk_full)
+        with pytest.raises(OSError, match="No space"):
+            tailer.poll()
+        assert tailer.checkpoint.batch == 0 and tailer.checkpoint.files == {}
+        assert load_checkpoint(home.state).batch == 0
+        assert sorted(p.name for p in home.state.iterdir()) == ["tailer.lock"]  # no temp file
+        monkeypatch.setattr(tailer_module, "write_stage_bytes", real_write)
+        second = event_line()
+        append(log, second)
+        result = tailer.poll()  # the same tailer, once the disk has room again
+    assert (result.staged, result.quarantined, result.batches) == (4, 1, 1)
+    assert_staged_once(home, ids_of(*first, second))
+    assert len(quarantined(home)) == 1
+
+
 def test_derived_event_id_is_deterministic(home: Home) -> None:
     log = home.logs / "anon.jsonl"
     lines = [event_line(event_id=None, input_tokens=n) for n in range(3)]
