@@ -84,8 +84,8 @@ def run_compaction(home: Home, *, lock_timeout: float | None = None,
         total = sum(rows.values())
         with _Run(home, result, _Budget(rows, rows_per_commit),
                   lambda n: progress(n, total) if progress else None) as run:
-            for event_type, files in plan.items():
-                _compact_type(run, event_type, files)
+            _make_commits(run, [commit for event_type, files in plan.items()
+                                for commit in _plan_commits(run, event_type, files)])
     result.seconds = time.monotonic() - started
     return result
 
@@ -134,9 +134,9 @@ class _Run:
             for removal in self._removals:
                 _reported(removal)
 
-    def read(self, files: list[Path]) -> Future[pl.DataFrame]:
+    def read(self, commit: _Commit) -> Future[_Rows]:
         """Start reading the stage files of one commit."""
-        return self._reader.submit(_read_chunk, files)
+        return self._reader.submit(_read_rows, commit.files)
 
     def remove(self, event_type: str, files: list[Path]) -> None:
         """Delete stage files already in the lake, in the background."""
@@ -154,31 +154,55 @@ def _reported(removal: Future[None]) -> None:
                              "deletes them") from exc
 
 
-def _read_chunk(files: list[Path]) -> pl.DataFrame:
+@dataclass(frozen=True)
+class _Commit:
+    """One Delta commit to make: its table, its stage files, the highest batch among them."""
+
+    event_type: str
+    table: Path
+    files: list[Path]
+    batch: int
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A commit's rows, read ahead, and their dates."""
+
+    data: pl.DataFrame
+    dates: list[str]
+
+
+def _read_rows(files: list[Path]) -> _Rows:
     staged = scan_stage_files(files)
-    assert staged is not None  # chunks are never empty
-    return add_partition_date(staged).collect()
+    assert staged is not None  # commits never have zero files
+    frame = add_partition_date(staged).collect()
+    return _Rows(frame, [str(d) for d in frame["date"].unique()])
 
 
-def _compact_type(run: _Run, event_type: str, files: list[tuple[int, Path]]) -> None:
+def _plan_commits(run: _Run, event_type: str, files: list[tuple[int, Path]]) -> list[_Commit]:
+    """The commits that bring a type's stage files into its table; deletes those it has."""
     path = table_path(run.home, event_type)
     committed = lake_batch(open_table(path))
     run.remove(event_type, [f for b, f in files if b <= committed])
-    chunks = _chunks([(b, f) for b, f in files if b > committed], run.budget)
-    upcoming = run.read([f for _, f in chunks[0]]) if chunks else None
-    for index, chunk in enumerate(chunks):
+    return [_Commit(event_type, path, [f for _, f in chunk], chunk[-1][0])
+            for chunk in _chunks([(b, f) for b, f in files if b > committed], run.budget)]
+
+
+def _make_commits(run: _Run, commits: list[_Commit]) -> None:
+    upcoming = run.read(commits[0]) if commits else None
+    for index, commit in enumerate(commits):
         assert upcoming is not None
-        frame = upcoming.result()
-        if index + 1 < len(chunks):
-            upcoming = run.read([f for _, f in chunks[index + 1]])
+        rows = upcoming.result()
+        if index + 1 < len(commits):  # the next one, of this type or the next, read meanwhile
+            upcoming = run.read(commits[index + 1])
         _fault("before_write")
-        _commit(path, frame, chunk[-1][0])
+        _commit(commit.table, rows.data, commit.batch)
         _fault("after_commit")
-        run.result.events += frame.height
+        run.result.events += rows.data.height
         run.result.commits += 1
-        run.result.partitions.update((event_type, str(d)) for d in frame["date"].unique())
-        run.remove(event_type, [f for _, f in chunk])
-        run.done += frame.height
+        run.result.partitions.update((commit.event_type, date) for date in rows.dates)
+        run.remove(commit.event_type, commit.files)
+        run.done += rows.data.height
         run.progress(run.done)
 
 
