@@ -56,6 +56,7 @@ STOP_CHECK_SECONDS = 0.2
 COMMIT_WRITERS = 8
 
 Notify = Callable[[str], None]
+Progress = Callable[[int, int], None]  # (bytes committed, bytes to read) in one pass
 
 
 def fingerprint_of(fd: int) -> str | None:
@@ -134,6 +135,7 @@ class PollResult:
     quarantined: int = 0
     batches: int = 0
     files: int = 0
+    bytes: int = 0  # of the logs, read and committed
 
 
 @dataclass
@@ -179,6 +181,7 @@ class Tailer:
         self._open: dict[str, OpenFile] = {}
         self._pending = _Pending()
         self._line_bytes = 256  # mean line length of the last block cut: where the next ends
+        self._progress: Callable[[int], None] | None = None
         self._logs_real = os.path.realpath(home.logs)
         self.stop = threading.Event()
         self._warned: set[str] = set()
@@ -206,8 +209,13 @@ class Tailer:
 
     # ------------------------------------------------------------ one pass
 
-    def poll(self, only: Iterable[str] | None = None) -> PollResult:
-        """Discover files (all, or just `only`), read every complete line, commit in batches."""
+    def poll(self, only: Iterable[str] | None = None,
+             progress: Progress | None = None) -> PollResult:
+        """Discover files (all, or just `only`), read every complete line, commit in batches.
+
+        `progress(done, total)` is told after each batch how many bytes of the logs are
+        committed, of those there were to read when the pass began.
+        """
         result = PollResult()
         full_scan = only is None
         paths = self.discover() if only is None else [p for p in only if self._wanted(p)]
@@ -217,6 +225,8 @@ class Tailer:
                 handle.seen = False
         for path in paths:
             self._follow(path)
+        total = self.lag_bytes() if progress else 0
+        self._progress = (lambda done: progress(done, total)) if progress else None
         for fingerprint in list(self._open):
             if self.stop.is_set():
                 break
@@ -509,10 +519,13 @@ class Tailer:
             raise
         self.checkpoint = checkpoint
         for fingerprint, state in advanced.items():
+            result.bytes += max(0, state.offset - self._open[fingerprint].state.offset)
             self._open[fingerprint].state = state
         result.staged += staged
         result.quarantined += len(rejected)
         result.batches += 1
+        if self._progress:
+            self._progress(result.bytes)
 
     def _outcome(self, segment: _Segment) -> StagedBlock:
         try:
@@ -657,6 +670,7 @@ def _add(total: PollResult, result: PollResult) -> None:
     total.staged += result.staged
     total.quarantined += result.quarantined
     total.batches += result.batches
+    total.bytes += result.bytes
     total.files = result.files
 
 

@@ -1,8 +1,15 @@
-"""Shared fixtures: a fresh tally home in tmp_path, and valid event lines with unique ids."""
+"""Shared fixtures: a fresh tally home in tmp_path, valid event lines with unique ids, and
+the tally command run with its stderr on a terminal."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import pty
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +54,28 @@ def make_home(root: Path, config: str = "") -> Home:
 def home(tmp_path: Path) -> Home:
     """A freshly initialised home with the default configuration."""
     return make_home(tmp_path / "home")
+
+
+def tally_executable() -> str:
+    """The installed tally console script (the test is skipped without one)."""
+    candidate = Path(sys.executable).parent / "tally"
+    found = str(candidate) if candidate.exists() else shutil.which("tally")
+    if found is None:
+        pytest.skip("the tally console script is not installed")
+    return found
+
+
+def stderr_on_a_terminal(*args: str) -> tuple[str, str]:
+    """Run tally with stderr on a pseudo-terminal; (stdout, what the terminal showed)."""
+    terminal, attached = pty.openpty()
+    process = subprocess.Popen([tally_executable(), *args], stdout=subprocess.PIPE,
+                               stderr=attached)
+    os.close(attached)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once tally has exited and closed its end
+        while chunk := os.read(terminal, 4096):
+            shown += chunk
+    os.close(terminal)
+    stdout, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, shown
+    return stdout.decode(), shown.decode(errors="replace")

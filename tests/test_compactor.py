@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import stderr_on_a_terminal
 from deltalake import DeltaTable
 
 from pipeline import compactor
@@ -751,6 +752,16 @@ def test_cli_compact_prints_a_one_line_summary(home: Home) -> None:
 
     again = invoke("compact", "--home", str(home.root))
     assert SUMMARY.search(again.output)["events"] == "0"  # type: ignore[index]
+
+
+def test_cli_compact_shows_progress_on_a_terminal(home: Home) -> None:
+    for cycle in range(3):
+        append(home, "a.jsonl", day_events(f"c{cycle}", ["2025-08-01"], 10))
+        tail(home)
+    stdout, shown = stderr_on_a_terminal("compact", "--rows-per-commit", "10",
+                                         "--home", str(home.root))
+    assert SUMMARY.search(stdout) and "compacting" in shown and "100%" in shown
+    assert lake(home).height == 30
 
 
 def test_cli_help_has_examples() -> None:

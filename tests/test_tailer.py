@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ import orjson
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from conftest import event_line, make_home
+from conftest import event_line, make_home, stderr_on_a_terminal, tally_executable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -396,6 +395,22 @@ def test_cut_lines_ends_after_exactly_room_lines(lengths: list[int], room: int,
     taken = min(room, len(lines))
     assert count == taken
     assert cut == sum(map(len, lines[:taken]))
+
+
+def test_poll_reports_bytes_committed_after_each_batch(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home", "[tailer]\nbatch_lines = 10\n")
+    lines = [event_line() for _ in range(35)]
+    partial = b'{"event_type": "agent_tok'
+    append(home.logs / "a.jsonl", *lines[:20], b"not json\n")
+    append(home.logs / "b.jsonl", *lines[20:], partial)
+    seen: list[tuple[int, int]] = []
+    with Tailer(home) as tailer:
+        result = tailer.poll(progress=lambda done, total: seen.append((done, total)))
+    complete = sum(map(len, lines)) + len(b"not json\n")
+    assert len(seen) == result.batches >= 4
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] == result.bytes == complete
+    assert {total for _, total in seen} == {complete + len(partial)}  # the partial line waits
 
 
 def test_orphan_batches_above_the_watermark_are_deleted(home: Home) -> None:
@@ -1166,12 +1181,20 @@ def test_cli_tail_while_locked_exits_75(home: Home) -> None:
     assert "another tailer is running" in result.output
 
 
-def tally_executable() -> str:
-    candidate = Path(sys.executable).parent / "tally"
-    found = str(candidate) if candidate.exists() else shutil.which("tally")
-    if found is None:
-        pytest.skip("the tally console script is not installed")
-    return found
+def test_cli_tail_once_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home", "[tailer]\nbatch_lines = 500\n")
+    append(home.logs / "a.jsonl", *[event_line() for _ in range(3000)])
+    stdout, shown = stderr_on_a_terminal("tail", "--once", "--home", str(home.root))
+    assert "staged 3,000 events" in stdout
+    assert "catching up" in shown and "100%" in shown
+    quiet_home = make_home(tmp_path / "quiet", "[tailer]\nbatch_lines = 500\n")
+    append(quiet_home.logs / "a.jsonl", *[event_line() for _ in range(3000)])
+    _, shown = stderr_on_a_terminal("tail", "--once", "--quiet", "--home", str(quiet_home.root))
+    assert shown == ""
+    append(home.logs / "a.jsonl", *[event_line() for _ in range(1000)])
+    piped = CliRunner().invoke(cli_main, ["tail", "--once", "--home", str(home.root)])
+    assert piped.exit_code == 0 and "staged 1,000 events" in piped.output
+    assert "catching up" not in piped.output  # not a terminal: no bar
 
 
 def test_sigterm_stops_tail_cleanly(tmp_path: Path) -> None:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
 import click
 
-from pipeline.cli.options import home_option
+from pipeline.cli.options import home_option, progress_bar
 from pipeline.compactor import (
     ROWS_PER_COMMIT,
     CompactionResult,
@@ -18,20 +14,6 @@ from pipeline.compactor import (
     vacuum_lake,
 )
 from pipeline.config import Home
-
-
-@contextmanager
-def _progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A click progress bar on a terminal, nothing otherwise."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    with click.progressbar(length=1, label=label, file=sys.stderr) as bar:
-        def update(done: int, total: int) -> None:
-            bar.length = max(total, 1)
-            bar.update(done - bar.pos)
-
-        yield update
 
 
 def _summary(verb: str, result: CompactionResult) -> str:
@@ -64,7 +46,7 @@ def compact(home: Home, lock_timeout: float | None, optimize: bool, target_mb: i
       tally compact
       tally compact --optimize --vacuum --retention-hours 168
     """
-    with _progress_bar("compacting") as progress:
+    with progress_bar("compacting") as progress:
         result = run_compaction(home, lock_timeout=lock_timeout, progress=progress,
                                 rows_per_commit=rows_per_commit)
     click.echo(_summary("compact", result))
@@ -94,7 +76,7 @@ def rebuild(home: Home) -> None:
     Example:
       tally rebuild --home ~/.tally
     """
-    with _progress_bar("rebuilding") as progress:
+    with progress_bar("rebuilding") as progress:
         result = run_rebuild(home, progress=progress,
                              notify=lambda message: click.echo(message, err=True))
     click.echo(_summary("rebuild", result))

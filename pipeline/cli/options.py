@@ -7,7 +7,8 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
@@ -32,6 +33,20 @@ def _home_decorator(must_exist: bool) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+@contextmanager
+def progress_bar(label: str, show: bool = True) -> Iterator[Callable[[int, int], None] | None]:
+    """A click progress bar on a terminal (`update(done, total)`), nothing otherwise."""
+    if not (show and sys.stderr.isatty()):
+        yield None
+        return
+    with click.progressbar(length=1, label=label, file=sys.stderr) as bar:
+        def update(done: int, total: int) -> None:
+            bar.length = max(total, done, 1)
+            bar.update(done - bar.pos)
+
+        yield update
 
 
 def require_home(home: Home) -> None:

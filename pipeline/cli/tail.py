@@ -8,7 +8,13 @@ from types import FrameType
 
 import click
 
-from pipeline.cli.options import echo_json, format_option, home_option, new_home_option
+from pipeline.cli.options import (
+    echo_json,
+    format_option,
+    home_option,
+    new_home_option,
+    progress_bar,
+)
 from pipeline.config import Home
 from pipeline.status import tail_status
 from pipeline.tailer import PollResult, Tailer, follow
@@ -22,7 +28,8 @@ def tail(home: Home, once: bool, quiet: bool) -> None:
     """Validate and stage every complete line appended under <home>/logs.
 
     Runs in the foreground until SIGINT or SIGTERM, which finish the current batch,
-    commit the checkpoint and exit 0. Invalid lines go to <home>/quarantine.
+    commit the checkpoint and exit 0. Invalid lines go to <home>/quarantine. With
+    --once on a terminal, a progress bar counts the bytes committed.
 
     \b
     Examples:
@@ -33,7 +40,11 @@ def tail(home: Home, once: bool, quiet: bool) -> None:
     started = time.monotonic()
     with Tailer(home, notify=notify) as tailer:
         _stop_on_signals(tailer)
-        result = tailer.poll() if once else follow(tailer, on_status=notify)
+        if once:
+            with progress_bar("catching up", show=not quiet) as progress:
+                result = tailer.poll(progress=progress)
+        else:
+            result = follow(tailer, on_status=notify)
     if not quiet:
         click.echo(_summary(result, time.monotonic() - started))
 
