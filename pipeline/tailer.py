@@ -18,7 +18,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -487,7 +488,14 @@ class Tailer:
             if not wait and len(self._sealed) <= in_flight and not all(
                     segment.future.done() for segment in front.segments):
                 return
-            self._commit_batch(self._sealed.popleft(), result)
+            try:
+                self._commit_batch(self._sealed.popleft(), result)
+            except BaseException:
+                # Later batches hold offsets past the failed one: drop them all, so the
+                # next poll reads again from the committed checkpoint.
+                self._sealed.clear()
+                self._pending = _Pending()
+                raise
 
     def _commit_batch(self, pending: _Pending, result: PollResult) -> None:
         staged_blocks = [self._outcome(segment) for segment in pending.segments]
@@ -513,7 +521,7 @@ class Tailer:
                 write.result()  # every file durable before the checkpoint that covers it
             publish_checkpoint(self.home.state, prepared)
         except BaseException:
-            wait(writes)  # nothing of this batch is written after the failure is reported
+            wait_all(writes)  # nothing of this batch is written after the failure is reported
             if prepared is not None:
                 prepared.unlink(missing_ok=True)
             raise

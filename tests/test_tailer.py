@@ -532,6 +532,33 @@ def test_a_failed_write_leaves_the_checkpoint_and_the_next_poll_loses_nothing(
     assert len(quarantined(home)) == 1
 
 
+def test_a_failed_write_with_batches_in_flight_loses_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers keep later batches in flight; a failed commit drops them, the next poll
+    reads them again."""
+    home = make_home(tmp_path / "home", "[tailer]\nbatch_lines = 50\nworkers = 1\n"
+                                        "parallel_min_bytes = 1\n")
+    lines = [event_line() for _ in range(400)]
+    append(home.logs / "a.jsonl", *lines)
+    real_write = tailer_module.write_stage_bytes
+    failures = iter([OSError(28, "No space left on device")])
+
+    def full_once(*args: Any) -> Path:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real_write(*args)
+
+    monkeypatch.setattr(tailer_module, "write_stage_bytes", full_once)
+    with Tailer(home) as tailer:
+        with pytest.raises(OSError, match="No space"):
+            tailer.poll()
+        assert load_checkpoint(home.state).batch == 0
+        result = tailer.poll()
+    assert (result.staged, result.batches) == (400, 8)
+    assert_staged_once(home, ids_of(*lines))
+
+
 def test_derived_event_id_is_deterministic(home: Home) -> None:
     log = home.logs / "anon.jsonl"
     lines = [event_line(event_id=None, input_tokens=n) for n in range(3)]
