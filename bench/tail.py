@@ -232,6 +232,7 @@ def latency(root: Path, count: int, seed: int, gap: float) -> dict[str, Any]:
     """Append `count` lines `gap` seconds apart to a followed file; time each to committed."""
     home = init_home(root / "home-latency")
     target = home / "logs" / "live.jsonl"
+    os.sync()  # the catch-up runs' writeback is done before this run starts
     bodies = []
     for i, raw in enumerate(generate_lines(count + 1, seed)):
         event = orjson.loads(raw)

@@ -37,7 +37,7 @@ from pipeline.stage import fsync_dir, scan_stage_files, staged_files
 
 # Rows per Delta commit: peak RSS grows with it (2M events: 1.07 GB at 1M rows, 570 MB at
 # 250k; 10M events: 1.28 GB vs 0.70 GB) while CPU time stays the same. Reading the next
-# commit's files during a write holds two commits' rows: 633 MB at 2M, 682 MB at 10M.
+# commit's files during a write holds two commits' rows: 600-640 MB at 2M, 683-756 MB at 10M.
 ROWS_PER_COMMIT = 250_000
 Progress = Callable[[int, int], None]
 # Test hook for the kill tests: TALLY_FAULT=compact:<point>:<n> SIGKILLs this process the
