@@ -18,7 +18,10 @@ the steadier figure.
 are appended 5 ms apart with O_APPEND writes, and a poller in this process (every
 0.5 ms) watches the checkpoint's batch watermark and reads each newly committed stage
 file. Latency is (time the committed batch holding the id was seen - append time);
-p50 and p99 are reported (goal p99 <= 10 ms).
+p50 and p99 are reported (goal p99 <= 10 ms). The same appends then go to a floor
+follower in the same run (watchdog, a read, the lines written to a file and a checkpoint
+moved, each with fsync, rename and a directory fsync; no validation, no typing): what any
+durable follower pays on this machine at that moment, so a loaded machine shows in both.
 
 The last line printed is one JSON object with every figure.
 """
@@ -35,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,12 +191,61 @@ def catch_up(root: Path, lines: int, seed: int, files: int, baseline: bool,
 # ------------------------------------------------------------------------------- latency
 
 
+# The floor any durable follower pays on this machine, run on the same appends: a watchdog
+# wake-up, a read, the new lines written to a file (fsync, rename, fsync of the directory)
+# and a checkpoint moved the same way. No validation, no typing.
+FLOOR = r"""
+import json, os, sys, threading
+from pathlib import Path
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+
+home = Path(sys.argv[1])
+target, out = home / "logs" / "live.jsonl", home / "floor"
+out.mkdir(exist_ok=True)
+
+def durable(path, data):
+    tmp = path.with_name("." + path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+wake = threading.Event()
+class Wake(FileSystemEventHandler):
+    def on_any_event(self, event):
+        wake.set()
+observer = Observer()
+observer.schedule(Wake(), str(home / "logs"), recursive=True)
+observer.start()
+offset = batch = 0
+while True:
+    wake.wait(1.0)
+    wake.clear()
+    with open(target, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read()
+    end = data.rfind(b"\n") + 1
+    if end:
+        batch += 1
+        durable(out / f"b{batch:012d}.jsonl", data[:end])
+        offset += end
+        durable(home / "state" / "checkpoint.json", json.dumps({"batch": batch}).encode())
+"""
+
+
 class StagePoller(threading.Thread):
     """Watches the batch watermark; records when each event_id first becomes committed."""
 
-    def __init__(self, home: Path, interval: float = 0.0005) -> None:
+    def __init__(self, home: Path, read_ids: Callable[[Path, int], list[str]],
+                 interval: float = 0.0005) -> None:
         super().__init__(daemon=True)
         self.home = home
+        self.read_ids = read_ids
         self.interval = interval
         self.seen: dict[str, float] = {}
         self.halt = threading.Event()
@@ -212,14 +265,22 @@ class StagePoller(threading.Thread):
                 last_stat = (st.st_ino, st.st_mtime_ns)
                 batch = checkpoint(self.home)["batch"]
                 for number in range(self.watermark + 1, batch + 1):
-                    self._read_batch(number, seen_at)
+                    for event_id in self.read_ids(self.home, number):
+                        self.seen.setdefault(event_id, seen_at)
                 self.watermark = max(self.watermark, batch)
             time.sleep(self.interval)
 
-    def _read_batch(self, number: int, seen_at: float) -> None:
-        for stage_file in self.home.glob(f"stage/*/b{number:012d}.arrow"):
-            for event_id in pl.read_ipc(stage_file, columns=["event_id"])["event_id"]:
-                self.seen.setdefault(event_id, seen_at)
+
+def staged_ids(home: Path, number: int) -> list[str]:
+    """The event ids of a committed tally batch (its stage files)."""
+    return [event_id for stage_file in home.glob(f"stage/*/b{number:012d}.arrow")
+            for event_id in pl.read_ipc(stage_file, columns=["event_id"])["event_id"]]
+
+
+def floor_ids(home: Path, number: int) -> list[str]:
+    """The event ids of a batch the floor follower wrote."""
+    lines = (home / "floor" / f"b{number:012d}.jsonl").read_bytes().splitlines()
+    return [orjson.loads(line)["event_id"] for line in lines]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -228,33 +289,37 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def latency(root: Path, count: int, seed: int, gap: float) -> dict[str, Any]:
-    """Append `count` lines `gap` seconds apart to a followed file; time each to committed."""
-    home = init_home(root / "home-latency")
-    target = home / "logs" / "live.jsonl"
-    os.sync()  # the catch-up runs' writeback is done before this run starts
+def appended_bodies(count: int, seed: int) -> list[bytes]:
+    """count + 1 generated lines with ids lat-0 (the warm-up) to lat-<count>."""
     bodies = []
     for i, raw in enumerate(generate_lines(count + 1, seed)):
         event = orjson.loads(raw)
         event["event_id"] = f"lat-{i}"
         bodies.append(orjson.dumps(event) + b"\n")
+    return bodies
+
+
+def follow_latency(home: Path, command: list[str], read_ids: Callable[[Path, int], list[str]],
+                   bodies: list[bytes], gap: float) -> dict[str, float]:
+    """Append bodies[1:] `gap` seconds apart to a file `command` follows; p50/p99/max ms."""
+    os.sync()  # earlier runs' writeback is done before this one starts
+    target = home / "logs" / "live.jsonl"
     fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, bodies[0])  # the warm-up line: ready means this one is staged
-    tailer = subprocess.Popen([TALLY, "tail", "--home", str(home), "--quiet"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    poller = StagePoller(home)
+    os.write(fd, bodies[0])  # the warm-up line: ready means this one is committed
+    follower = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    poller = StagePoller(home, read_ids)
     poller.start()
+    appended: dict[str, float] = {}
     try:
         deadline = time.monotonic() + 60
         while "lat-0" not in poller.seen:
-            if tailer.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"tally tail never staged the warm-up line: "
-                                 f"{tailer.stderr.read().decode() if tailer.stderr else ''}")
+            if follower.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{command[0]} never committed the warm-up line: "
+                                 f"{follower.stderr.read().decode() if follower.stderr else ''}")
             time.sleep(0.001)
         time.sleep(0.2)
-        appended: dict[str, float] = {}
         next_at = time.perf_counter()
-        for i in range(1, count + 1):
+        for i in range(1, len(bodies)):
             next_at += gap
             while (delay := next_at - time.perf_counter()) > 0:
                 time.sleep(delay)
@@ -267,28 +332,42 @@ def latency(root: Path, count: int, seed: int, gap: float) -> dict[str, Any]:
         os.close(fd)
         poller.halt.set()
         poller.join()
-        tailer.send_signal(signal.SIGTERM)
+        follower.send_signal(signal.SIGTERM)
         try:
-            tailer.wait(timeout=30)
+            follower.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            tailer.kill()
-            tailer.wait()
+            follower.kill()
+            follower.wait()
     missing = [k for k in appended if k not in poller.seen]
     if missing:
-        raise SystemExit(f"{len(missing)} appended lines were never staged")
+        raise SystemExit(f"{len(missing)} appended lines were never committed")
     delays = [(poller.seen[k] - t) * 1000 for k, t in appended.items()]
-    state = checkpoint(home)
-    result = {
-        "latency_lines": count, "latency_gap_ms": gap * 1000,
-        "latency_p50_ms": round(percentile(delays, 50), 2),
-        "latency_p99_ms": round(percentile(delays, 99), 2),
-        "latency_max_ms": round(max(delays), 2),
-        "latency_batches": state["batch"],
-    }
-    log(f"latency over {count} appends {gap * 1000:.0f} ms apart: p50 "
-        f"{result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms, max "
-        f"{result['latency_max_ms']} ms ({state['batch']} batches)")
+    return {"p50_ms": round(percentile(delays, 50), 2), "p99_ms": round(percentile(delays, 99), 2),
+            "max_ms": round(max(delays), 2), "batches": checkpoint(home)["batch"]}
+
+
+def latency(root: Path, count: int, seed: int, gap: float) -> dict[str, Any]:
+    """Append-to-committed latency of `tally tail`, and of the floor follower on the same
+    appends in the same run."""
+    bodies = appended_bodies(count, seed)
+    home = init_home(root / "home-latency")
+    tally = follow_latency(home, [TALLY, "tail", "--home", str(home), "--quiet"],
+                           staged_ids, bodies, gap)
+    floor_home = root / "home-floor"
+    (floor_home / "logs").mkdir(parents=True)
+    (floor_home / "state").mkdir()
+    floor = follow_latency(floor_home, [sys.executable, "-c", FLOOR, str(floor_home)],
+                           floor_ids, bodies, gap)
+    result: dict[str, Any] = {"latency_lines": count, "latency_gap_ms": gap * 1000}
+    result.update({f"latency_{k}": v for k, v in tally.items()})
+    result.update({f"floor_latency_{k}": v for k, v in floor.items()})
+    result["latency_p99_over_floor"] = round(tally["p99_ms"] / floor["p99_ms"], 2)
+    log(f"latency over {count} appends {gap * 1000:.0f} ms apart: p50 {tally['p50_ms']} ms, "
+        f"p99 {tally['p99_ms']} ms, max {tally['max_ms']} ms ({tally['batches']} batches); "
+        f"floor (watchdog + two fsync'd renames): p50 {floor['p50_ms']} ms, "
+        f"p99 {floor['p99_ms']} ms, max {floor['max_ms']} ms")
     shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(floor_home, ignore_errors=True)
     return result
 
 
