@@ -365,7 +365,7 @@ def test_stage_files_are_counted_the_way_polars_reads_them(home: Home) -> None:
         for start in (0, 5, 30):
             writer.write_table(table.slice(start, 25 if start < 30 else None))
     assert pa.ipc.open_file(str(several)).num_record_batches == 3
-    for path in [*stage_files(home)]:
+    for path in stage_files(home):
         assert compactor._rows(path) == pl.read_ipc(path).height
     assert compactor._rows(several) == pl.read_ipc(several).height == 25 + 25 + parts.height - 30
 
