@@ -97,6 +97,15 @@ def too_long_record(source: str, offset: int, head: bytes, length: int,
     return quarantine_record(source, offset, head, rejection, length)
 
 
+def split_block(block: bytes, position: int) -> tuple[list[bytes], list[int]]:
+    """The lines of a block of complete lines (newlines dropped) and where each starts."""
+    lines = block.split(b"\n")
+    lines.pop()
+    starts = list(accumulate(map((1).__add__, map(len, lines)), initial=position))
+    starts.pop()  # where the next block begins
+    return lines, starts
+
+
 class BlockChecker:
     """Validates blocks of complete lines; the same verdicts as `Validator.validate` per line."""
 
@@ -110,10 +119,12 @@ class BlockChecker:
 
         `fast=False` checks every line on its own (what a chunk the fast path refuses gets).
         """
-        lines = block.split(b"\n")
-        lines.pop()
-        starts = list(accumulate(map((1).__add__, map(len, lines)), initial=position))
-        starts.pop()  # where the next block begins
+        lines, starts = split_block(block, position)
+        return self.check_lines(lines, starts, source, id_prefix, limit, fast)
+
+    def check_lines(self, lines: list[bytes], starts: list[int], source: str, id_prefix: str,
+                    limit: int, fast: bool = True) -> CheckedBlock:
+        """Check lines (without newlines) found at offsets `starts`."""
         result = CheckedBlock(lines=len(lines))
         for at in range(0, len(lines), CHUNK_LINES):
             chunk, chunk_starts = lines[at:at + CHUNK_LINES], starts[at:at + CHUNK_LINES]

@@ -7,6 +7,8 @@ committing, in order, so exactly-once rests on the same checkpoint rules as befo
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
 import signal
@@ -20,6 +22,7 @@ from pipeline.schemas import SchemaSet
 from pipeline.stage import BlockStager, StagedBlock
 
 ORPHAN_CHECK_SECONDS = 0.5
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 
 _stager: BlockStager | None = None
 
@@ -28,7 +31,23 @@ def _start_worker(schemas: SchemaSet, tailer_pid: int) -> None:
     global _stager
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the tailer's to handle
     threading.Thread(target=_exit_with, args=(tailer_pid,), daemon=True).start()
+    keep_freed_memory()
     _stager = BlockStager(Validator(schemas))
+
+
+def keep_freed_memory() -> None:
+    """Reuse freed memory instead of handing it back to the kernel after every block.
+
+    Each block allocates and frees the same few megabytes; by default glibc maps large
+    buffers afresh and trims the heap, and every page comes back as a page fault: 250k
+    faults per million lines, a third of the catch-up's system time.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 512 << 20)
+    except (OSError, AttributeError):  # not glibc: its defaults stand
+        pass
 
 
 def _exit_with(tailer_pid: int) -> None:
@@ -49,6 +68,7 @@ class StagerPool:
     """Worker processes staging blocks in parallel; each future holds a StagedBlock."""
 
     def __init__(self, schemas: SchemaSet, workers: int) -> None:
+        keep_freed_memory()  # the tailer reads and frees a block per batch as well
         # spawn, not fork: forking a process that runs Polars' threads can deadlock.
         self._executor = ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"),

@@ -1,0 +1,253 @@
+"""pipeline.structs: the compiled decoder stages exactly what the checker's path stages (same
+rows, same values, same rejects), refuses rather than guesses, and compiles only what it can
+express."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import msgspec
+import orjson
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+from test_events import CORPUS, EVENTS, strict_parse
+from test_intake import TRICKY, sample_lines
+
+from pipeline.events import Event, Validator
+from pipeline.schemas import load_schemas
+from pipeline.stage import BlockStager, StagedBlock
+from pipeline.structs import NotCompilable, StructDecoder, compile_type
+
+SCHEMAS = load_schemas()
+VALIDATOR = Validator(SCHEMAS)
+WITH_STRUCTS = BlockStager(VALIDATOR)
+CHECKER_ONLY = BlockStager(VALIDATOR, structs=False)
+DECODER = StructDecoder(SCHEMAS, exclude=VALIDATOR.inexact_types)
+PREFIX = "feedface-"
+TS = "2025-03-01T12:00:00Z"
+
+
+def stage_both(lines: list[bytes], position: int = 0, limit: int = 1 << 20,
+               ) -> tuple[StagedBlock, StagedBlock]:
+    block = b"".join(line + b"\n" for line in lines)
+    return (WITH_STRUCTS.stage(block, position, "a.jsonl", PREFIX, limit),
+            CHECKER_ONLY.stage(block, position, "a.jsonl", PREFIX, limit))
+
+
+def assert_same_staging(lines: list[bytes], position: int = 0, limit: int = 1 << 20) -> None:
+    fast, reference = stage_both(lines, position, limit)
+    assert fast.counts == reference.counts
+    assert set(fast.frames) == set(reference.frames)
+    for event_type, ipc in reference.frames.items():
+        assert_frame_equal(pl.read_ipc(io.BytesIO(fast.frames[event_type])),
+                           pl.read_ipc(io.BytesIO(ipc)))
+    assert [_without_time(r) for r in fast.rejected] == [
+        _without_time(r) for r in reference.rejected]
+
+
+def _without_time(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "detected_at"}
+
+
+def decoded_lines(lines: list[bytes]) -> int:
+    return sum(len(c.indexes) for c in DECODER.decode(lines).by_type.values())
+
+
+# --------------------------------------------------------------------------------------------
+# the same staging as the checker's path
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lines", [sample_lines(), CORPUS, [line for _, line, _ in TRICKY]],
+                         ids=["sample_logs", "corpus", "tricky"])
+def test_staging_equals_the_checker_path(lines: list[bytes]) -> None:
+    lines = [line for line in lines if b"\n" not in line]
+    assert_same_staging(lines, position=11)
+
+
+def test_the_comparison_exercises_the_decoder() -> None:
+    samples = sample_lines()
+    assert decoded_lines(samples) >= len(samples) // 2
+    assert decoded_lines(CORPUS) >= 50
+
+
+def test_decoded_values_are_the_reference_parse() -> None:
+    """Every line the decoder takes parses, under the strict reference parser, to the values
+    it decoded (absent fields None; integer phases as their digits; integers in number
+    fields as floats, the column's type)."""
+    checked = 0
+    for line in CORPUS:
+        chunk = DECODER.decode([line])
+        for event_type, columns in chunk.by_type.items():
+            reference = strict_parse(line)
+            for name, [value] in columns.columns.items():
+                expected = reference.get(name)
+                if name in DECODER.compiled[event_type].as_text and type(expected) is int:
+                    expected = str(expected)
+                if type(value) is float and type(expected) is int:  # a number field
+                    expected = float(expected)
+                assert value == expected and type(value) is type(expected), (line, name)
+            checked += 1
+    assert checked >= 50
+
+
+def _mutated(event: dict[str, Any], how: int, key: str, value: Any) -> bytes:
+    body = orjson.dumps(event)
+    if how == 0:
+        return body
+    if how == 1:
+        return orjson.dumps({**event, key: value})  # a value of any kind in any field
+    if how == 2:
+        return orjson.dumps({k: v for k, v in event.items() if k != key})
+    if how == 3:  # a duplicate key: the reference keeps the last
+        return body[:-1] + b"," + orjson.dumps(key) + b":" + orjson.dumps(value) + b"}"
+    if how == 4:
+        return orjson.dumps({**event, key: None})
+    return body[: len(body) * how // 10]  # torn
+
+
+values = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                   st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=300),
+                   st.just(TS), st.just("2025-02-30T00:00:00Z"), st.just("2025-01-01t00:00:00z"))
+keys = st.sampled_from(["agent", "ts", "event_id", "phase", "input_tokens", "cost_usd", "tool",
+                        "ok", "schema_version", "event_type", "prefix_bytes", "no_such_field"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases=st.lists(st.tuples(st.one_of(*EVENTS.values()), st.integers(0, 9), keys, values),
+                      max_size=25),
+       position=st.integers(0, 10**9))
+def test_mutated_events_stage_like_the_checker_path(
+        cases: list[tuple[dict[str, Any], int, str, Any]], position: int) -> None:
+    assert_same_staging([_mutated(*case) for case in cases], position=position)
+
+
+def test_long_valid_line_is_quarantined_not_decoded() -> None:
+    padded = orjson.dumps({"event_type": "tool_call", "ts": TS, "agent": "a", "tool": "x" * 200})
+    lines = [padded, padded[:100]]
+    fast, _ = stage_both(lines, limit=150)
+    assert [r["reason"] for r in fast.rejected] == ["line_too_long", "invalid_json"]
+    assert_same_staging(lines, limit=150)
+
+
+def test_a_timestamp_the_calendar_refuses_goes_to_the_checker() -> None:
+    bad = orjson.dumps({"event_type": "tool_call", "ts": "2025-04-31T00:00:00Z", "agent": "a",
+                        "tool": "x"})
+    good = orjson.dumps({"event_type": "tool_call", "ts": TS, "agent": "a", "tool": "x"})
+    assert decoded_lines([bad, good]) == 2  # msgspec has no opinion on the calendar
+    fast, _ = stage_both([good, bad, good])
+    assert fast.counts == {"tool_call": 2}
+    [record] = fast.rejected
+    assert (record["reason"], record["offset"]) == ("schema_violation", len(good) + 1)
+
+
+# --------------------------------------------------------------------------------------------
+# refusing rather than guessing
+# --------------------------------------------------------------------------------------------
+
+USAGE = b'{"event_type":"agent_token_usage","ts":"' + TS.encode() + b'","agent":"a"'
+
+
+@pytest.mark.parametrize("line", [
+    USAGE + b',"task":null}',              # explicit null: the schema allows no null
+    USAGE + b',"input_tokens":5.0}',       # valid, but msgspec reads no float as int
+    USAGE + b',"schema_version":1.0}',
+    USAGE + b',"input_tokens":-1,"input_tokens":5}',  # each duplicate is checked
+    USAGE + b',"task":"a\xffb"}',          # invalid UTF-8
+    USAGE + b',"cost_usd":NaN}',
+    USAGE + b',"zzz":1}',
+    b'{"event_type":"task_progress","ts":"' + TS.encode() + b'","agent":"a","task":"t"}',
+    b"[1]", b"", b"{",
+], ids=["null", "float_int", "float_version", "duplicate_invalid", "utf8", "nan", "unknown",
+        "not_compiled", "array", "empty", "torn"])
+def test_decoder_leaves_what_it_cannot_vouch_for(line: bytes) -> None:
+    chunk = DECODER.decode([USAGE + b"}", line])
+    assert chunk.left == [1]
+    assert chunk.by_type["agent_token_usage"].indexes == [0]
+
+
+def test_duplicate_keys_keep_the_last_like_the_reference() -> None:
+    line = USAGE + b',"input_tokens":5,"input_tokens":6,"ev\\u0065nt_id":"x"}'
+    columns = DECODER.decode([line]).by_type["agent_token_usage"].columns
+    reference = VALIDATOR.reference(line)
+    assert isinstance(reference, Event)
+    assert (columns["input_tokens"], columns["event_id"]) == ([6], ["x"])
+    assert reference.data["input_tokens"] == 6
+
+
+def test_phase_integers_are_stored_as_their_digits() -> None:
+    lines = [USAGE + b',"phase":3}', USAGE + b',"phase":"3b"}', USAGE + b"}"]
+    columns = DECODER.decode(lines).by_type["agent_token_usage"].columns
+    assert columns["phase"] == ["3", "3b", None]
+
+
+# --------------------------------------------------------------------------------------------
+# the compiler
+# --------------------------------------------------------------------------------------------
+
+def test_flat_types_compile_and_nested_or_inexact_ones_do_not() -> None:
+    assert set(DECODER.compiled) == {"agent_token_usage", "context_compiled", "tool_call"}
+    # budget_alert allows numbers past 2**53 and a date pattern; the decoder leaves it alone
+    assert "budget_alert" in VALIDATOR.inexact_types
+
+
+BASE = SCHEMAS.flattened("tool_call", 1)
+
+
+def _with(name: str, spec: Any, **top: Any) -> dict[str, Any]:
+    return {**BASE, **top, "properties": {**BASE["properties"], name: spec}}
+
+
+@pytest.mark.parametrize("flat", [
+    _with("tool", {"type": "string", "pattern": "^x$"}),
+    _with("tool", {"type": "string", "format": "email"}),
+    _with("tool", {"type": "array", "items": {"type": "string"}}),
+    _with("tool", {"type": "object"}),
+    _with("tool", {"type": ["string", "null"]}),
+    _with("tool", {"anyOf": [{"type": "integer"}, {"type": "number"}]}),
+    _with("tool", {"enum": ["a", 1]}),
+    _with("tool", {"const": True}),
+    _with("tool", {"type": "integer", "multipleOf": 2}),
+    _with("tool", {"type": "string", "minLength": 1, "not": {"const": "x"}}),
+    _with("when", {"type": "string", "format": "date-time"}),  # not the envelope's timestamp
+    _with("class", {"type": "string"}),
+    _with("tool", {"type": "string"}, additionalProperties=True),
+    _with("tool", {"type": "string"}, patternProperties={"^x": {}}),
+    {**BASE, "properties": {**BASE["properties"], "event_type": {"type": "string"}}},
+], ids=["pattern", "format", "array", "object", "nullable", "int_or_number", "mixed_enum",
+        "bool_const", "multiple_of", "not", "other_date_time", "keyword_name", "open",
+        "pattern_properties", "free_event_type"])
+def test_what_the_compiler_refuses(flat: dict[str, Any]) -> None:
+    with pytest.raises(NotCompilable):
+        compile_type("tool_call", flat, SCHEMAS)
+
+
+def test_compiled_struct_checks_bounds_lengths_and_enums() -> None:
+    flat = _with("tool", {"enum": ["read", "write"]})
+    flat = {**flat, "properties": {**flat["properties"],
+                                   "output_length": {"type": "integer", "exclusiveMinimum": 2,
+                                                     "maximum": 9}}}
+    decode = msgspec.json.Decoder(compile_type("tool_call", flat, SCHEMAS).struct).decode
+    head = b'{"event_type":"tool_call","ts":"x","agent":"a",'
+    assert decode(head + b'"tool":"read","output_length":9}').output_length == 9
+    for bad in [b'"tool":"exec"}', b'"tool":"read","output_length":2}',
+                b'"tool":"read","output_length":10}', b'"tool":"read","agent":""}']:
+        with pytest.raises(msgspec.ValidationError):
+            decode(head + bad)
+
+
+def test_a_type_with_two_versions_is_left_to_the_checker() -> None:
+    class TwoVersions:
+        types = ("tool_call",)
+        envelope = SCHEMAS.envelope
+
+        def versions(self, event_type: str) -> list[int]:
+            return [1, 2]
+
+    decoder = StructDecoder(TwoVersions())  # type: ignore[arg-type]
+    assert decoder.compiled == {}
+    line = b'{"event_type":"tool_call","ts":"' + TS.encode() + b'","agent":"a","tool":"x"}'
+    assert decoder.decode([line]).left == [0]
