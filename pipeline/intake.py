@@ -63,6 +63,13 @@ def convert_nested(rows: list[dict[str, Any]], nested: Mapping[str, frozenset[st
                 row[name] = _as_struct(row[name], declared) if declared else json_text(row[name])
 
 
+def convert_nested_column(values: list[Any], declared: frozenset[str] | None) -> list[Any]:
+    """`convert_nested` for one field's column (None stands for absent)."""
+    if declared:
+        return [None if v is None else _as_struct(v, declared) for v in values]
+    return [None if v is None else json_text(v) for v in values]
+
+
 def _as_struct(value: Any, declared: frozenset[str]) -> Any:
     if not isinstance(value, dict):
         return value

@@ -19,7 +19,13 @@ import orjson
 import polars as pl
 
 from pipeline.events import FAST_TIMESTAMP, Rejection, Validator
-from pipeline.intake import BlockChecker, convert_nested, quarantine_record, split_block
+from pipeline.intake import (
+    BlockChecker,
+    convert_nested,
+    convert_nested_column,
+    quarantine_record,
+    split_block,
+)
 from pipeline.schemas import SchemaSet, load_schemas
 from pipeline.structs import DecodedColumns, StructDecoder
 
@@ -121,8 +127,12 @@ class FrameBuilder:
         """The typed frame of decoded columns, less the rows whose timestamps fail the
         check (FAST_TIMESTAMP and the calendar); those rows' line indexes come back."""
         height = len(decoded.indexes)
+        columns = decoded.columns
+        for name, declared in self.nested.items():
+            if name in columns:
+                columns[name] = convert_nested_column(columns[name], declared)
         frame = pl.DataFrame(
-            {name: decoded.columns.get(name) or [None] * height for name in self._raw_schema},
+            {name: columns.get(name) or [None] * height for name in self._raw_schema},
             schema=self._raw_schema)
         offsets = [starts[i] for i in decoded.indexes]
         # One query, so Polars runs it once: typing, derived ids and the timestamp check.
@@ -200,8 +210,7 @@ class BlockStager:
         self.builders = {t: FrameBuilder(t, schemas) for t in schemas.types}
         nested = {t: builder.nested for t, builder in self.builders.items()}
         self.checker = BlockChecker(validator, nested)
-        # Types whose numbers may pass 2**53 stay with the checker, which guards them.
-        self.decoder = StructDecoder(schemas, exclude=validator.inexact_types) if structs else None
+        self.decoder = StructDecoder(schemas) if structs else None
 
     def stage(self, block: bytes, position: int, source: str, id_prefix: str,
               limit: int) -> StagedBlock:

@@ -1,17 +1,20 @@
-"""Flat event types decoded and checked in C: msgspec structs compiled from the schemas.
+"""Event lines decoded and checked in C: msgspec structs compiled from the schemas.
 
 The catch-up path for the common case. A line of a compiled type that msgspec accepts is
 one the reference accepts too, with the same values: the compiler takes only keywords
 whose msgspec meaning is the same or stricter (an integer written 5.0 is refused here and
 accepted by the reference, so it takes the slower path and is still staged), and leaves
-a type it cannot express whole to the other paths. The timestamp's shape and calendar
-are not checked here: the caller checks them on the column (`CompiledType.timestamps`).
+a type it cannot express whole to the other paths. Two checks msgspec cannot make are
+the caller's or run here per row: the timestamp's shape and calendar, on the column
+(`CompiledType.timestamps`), and the value type of each key of an object that declares
+some keys and types the rest (`CompiledType.row_checks`).
 """
 
 from __future__ import annotations
 
 import keyword
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import attrgetter, is_, not_
@@ -28,9 +31,16 @@ _TOP_LEVEL = _NOTES | {"$schema", "$id", "$defs", "type", "required", "propertie
                        "additionalProperties", "unevaluatedProperties"}
 _BOUNDS = {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt", "exclusiveMaximum": "lt"}
 _LENGTHS = {"minLength": "min_length", "maxLength": "max_length"}
+_ITEMS = {"minItems": "min_length", "maxItems": "max_length"}
+_PROPERTIES = {"minProperties": "min_length", "maxProperties": "max_length"}
+_INT64 = (-(2**63), 2**63 - 1)
+_ANY_KINDS: frozenset[type] = frozenset({str, int, float, bool, type(None), list, dict})
 # Whatever msgspec raises (its own errors, UnicodeDecodeError, RecursionError on deep
 # nesting) only means the line is not one it vouches for: the checker decides.
 _DECODE_ERRORS = Exception
+
+
+RowCheck = Callable[[Any], bool]
 
 
 class NotCompilable(Exception):
@@ -39,13 +49,14 @@ class NotCompilable(Exception):
 
 @dataclass(frozen=True)
 class CompiledType:
-    """One event type's struct: its fields in order and which hold timestamps."""
+    """One event type's struct: its fields in order, and what is checked outside msgspec."""
 
     event_type: str
     struct: type[msgspec.Struct]
     fields: tuple[str, ...]
     timestamps: tuple[str, ...]
     as_text: tuple[str, ...]  # anyOf fields stored as text: integers become their digits
+    row_checks: Mapping[str, RowCheck] = field(default_factory=dict)
 
     @property
     def getters(self) -> dict[str, attrgetter[Any]]:
@@ -72,11 +83,11 @@ class DecodedChunk:
 class StructDecoder:
     """Decodes lines of the compiled types; every other line is left to the caller."""
 
-    def __init__(self, schemas: SchemaSet, exclude: frozenset[str] = frozenset()) -> None:
+    def __init__(self, schemas: SchemaSet) -> None:
         self.compiled: dict[str, CompiledType] = {}
         for event_type in schemas.types:
             versions = schemas.versions(event_type)
-            if event_type in exclude or len(versions) != 1:
+            if len(versions) != 1:
                 continue
             try:
                 self.compiled[event_type] = compile_type(
@@ -105,14 +116,31 @@ class StructDecoder:
         for struct, compiled in self._by_struct.items():
             mine = list(map(is_, kinds, repeat(struct)))  # C loops: no per-line bytecode
             found = list(compress(objects, mine))
-            if found:
-                chunk.by_type[compiled.event_type] = DecodedColumns(
-                    _columns(compiled, found), list(compress(positions, mine)))
-        if len(chunk.by_type) != 1 or sum(map(len, (
-                c.indexes for c in chunk.by_type.values()))) != len(objects):
-            compiled_kind = self._by_struct.__contains__
-            chunk.left = list(compress(positions, map(not_, map(compiled_kind, kinds))))
+            if not found:
+                continue
+            indexes = list(compress(positions, mine))
+            if compiled.row_checks:
+                found, indexes = self._checked(compiled, found, indexes, chunk.left)
+                if not found:
+                    continue
+            chunk.by_type[compiled.event_type] = DecodedColumns(_columns(compiled, found),
+                                                                indexes)
+        compiled_kind = list(map(self._by_struct.__contains__, kinds))
+        if not all(compiled_kind):
+            chunk.left += compress(positions, map(not_, compiled_kind))
+        chunk.left.sort()  # row checks add theirs type by type
         return chunk
+
+    @staticmethod
+    def _checked(compiled: CompiledType, found: list[Any], indexes: list[int],
+                 left: list[int]) -> tuple[list[Any], list[int]]:
+        """The objects passing the row checks; the others' indexes go to `left`."""
+        passed = [all(check(getattr(obj, name)) for name, check in compiled.row_checks.items())
+                  for obj in found]
+        if all(passed):
+            return found, indexes
+        left += (index for index, ok in zip(indexes, passed, strict=True) if not ok)
+        return (list(compress(found, passed)), list(compress(indexes, passed)))
 
     def _decode_or_none(self, line: bytes) -> Any:
         try:
@@ -146,7 +174,7 @@ def compile_type(event_type: str, flat: Mapping[str, Any], schemas: SchemaSet) -
     if not required <= set(properties):
         raise NotCompilable("required names a field without a schema")
     fields: list[tuple[Any, ...]] = []
-    timestamps, as_text = [], []
+    timestamps, as_text, row_checks = [], [], {}
     timestamp = schemas.resolve(dict(schemas.envelope["properties"]["ts"]))
     for name, spec in properties.items():
         if name == "event_type":
@@ -157,64 +185,174 @@ def compile_type(event_type: str, flat: Mapping[str, Any], schemas: SchemaSet) -
             if spec != timestamp:
                 raise NotCompilable(f"{name}: a date-time other than the envelope's")
             timestamps.append(name)
-        kind = _field_type(spec)
+        kind, check = _property(spec)
         if "anyOf" in spec:
             as_text.append(name)
-        # Absent is None; an explicit null is refused, since no compiled type allows null.
+        if check is not None:
+            row_checks[name] = check
+        # Absent is None; an explicit null is refused, since no compiled property allows null.
         fields.append((name, kind) if name in required else (name, kind, None))
-    fields.sort(key=len)
-    struct = msgspec.defstruct(f"Compiled_{event_type}", fields, tag_field="event_type",
-                               tag=event_type, forbid_unknown_fields=True, gc=False)
+    fields.sort(key=len)  # required fields (no default) first, as msgspec wants
+    try:
+        struct = msgspec.defstruct(f"Compiled_{event_type}", fields, tag_field="event_type",
+                                   tag=event_type, forbid_unknown_fields=True, gc=False)
+        msgspec.json.Decoder(struct)  # refuses unions msgspec cannot tell apart
+    except TypeError as exc:
+        raise NotCompilable(str(exc)) from None
     return CompiledType(event_type, struct, tuple(f[0] for f in fields), tuple(timestamps),
-                        tuple(as_text))
+                        tuple(as_text), row_checks)
 
 
-def _field_type(spec: Mapping[str, Any]) -> Any:
-    """The msgspec type of one property; NotCompilable for anything it would not match."""
+def _property(spec: Mapping[str, Any]) -> tuple[Any, RowCheck | None]:
+    """The msgspec type of one top-level property, and a check per value msgspec cannot
+    make itself (declared fields of an object with extras)."""
     keys = set(spec) - _NOTES
     if keys == {"const"}:
         value = spec["const"]
         if type(value) not in (str, int):
             raise NotCompilable("const")
-        return Literal[value]
+        return Literal[value], None
     if keys == {"enum"}:
         values = tuple(spec["enum"])
         if not values or any(type(v) is not str for v in values):
             raise NotCompilable("enum")
-        return Literal[values]
+        return Literal[values], None
     if keys == {"anyOf"}:
-        branches = [_scalar(dict(b)) for b in spec["anyOf"]]
-        kinds = [b[0] for b in branches]
-        if sorted(kinds) != ["integer", "string"]:
+        if sorted(_kind_name(dict(b)) for b in spec["anyOf"]) != ["integer", "string"]:
             raise NotCompilable("anyOf")  # the one union stored as text without loss
-        return Union[tuple(b[1] for b in branches)]  # noqa: UP007
-    return _scalar(dict(spec))[1]
+        return _value(spec)[1], None
+    kind = spec.get("type")
+    if kind == "array":
+        return _array(spec), None
+    if kind == "object":
+        return _object(spec)
+    if kind not in ("string", "integer", "number", "boolean"):
+        raise NotCompilable(f"type {kind!r}")
+    return _value(spec)[1], None
 
 
-def _scalar(spec: dict[str, Any]) -> tuple[str, Any]:
-    kind = spec.pop("type", None)
-    for note in _NOTES & set(spec):
-        del spec[note]
+def _kind_name(spec: Mapping[str, Any]) -> str:
+    kind = spec.get("type")
+    return kind if isinstance(kind, str) else "?"
+
+
+def _array(spec: Mapping[str, Any]) -> Any:
+    rest = dict(spec)
+    del rest["type"]
+    items = rest.pop("items", {})
+    kinds, item = _value(items)
+    if not kinds <= {str, int, bool}:  # floats and ints would share a column's type
+        raise NotCompilable("array items")
+    return _constrained(list[item], _without_notes(rest), _ITEMS)  # type: ignore[valid-type]
+
+
+def _object(spec: Mapping[str, Any]) -> tuple[Any, RowCheck | None]:
+    """A free-form map (stored as JSON text), or declared fields plus typed extras (stored
+    as a struct): both decode to a dict; the second needs a check per key."""
+    rest = _without_notes(dict(spec))
+    del rest["type"]
+    declared = {n: _value(s) for n, s in rest.pop("properties", {}).items()}
+    extra = rest.pop("additionalProperties", True)
+    extra_kinds: frozenset[type] = frozenset()
+    extra_type: Any = None
+    if extra is True:
+        extra_kinds, extra_type = _ANY_KINDS, Any
+    elif extra is not False:
+        extra_kinds, extra_type = _value(extra)
+    if not declared:
+        if extra is False:
+            raise NotCompilable("an object that allows nothing")
+        return _constrained(dict[str, extra_type], rest, _PROPERTIES), None
+    if extra is True:
+        raise NotCompilable("declared fields beside free-form extras")
+    by_kind: dict[type, Any] = {}
+    for kinds, python in [*declared.values(), (extra_kinds, extra_type)]:
+        for kind in kinds:
+            branch = _branch(python, kind)
+            if by_kind.setdefault(kind, branch) != branch:
+                raise NotCompilable("two bounds for one kind of value")
+    value: Any = Union[tuple(by_kind.values())]  # noqa: UP007
+    allowed = {name: kinds for name, (kinds, _) in declared.items()}
+
+    def check(found: dict[str, Any] | None) -> bool:
+        if found is None:
+            return True
+        return all(type(v) in allowed.get(k, extra_kinds) for k, v in found.items())
+
+    return _constrained(dict[str, value], rest, _PROPERTIES), check
+
+
+def _branch(python: Any, kind: type) -> Any:
+    """The member of a value type that takes values of Python type `kind`."""
+    members = getattr(python, "__args__", None) if getattr(python, "__origin__", None) is \
+        Union else None
+    for member in members or (python,):
+        base = getattr(member, "__origin__", member)
+        if base is kind or (member is None and kind is type(None)):
+            return member
+    raise NotCompilable("union member")
+
+
+def _value(spec: Mapping[str, Any]) -> tuple[frozenset[type], Any]:
+    """A scalar value (or an anyOf or list of scalar types): the Python types it may
+    decode to, and its msgspec type."""
+    rest = _without_notes(dict(spec))
+    if set(rest) == {"anyOf"}:
+        parts = [_value(branch) for branch in rest["anyOf"]]
+        kinds = frozenset().union(*(k for k, _ in parts))
+        if sum(len(k) for k, _ in parts) != len(kinds):
+            raise NotCompilable("anyOf branches overlap")
+        return kinds, Union[tuple(p for _, p in parts)]  # noqa: UP007
+    kind = rest.pop("type", None)
+    if isinstance(kind, list):
+        if rest:
+            raise NotCompilable("constraints on a list of types")
+        parts = [_value({"type": k}) for k in kind]
+        return frozenset().union(*(k for k, _ in parts)), Union[tuple(p for _, p in parts)]  # noqa: UP007
     if kind == "string":
-        if spec.get("format") == "date-time":
+        if rest.get("format") == "date-time":
             # The envelope's timestamp (compile_type made sure): the caller checks it on the
             # column with FAST_TIMESTAMP and the calendar, stricter than the schema.
             for checked_later in ("format", "pattern", "not"):
-                spec.pop(checked_later, None)
-        return "string", _constrained(str, spec, _LENGTHS)
-    if kind in ("integer", "number"):
-        python = int if kind == "integer" else float
-        if any(type(v) not in (int, float) or type(v) is bool for v in spec.values()):
-            raise NotCompilable("bounds")
-        return kind, _constrained(python, spec, _BOUNDS)
-    if kind == "boolean" and not spec:
-        return "boolean", bool
-    raise NotCompilable(f"type {kind!r}")
+                rest.pop(checked_later, None)
+        return frozenset({str}), _constrained(str, rest, _LENGTHS)
+    if kind == "integer":
+        return frozenset({int}), _constrained(int, _integer_bounds(rest), _BOUNDS)
+    if kind == "number":
+        # An integer stays an integer: exact against the bounds, exact in JSON text.
+        whole = _constrained(int, _integer_bounds(rest), _BOUNDS)
+        return frozenset({int, float}), Union[whole, _constrained(float, rest, _BOUNDS)]  # noqa: UP007
+    if kind == "boolean" and not rest:
+        return frozenset({bool}), bool
+    if kind == "null" and not rest:
+        return frozenset({type(None)}), None
+    raise NotCompilable(f"value {spec!r}")
 
 
-def _constrained(python: type, spec: dict[str, Any], names: Mapping[str, str]) -> Any:
+def _integer_bounds(spec: Mapping[str, Any]) -> dict[str, int]:
+    """Bounds for integers, exact, and clamped to 64 bits (msgspec's limit: stricter)."""
+    if any(type(v) not in (int, float) for v in spec.values()) or set(spec) - set(_BOUNDS):
+        raise NotCompilable("bounds")
+    rounded = {"minimum": math.ceil, "maximum": math.floor,
+               "exclusiveMinimum": math.floor, "exclusiveMaximum": math.ceil}
+    bounds = {k: rounded[k](v) for k, v in spec.items()}
+    for name in ("minimum", "exclusiveMinimum"):
+        if name in bounds:
+            bounds[name] = max(bounds[name], _INT64[0])
+    for name in ("maximum", "exclusiveMaximum"):
+        if name in bounds:
+            bounds[name] = min(bounds[name], _INT64[1])
+    return bounds
+
+
+def _without_notes(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in _NOTES}
+
+
+def _constrained(python: Any, spec: Mapping[str, Any], names: Mapping[str, str]) -> Any:
     if set(spec) - set(names):
         raise NotCompilable(f"keywords {sorted(set(spec) - set(names))}")
+    if any(type(v) is bool for v in spec.values()):
+        raise NotCompilable("a boolean where a number belongs")
     meta = {names[k]: v for k, v in spec.items()}
     return Annotated[python, msgspec.Meta(**meta)] if meta else python
-

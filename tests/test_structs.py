@@ -5,6 +5,7 @@ express."""
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import msgspec
@@ -26,7 +27,7 @@ SCHEMAS = load_schemas()
 VALIDATOR = Validator(SCHEMAS)
 WITH_STRUCTS = BlockStager(VALIDATOR)
 CHECKER_ONLY = BlockStager(VALIDATOR, structs=False)
-DECODER = StructDecoder(SCHEMAS, exclude=VALIDATOR.inexact_types)
+DECODER = StructDecoder(SCHEMAS)
 PREFIX = "feedface-"
 TS = "2025-03-01T12:00:00Z"
 
@@ -94,26 +95,39 @@ def test_decoded_values_are_the_reference_parse() -> None:
     assert checked >= 50
 
 
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # integers past 64 bits
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
 def _mutated(event: dict[str, Any], how: int, key: str, value: Any) -> bytes:
-    body = orjson.dumps(event)
+    body = _dumps(event)
     if how == 0:
         return body
     if how == 1:
-        return orjson.dumps({**event, key: value})  # a value of any kind in any field
+        return _dumps({**event, key: value})  # a value of any kind in any field
     if how == 2:
-        return orjson.dumps({k: v for k, v in event.items() if k != key})
+        return _dumps({k: v for k, v in event.items() if k != key})
     if how == 3:  # a duplicate key: the reference keeps the last
-        return body[:-1] + b"," + orjson.dumps(key) + b":" + orjson.dumps(value) + b"}"
+        return body[:-1] + b"," + _dumps(key) + b":" + _dumps(value) + b"}"
     if how == 4:
-        return orjson.dumps({**event, key: None})
+        return _dumps({**event, key: None})
     return body[: len(body) * how // 10]  # torn
 
 
-values = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
-                   st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=300),
-                   st.just(TS), st.just("2025-02-30T00:00:00Z"), st.just("2025-01-01t00:00:00z"))
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=300))
+values = st.one_of(
+    scalars, st.just(TS), st.just("2025-02-30T00:00:00Z"), st.just("2025-01-01t00:00:00z"),
+    st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                 | st.dictionaries(st.sampled_from(["prompt", "model", "x", ""]), inner,
+                                   max_size=3), max_leaves=6))
 keys = st.sampled_from(["agent", "ts", "event_id", "phase", "input_tokens", "cost_usd", "tool",
-                        "ok", "schema_version", "event_type", "prefix_bytes", "no_such_field"])
+                        "ok", "schema_version", "event_type", "prefix_bytes", "no_such_field",
+                        "tokens_used", "metrics", "data", "deliverables", "tables_migrated",
+                        "progress", "status"])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -149,6 +163,7 @@ def test_a_timestamp_the_calendar_refuses_goes_to_the_checker() -> None:
 # --------------------------------------------------------------------------------------------
 
 USAGE = b'{"event_type":"agent_token_usage","ts":"' + TS.encode() + b'","agent":"a"'
+PROGRESS = b'{"event_type":"task_progress","ts":"' + TS.encode() + b'","agent":"a","task":"t"'
 
 
 @pytest.mark.parametrize("line", [
@@ -159,10 +174,15 @@ USAGE = b'{"event_type":"agent_token_usage","ts":"' + TS.encode() + b'","agent":
     USAGE + b',"task":"a\xffb"}',          # invalid UTF-8
     USAGE + b',"cost_usd":NaN}',
     USAGE + b',"zzz":1}',
-    b'{"event_type":"task_progress","ts":"' + TS.encode() + b'","agent":"a","task":"t"}',
+    b'{"event_type":"budget_alert","ts":"' + TS.encode() + b'","agent":"a"}',
+    PROGRESS + b',"tokens_used":{"prompt":"5"}}',      # a declared field's type, per key
+    PROGRESS + b',"tokens_used":{"model":7}}',
+    PROGRESS + b',"tokens_used":{"cached":"x"}}',      # an extra's type
+    PROGRESS + b',"metrics":{"n":1' + b"0" * 20 + b"}}",  # past 64 bits: the checker's call
     b"[1]", b"", b"{",
 ], ids=["null", "float_int", "float_version", "duplicate_invalid", "utf8", "nan", "unknown",
-        "not_compiled", "array", "empty", "torn"])
+        "not_compiled", "declared_type", "declared_type_2", "extra_type", "big_int", "array",
+        "empty", "torn"])
 def test_decoder_leaves_what_it_cannot_vouch_for(line: bytes) -> None:
     chunk = DECODER.decode([USAGE + b"}", line])
     assert chunk.left == [1]
@@ -178,6 +198,18 @@ def test_duplicate_keys_keep_the_last_like_the_reference() -> None:
     assert reference.data["input_tokens"] == 6
 
 
+def test_objects_decode_to_dicts_and_lists_stay_lists() -> None:
+    line = (PROGRESS + b',"tokens_used":{"prompt":5,"model":"m","cached":2},'
+            b'"metrics":{"b":true,"n":null,"x":1.5,"i":3},"deliverables":["a","b"]}')
+    [reference] = [VALIDATOR.reference(line)]
+    assert isinstance(reference, Event)
+    columns = DECODER.decode([line]).by_type["task_progress"].columns
+    assert columns["tokens_used"] == [{"prompt": 5, "model": "m", "cached": 2}]
+    assert columns["metrics"] == [reference.data["metrics"]]
+    assert [type(v) for v in columns["metrics"][0].values()] == [bool, type(None), float, int]
+    assert columns["deliverables"] == [["a", "b"]]
+
+
 def test_phase_integers_are_stored_as_their_digits() -> None:
     lines = [USAGE + b',"phase":3}', USAGE + b',"phase":"3b"}', USAGE + b"}"]
     columns = DECODER.decode(lines).by_type["agent_token_usage"].columns
@@ -188,10 +220,10 @@ def test_phase_integers_are_stored_as_their_digits() -> None:
 # the compiler
 # --------------------------------------------------------------------------------------------
 
-def test_flat_types_compile_and_nested_or_inexact_ones_do_not() -> None:
-    assert set(DECODER.compiled) == {"agent_token_usage", "context_compiled", "tool_call"}
-    # budget_alert allows numbers past 2**53 and a date pattern; the decoder leaves it alone
-    assert "budget_alert" in VALIDATOR.inexact_types
+def test_every_type_but_one_compiles() -> None:
+    assert set(DECODER.compiled) == set(SCHEMAS.types) - {"budget_alert"}
+    with pytest.raises(NotCompilable, match="keywords"):  # its `date` format and pattern
+        compile_type("budget_alert", SCHEMAS.flattened("budget_alert", 1), SCHEMAS)
 
 
 BASE = SCHEMAS.flattened("tool_call", 1)
@@ -204,8 +236,15 @@ def _with(name: str, spec: Any, **top: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("flat", [
     _with("tool", {"type": "string", "pattern": "^x$"}),
     _with("tool", {"type": "string", "format": "email"}),
-    _with("tool", {"type": "array", "items": {"type": "string"}}),
-    _with("tool", {"type": "object"}),
+    _with("tool", {"type": "array", "items": {"type": "object"}}),
+    _with("tool", {"type": "array", "items": {"type": "number"}}),
+    _with("tool", {"type": "array", "items": {"type": "string"}, "uniqueItems": True}),
+    _with("tool", {"type": "object", "properties": {"a": {"type": "string"}}}),
+    _with("tool", {"type": "object", "properties": {"a": {"type": "integer", "maximum": 5}},
+                   "additionalProperties": {"type": "integer"}}),
+    _with("tool", {"type": "object", "additionalProperties": {"type": "string"},
+                   "propertyNames": {"maxLength": 3}}),
+    _with("tool", {"type": "object", "additionalProperties": False}),
     _with("tool", {"type": ["string", "null"]}),
     _with("tool", {"anyOf": [{"type": "integer"}, {"type": "number"}]}),
     _with("tool", {"enum": ["a", 1]}),
@@ -217,7 +256,9 @@ def _with(name: str, spec: Any, **top: Any) -> dict[str, Any]:
     _with("tool", {"type": "string"}, additionalProperties=True),
     _with("tool", {"type": "string"}, patternProperties={"^x": {}}),
     {**BASE, "properties": {**BASE["properties"], "event_type": {"type": "string"}}},
-], ids=["pattern", "format", "array", "object", "nullable", "int_or_number", "mixed_enum",
+], ids=["pattern", "format", "array_of_objects", "array_of_numbers", "unique_items",
+        "declared_and_free_extras", "two_bounds_for_ints", "property_names", "empty_object",
+        "nullable", "int_or_number", "mixed_enum",
         "bool_const", "multiple_of", "not", "other_date_time", "keyword_name", "open",
         "pattern_properties", "free_event_type"])
 def test_what_the_compiler_refuses(flat: dict[str, Any]) -> None:
