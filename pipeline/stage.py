@@ -34,6 +34,9 @@ TS_TYPE = pl.Datetime("us", "UTC")
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 SOURCE_COLUMNS: dict[str, pl.DataType] = {"_source": pl.String(), "_offset": pl.Int64()}
 _GOOD = "__timestamps_ok"
+# Decoding saves per line and costs per event type in a block (a Polars query each): it
+# pays from about 1,500 lines, so catch-up blocks decode and a live tail's few lines do not.
+DECODE_FROM_LINES = 2000
 _BATCH_FILE = re.compile(r"^b(?P<batch>[0-9]{12})\.(?:arrow|jsonl)$")
 
 def batch_name(batch: int, suffix: str) -> str:
@@ -127,46 +130,53 @@ class FrameBuilder:
         """The typed frame of decoded columns, less the rows whose timestamps fail the
         check (FAST_TIMESTAMP and the calendar); those rows' line indexes come back."""
         height = len(decoded.indexes)
-        columns = decoded.columns
+        # Only columns holding a value become Series: each costs ~40 µs however short.
+        present = {name: values for name, values in decoded.columns.items()
+                   if name in self._raw_schema and values.count(None) != height}
         for name, declared in self.nested.items():
-            if name in columns:
-                columns[name] = convert_nested_column(columns[name], declared)
-        frame = pl.DataFrame(
-            {name: columns.get(name) or [None] * height for name in self._raw_schema},
-            schema=self._raw_schema)
+            if name in present:
+                present[name] = convert_nested_column(present[name], declared)
         offsets = [starts[i] for i in decoded.indexes]
-        # One query, so Polars runs it once: typing, derived ids and the timestamp check.
-        query = frame.lazy().with_columns(
-            *self._typing(strict=False),
+        frame = pl.DataFrame({**present, "_offset": offsets},
+                             schema={**{n: self._raw_schema[n] for n in present},
+                                     "_offset": pl.Int64()})
+        # One query, so Polars plans and runs it once: typing, ids, the timestamp check.
+        typed = frame.lazy().select(
+            *(self._decoded_column(name, dtype, name in present, id_prefix)
+              for name, dtype in self._raw_schema.items()),
             pl.lit(source, pl.String).alias("_source"),
-            pl.Series("_offset", offsets, dtype=pl.Int64),
+            pl.col("_offset"),
             pl.all_horizontal(True, *(
                 pl.col(n).is_null() | (pl.col(n).str.contains(FAST_TIMESTAMP["pattern"])
                                        & self._parsed(n, strict=False).is_not_null())
-                for n in self._timestamps)).alias(_GOOD),
-        )
-        if None in decoded.columns.get("event_id", [None]):
-            query = query.with_columns(pl.col("event_id").fill_null(
-                pl.lit(id_prefix) + pl.col("_offset").cast(pl.String)))
-        typed = query.collect()
-        good = typed.get_column(_GOOD)
-        typed = typed.drop(_GOOD)
+                for n in self._timestamps if n in present)).alias(_GOOD),
+        ).collect()
+        good = typed.drop_in_place(_GOOD)
         if good.all():
             return typed, []
         failed = [index for index, ok in zip(decoded.indexes, good, strict=True) if not ok]
         return typed.filter(good), failed
 
+    def _decoded_column(self, name: str, dtype: pl.DataType, present: bool,
+                        id_prefix: str) -> pl.Expr:
+        if name == "event_type":
+            return pl.lit(self.event_type, pl.String).alias(name)
+        if name == "event_id":  # derived where the producer gave none
+            derived = pl.lit(id_prefix) + pl.col("_offset").cast(pl.String)
+            return (pl.col(name).fill_null(derived) if present else derived).alias(name)
+        if name == "schema_version":
+            return (pl.col(name).fill_null(1) if present else pl.lit(1, pl.Int64)).alias(name)
+        if not present:
+            return pl.lit(None, self.schema[name]).alias(name)
+        return self._parsed(name, strict=False) if name in self._timestamps else pl.col(name)
+
     def _typed(self, frame: pl.DataFrame, sources: list[str], offsets: list[int]) -> pl.DataFrame:
         return frame.with_columns(
-            *self._typing(strict=True),
+            *(self._parsed(n, strict=True) for n in self._timestamps),
+            pl.col("schema_version").fill_null(1),
             pl.Series("_source", sources, dtype=pl.String),
             pl.Series("_offset", offsets, dtype=pl.Int64),
         )
-
-    def _typing(self, strict: bool) -> list[pl.Expr]:
-        """Timestamps parsed, the default schema_version filled in."""
-        return [*(self._parsed(n, strict) for n in self._timestamps),
-                pl.col("schema_version").fill_null(1)]
 
     @staticmethod
     def _parsed(name: str, strict: bool) -> pl.Expr:
@@ -205,24 +215,26 @@ class BlockStager:
     """Checks a block of lines and types its events: the tailer's work per block, done in
     its own process or in a worker (see pipeline.workers)."""
 
-    def __init__(self, validator: Validator, structs: bool = True) -> None:
+    def __init__(self, validator: Validator, decode_from: int | None = DECODE_FROM_LINES) -> None:
         schemas = validator.schemas
         self.builders = {t: FrameBuilder(t, schemas) for t in schemas.types}
         nested = {t: builder.nested for t, builder in self.builders.items()}
         self.checker = BlockChecker(validator, nested)
-        self.decoder = StructDecoder(schemas) if structs else None
+        self.decoder = None if decode_from is None else StructDecoder(schemas)
+        self.decode_from = decode_from or 0
 
     def stage(self, block: bytes, position: int, source: str, id_prefix: str,
               limit: int) -> StagedBlock:
         """Check `block` (complete lines read at `position`) and type what is valid.
 
-        Lines of the compiled flat types are decoded straight to columns; the rest, and
-        any line the decoder refuses, go through the checker, where the reference decides.
+        In a block of `decode_from` lines or more, lines of the compiled types are decoded
+        straight to columns; the rest, and any line the decoder refuses, go through the
+        checker, where the reference decides.
         """
         lines, starts = split_block(block, position)
         frames: dict[str, list[pl.DataFrame]] = {}
         left: range | list[int] = range(len(lines))
-        if self.decoder is not None:
+        if self.decoder is not None and len(lines) >= self.decode_from:
             left = self._decode(lines, starts, source, id_prefix, limit, frames)
         checked = self.checker.check_lines([lines[i] for i in left], [starts[i] for i in left],
                                            source, id_prefix, limit)

@@ -153,7 +153,6 @@ def _columns(compiled: CompiledType, found: list[Any]) -> dict[str, list[Any]]:
     columns = {name: list(map(getter, found)) for name, getter in compiled.getters.items()}
     for name in compiled.as_text:
         columns[name] = [str(v) if type(v) is int else v for v in columns[name]]
-    columns["event_type"] = [compiled.event_type] * len(found)
     return columns
 
 

@@ -20,13 +20,13 @@ from test_intake import TRICKY, sample_lines
 
 from pipeline.events import Event, Validator
 from pipeline.schemas import load_schemas
-from pipeline.stage import BlockStager, StagedBlock
-from pipeline.structs import NotCompilable, StructDecoder, compile_type
+from pipeline.stage import BlockStager, FrameBuilder, StagedBlock
+from pipeline.structs import DecodedChunk, NotCompilable, StructDecoder, compile_type
 
 SCHEMAS = load_schemas()
 VALIDATOR = Validator(SCHEMAS)
-WITH_STRUCTS = BlockStager(VALIDATOR)
-CHECKER_ONLY = BlockStager(VALIDATOR, structs=False)
+WITH_STRUCTS = BlockStager(VALIDATOR, decode_from=1)
+CHECKER_ONLY = BlockStager(VALIDATOR, decode_from=None)
 DECODER = StructDecoder(SCHEMAS)
 PREFIX = "feedface-"
 TS = "2025-03-01T12:00:00Z"
@@ -137,6 +137,32 @@ keys = st.sampled_from(["agent", "ts", "event_id", "phase", "input_tokens", "cos
 def test_mutated_events_stage_like_the_checker_path(
         cases: list[tuple[dict[str, Any], int, str, Any]], position: int) -> None:
     assert_same_staging([_mutated(*case) for case in cases], position=position)
+
+
+def test_only_blocks_of_decode_from_lines_are_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    stager = BlockStager(VALIDATOR, decode_from=3)
+    assert stager.decoder is not None
+    decoded: list[int] = []
+    real_decode = stager.decoder.decode
+
+    def decode(lines: list[bytes]) -> DecodedChunk:
+        decoded.append(len(lines))
+        return real_decode(lines)
+
+    monkeypatch.setattr(stager.decoder, "decode", decode)
+    line = USAGE + b"}\n"
+    for count in (1, 2, 3, 5):
+        staged = stager.stage(line * count, 0, "a.jsonl", PREFIX, 1 << 20)
+        assert staged.counts == {"agent_token_usage": count}
+    assert decoded == [3, 5]
+
+
+def test_columns_that_cannot_be_typed_go_to_the_checker(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: Any) -> tuple[pl.DataFrame, list[int]]:
+        raise ValueError("cannot type these columns")
+
+    monkeypatch.setattr(FrameBuilder, "from_decoded", refuse)
+    assert_same_staging(sample_lines())
 
 
 def test_long_valid_line_is_quarantined_not_decoded() -> None:

@@ -321,7 +321,6 @@ def test_many_bad_lines_in_a_row_do_not_stop_ingestion(tmp_path: Path) -> None:
 def test_unstageable_row_is_quarantined_and_the_batch_still_staged(
         home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.stage import FrameBuilder
-    from pipeline.structs import DecodedColumns
 
     real_build = FrameBuilder.from_converted
 
@@ -331,16 +330,7 @@ def test_unstageable_row_is_quarantined_and_the_batch_still_staged(
             raise ValueError("cannot type this row")
         return real_build(self, rows, sources, offsets)
 
-    real_decoded = FrameBuilder.from_decoded
-
-    def from_decoded(self: FrameBuilder, decoded: DecodedColumns, *args: Any,
-                     ) -> tuple[pl.DataFrame, list[int]]:
-        if "poison" in decoded.columns["agent"]:
-            raise ValueError("cannot type these columns")
-        return real_decoded(self, decoded, *args)
-
     monkeypatch.setattr(FrameBuilder, "from_converted", build)
-    monkeypatch.setattr(FrameBuilder, "from_decoded", from_decoded)
     good = [event_line(), event_line()]
     poison = event_line(agent="poison")
     append(home.logs / "a.jsonl", good[0], poison, good[1])
