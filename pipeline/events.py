@@ -8,6 +8,7 @@ words the error, so the verdict always equals the reference's.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -234,16 +235,27 @@ def has_long_digits(line: bytes) -> bool:
 
 
 def _allows_huge_numbers(spec: Any) -> bool:
-    """Whether some `number` field accepts values past 2**53, where floats lose digits."""
+    """Whether some value may be a number orjson cannot read exactly: past 2**53 in a
+    `number` field, or anywhere in a free-form object or array (past 64 bits, orjson
+    makes a float of an integer)."""
     if isinstance(spec, list):
         return any(_allows_huge_numbers(item) for item in spec)
+    if spec is True or spec == {}:
+        return True
     if not isinstance(spec, dict):
         return False
     kinds = spec.get("type")
     kinds = kinds if isinstance(kinds, list) else [kinds]
-    if "number" in kinds and spec.get("maximum", float("inf")) > 2**53:
+    if "number" in kinds and (spec.get("maximum", math.inf) > 2**53
+                              or spec.get("minimum", -math.inf) < -(2**53)):
         return True
-    return any(_allows_huge_numbers(value) for value in spec.values())
+    if "object" in kinds and spec.get("additionalProperties", True) is True and spec.get(
+            "unevaluatedProperties", True) is True:
+        return True
+    if "array" in kinds and "items" not in spec:
+        return True
+    return any(_allows_huge_numbers(value) for key, value in spec.items()
+               if key not in ("const", "enum", "default", "examples"))
 
 
 def calendar_ok(ts: str) -> bool:

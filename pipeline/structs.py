@@ -5,9 +5,9 @@ one the reference accepts too, with the same values: the compiler takes only key
 whose msgspec meaning is the same or stricter (an integer written 5.0 is refused here and
 accepted by the reference, so it takes the slower path and is still staged), and leaves
 a type it cannot express whole to the other paths. Two checks msgspec cannot make are
-the caller's or run here per row: the timestamp's shape and calendar, on the column
-(`CompiledType.timestamps`), and the value type of each key of an object that declares
-some keys and types the rest (`CompiledType.row_checks`).
+the caller's or run here per row: the shape and calendar of the envelope's timestamps
+(decoded as plain strings; the caller checks their column), and the value type of each
+key of an object that declares some keys and types the rest (`CompiledType.row_checks`).
 """
 
 from __future__ import annotations
@@ -49,19 +49,13 @@ class NotCompilable(Exception):
 
 @dataclass(frozen=True)
 class CompiledType:
-    """One event type's struct: its fields in order, and what is checked outside msgspec."""
+    """One event type's struct, and what is checked or converted outside msgspec."""
 
     event_type: str
     struct: type[msgspec.Struct]
-    fields: tuple[str, ...]
-    timestamps: tuple[str, ...]
+    getters: Mapping[str, attrgetter[Any]]  # per field: a column is one `map` of it, in C
     as_text: tuple[str, ...]  # anyOf fields stored as text: integers become their digits
     row_checks: Mapping[str, RowCheck] = field(default_factory=dict)
-
-    @property
-    def getters(self) -> dict[str, attrgetter[Any]]:
-        """A getter per field (a column is one `map` of it, in C)."""
-        return {name: attrgetter(name) for name in self.fields}
 
 
 @dataclass
@@ -172,33 +166,35 @@ def compile_type(event_type: str, flat: Mapping[str, Any], schemas: SchemaSet) -
     required = set(flat.get("required", ()))
     if not required <= set(properties):
         raise NotCompilable("required names a field without a schema")
-    fields: list[tuple[Any, ...]] = []
-    timestamps, as_text, row_checks = [], [], {}
     timestamp = schemas.resolve(dict(schemas.envelope["properties"]["ts"]))
-    for name, spec in properties.items():
-        if name == "event_type":
-            continue  # the tag
-        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
-            raise NotCompilable(f"field name {name!r}")
-        if spec.get("format") == "date-time":
-            if spec != timestamp:
-                raise NotCompilable(f"{name}: a date-time other than the envelope's")
-            timestamps.append(name)
-        kind, check = _property(spec)
-        if "anyOf" in spec:
-            as_text.append(name)
-        if check is not None:
-            row_checks[name] = check
-        # Absent is None; an explicit null is refused, since no compiled property allows null.
-        fields.append((name, kind) if name in required else (name, kind, None))
-    fields.sort(key=len)  # required fields (no default) first, as msgspec wants
+    required_fields: list[tuple[str, Any]] = []
+    optional_fields: list[tuple[str, Any, None]] = []
+    as_text, row_checks = [], {}
     try:
-        struct = msgspec.defstruct(f"Compiled_{event_type}", fields, tag_field="event_type",
-                                   tag=event_type, forbid_unknown_fields=True, gc=False)
+        for name, spec in properties.items():
+            if name == "event_type":
+                continue  # the tag
+            if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+                raise NotCompilable(f"field name {name!r}")
+            # The envelope's timestamp decodes as a string; the caller checks its column
+            # (FAST_TIMESTAMP and the calendar, stricter than the schema).
+            kind, check = (str, None) if spec == timestamp else _property(spec)
+            if "anyOf" in spec:
+                as_text.append(name)
+            if check is not None:
+                row_checks[name] = check
+            if name in required:
+                required_fields.append((name, kind))
+            else:  # absent is None; no compiled property allows an explicit null
+                optional_fields.append((name, kind, None))
+        struct = msgspec.defstruct(f"Compiled_{event_type}", [*required_fields, *optional_fields],
+                                   tag_field="event_type", tag=event_type,
+                                   forbid_unknown_fields=True, gc=False)
         msgspec.json.Decoder(struct)  # refuses unions msgspec cannot tell apart
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # what msgspec.Meta or defstruct refuse
         raise NotCompilable(str(exc)) from None
-    return CompiledType(event_type, struct, tuple(f[0] for f in fields), tuple(timestamps),
+    names = [name for name, *_ in required_fields] + [name for name, *_ in optional_fields]
+    return CompiledType(event_type, struct, {name: attrgetter(name) for name in names},
                         tuple(as_text), row_checks)
 
 
@@ -308,19 +304,15 @@ def _value(spec: Mapping[str, Any]) -> tuple[frozenset[type], Any]:
             raise NotCompilable("constraints on a list of types")
         parts = [_value({"type": k}) for k in kind]
         return frozenset().union(*(k for k, _ in parts)), Union[tuple(p for _, p in parts)]  # noqa: UP007
-    if kind == "string":
-        if rest.get("format") == "date-time":
-            # The envelope's timestamp (compile_type made sure): the caller checks it on the
-            # column with FAST_TIMESTAMP and the calendar, stricter than the schema.
-            for checked_later in ("format", "pattern", "not"):
-                rest.pop(checked_later, None)
+    if kind == "string":  # any format or pattern is refused: msgspec's differ
         return frozenset({str}), _constrained(str, rest, _LENGTHS)
     if kind == "integer":
         return frozenset({int}), _constrained(int, _integer_bounds(rest), _BOUNDS)
     if kind == "number":
         # An integer stays an integer: exact against the bounds, exact in JSON text.
         whole = _constrained(int, _integer_bounds(rest), _BOUNDS)
-        return frozenset({int, float}), Union[whole, _constrained(float, rest, _BOUNDS)]  # noqa: UP007
+        fraction = _constrained(float, _float_bounds(rest), _BOUNDS)
+        return frozenset({int, float}), Union[whole, fraction]  # noqa: UP007
     if kind == "boolean" and not rest:
         return frozenset({bool}), bool
     if kind == "null" and not rest:
@@ -329,19 +321,31 @@ def _value(spec: Mapping[str, Any]) -> tuple[frozenset[type], Any]:
 
 
 def _integer_bounds(spec: Mapping[str, Any]) -> dict[str, int]:
-    """Bounds for integers, exact, and clamped to 64 bits (msgspec's limit: stricter)."""
-    if any(type(v) not in (int, float) for v in spec.values()) or set(spec) - set(_BOUNDS):
-        raise NotCompilable("bounds")
+    """Bounds for integers: exact, and clamped to 64 bits (msgspec's limit; stricter)."""
     rounded = {"minimum": math.ceil, "maximum": math.floor,
                "exclusiveMinimum": math.floor, "exclusiveMaximum": math.ceil}
-    bounds = {k: rounded[k](v) for k, v in spec.items()}
-    for name in ("minimum", "exclusiveMinimum"):
-        if name in bounds:
-            bounds[name] = max(bounds[name], _INT64[0])
-    for name in ("maximum", "exclusiveMaximum"):
-        if name in bounds:
-            bounds[name] = min(bounds[name], _INT64[1])
+    bounds = {k: rounded[k](v) for k, v in _finite_bounds(spec).items()}
+    for name, value in bounds.items():
+        lower = name in ("minimum", "exclusiveMinimum")
+        if (value > _INT64[1]) if lower else (value < _INT64[0]):
+            raise NotCompilable("no 64-bit integer meets the bounds")
+        bounds[name] = min(max(value, _INT64[0]), _INT64[1])
     return bounds
+
+
+def _float_bounds(spec: Mapping[str, Any]) -> dict[str, float]:
+    """Bounds for floats, only where a double holds them exactly (msgspec compares doubles)."""
+    bounds = _finite_bounds(spec)
+    if any(float(v) != v for v in bounds.values()):
+        raise NotCompilable("a bound a double cannot hold")
+    return {k: float(v) for k, v in bounds.items()}
+
+
+def _finite_bounds(spec: Mapping[str, Any]) -> dict[str, int | float]:
+    if set(spec) - set(_BOUNDS) or any(
+            type(v) not in (int, float) or not math.isfinite(v) for v in spec.values()):
+        raise NotCompilable("bounds")
+    return dict(spec)
 
 
 def _without_notes(spec: dict[str, Any]) -> dict[str, Any]:

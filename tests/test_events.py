@@ -17,7 +17,7 @@ import referencing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.events import FOUND_LIMIT, Event, Rejection, Validator
+from pipeline.events import FOUND_LIMIT, Event, Rejection, Validator, _allows_huge_numbers
 from pipeline.writer import encode_event
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -407,6 +407,22 @@ def test_year_zero_is_rejected() -> None:
         assert not _fast_alone(validator, line)
         assert isinstance(validator.validate(line), Rejection)
     assert isinstance(validator.validate(_swap("metric", "ts", "0001-06-01T00:00:00Z")), Event)
+
+
+@pytest.mark.parametrize(("spec", "huge"), [
+    ({"type": "number", "minimum": 0, "maximum": 100}, False),
+    ({"type": "number", "minimum": 0, "maximum": 1e300}, True),
+    ({"type": "number", "maximum": 100}, True),  # no lower bound
+    ({"type": "number", "minimum": -1e300, "maximum": 0}, True),
+    ({"type": "object", "additionalProperties": {"type": "string"}}, False),
+    ({"type": "object", "properties": {"a": {"type": "string"}}}, True),  # extras: anything
+    ({"type": "array", "items": {"type": "integer", "maximum": 5}}, False),
+    ({"type": "array"}, True),
+    ({"properties": {"free": {}}}, True),
+])
+def test_specs_that_may_hold_numbers_orjson_reads_inexactly(spec: dict[str, Any],
+                                                            huge: bool) -> None:
+    assert _allows_huge_numbers(spec) is huge
 
 
 def test_unhashable_type_or_version_is_rejected_not_raised() -> None:

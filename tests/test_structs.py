@@ -282,11 +282,19 @@ def _with(name: str, spec: Any, **top: Any) -> dict[str, Any]:
     _with("tool", {"type": "string"}, additionalProperties=True),
     _with("tool", {"type": "string"}, patternProperties={"^x": {}}),
     {**BASE, "properties": {**BASE["properties"], "event_type": {"type": "string"}}},
+    _with("tool", {"anyOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]}),
+    _with("tool", {"type": "object", "additionalProperties": {"type": "string",
+                                                             "format": "date-time"}}),
+    _with("tool", {"type": "array", "items": {"type": "string", "pattern": "^x"}}),
+    _with("tool", {"type": "integer", "minimum": 1e300}),
+    _with("tool", {"type": "integer", "maximum": -1e300}),
+    _with("tool", {"type": "number", "maximum": 2**53 + 3}),  # a double would round it
 ], ids=["pattern", "format", "array_of_objects", "array_of_numbers", "unique_items",
         "declared_and_free_extras", "two_bounds_for_ints", "property_names", "empty_object",
         "nullable", "int_or_number", "mixed_enum",
         "bool_const", "multiple_of", "not", "other_date_time", "keyword_name", "open",
-        "pattern_properties", "free_event_type"])
+        "pattern_properties", "free_event_type", "nested_date_time", "date_time_values",
+        "item_pattern", "minimum_past_64_bits", "maximum_below_64_bits", "inexact_bound"])
 def test_what_the_compiler_refuses(flat: dict[str, Any]) -> None:
     with pytest.raises(NotCompilable):
         compile_type("tool_call", flat, SCHEMAS)
