@@ -227,7 +227,7 @@ def test_duplicate_keys_keep_the_last_like_the_reference() -> None:
 def test_objects_decode_to_dicts_and_lists_stay_lists() -> None:
     line = (PROGRESS + b',"tokens_used":{"prompt":5,"model":"m","cached":2},'
             b'"metrics":{"b":true,"n":null,"x":1.5,"i":3},"deliverables":["a","b"]}')
-    [reference] = [VALIDATOR.reference(line)]
+    reference = VALIDATOR.reference(line)
     assert isinstance(reference, Event)
     columns = DECODER.decode([line]).by_type["task_progress"].columns
     assert columns["tokens_used"] == [{"prompt": 5, "model": "m", "cached": 2}]
