@@ -270,7 +270,7 @@ class BlockStager:
             if frame.height:
                 frames[event_type] = [frame]
             left += failed
-        return sorted(left) if decoded.by_type else left
+        return sorted(left)
 
 
 def ipc_bytes(frame: pl.DataFrame) -> bytes:

@@ -232,13 +232,12 @@ def _kind_name(spec: Mapping[str, Any]) -> str:
 
 
 def _array(spec: Mapping[str, Any]) -> Any:
-    rest = dict(spec)
+    rest = _without_notes(dict(spec))
     del rest["type"]
-    items = rest.pop("items", {})
-    kinds, item = _value(items)
+    kinds, item = _value(rest.pop("items", {}))
     if not kinds <= {str, int, bool}:  # floats and ints would share a column's type
         raise NotCompilable("array items")
-    return _constrained(list[item], _without_notes(rest), _ITEMS)  # type: ignore[valid-type]
+    return _constrained(list[item], rest, _ITEMS)  # type: ignore[valid-type]
 
 
 def _object(spec: Mapping[str, Any]) -> tuple[Any, RowCheck | None]:
