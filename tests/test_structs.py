@@ -18,6 +18,7 @@ from polars.testing import assert_frame_equal
 from test_events import CORPUS, EVENTS, strict_parse
 from test_intake import TRICKY, sample_lines
 
+from pipeline import structs
 from pipeline.events import Event, Validator
 from pipeline.schemas import load_schemas
 from pipeline.stage import BlockStager, FrameBuilder, StagedBlock
@@ -67,6 +68,18 @@ def decoded_lines(lines: list[bytes]) -> int:
 def test_staging_equals_the_checker_path(lines: list[bytes]) -> None:
     lines = [line for line in lines if b"\n" not in line]
     assert_same_staging(lines, position=11)
+
+
+@pytest.mark.parametrize("slice_lines", [1, 7, 1000])
+def test_slices_of_a_block_merge_into_the_same_staging(monkeypatch: pytest.MonkeyPatch,
+                                                      slice_lines: int) -> None:
+    """A block decoded slice by slice (columns and line indexes joined across slices,
+    refusals and row checks in any slice) stages what the checker's path stages."""
+    lines = [line for line in [*sample_lines(), *CORPUS, *(line for _, line, _ in TRICKY)]
+             if b"\n" not in line]
+    monkeypatch.setattr(structs, "DECODE_SLICE_LINES", slice_lines)
+    assert decoded_lines(lines) >= len(lines) // 4
+    assert_same_staging(lines, position=5)
 
 
 def test_the_comparison_exercises_the_decoder() -> None:
