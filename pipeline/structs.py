@@ -103,7 +103,7 @@ class StructDecoder:
         """Decode a chunk of lines (no newlines)."""
         chunk = DecodedChunk()
         # A slice's structs are still in the CPU cache when their columns are taken out:
-        # a fifth faster than decoding a whole block first.
+        # 12-20 % faster than decoding a whole block of 10,000 lines first.
         for start in range(0, len(lines), DECODE_SLICE_LINES):
             self._decode_slice(lines[start:start + DECODE_SLICE_LINES], start, chunk)
         chunk.left.sort()  # row checks add theirs type by type
