@@ -206,11 +206,16 @@ class FrameBuilder:
 
 @dataclass
 class StagedBlock:
-    """A checked block ready to stage: Arrow IPC bytes and row counts by type, rejects."""
+    """A checked block ready to stage: Arrow IPC bytes and row counts by type, rejects.
+
+    A worker writes its frames to synced part files instead (`parts`), which the tailer
+    renames into place when it commits the batch.
+    """
 
     frames: dict[str, bytes] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    parts: dict[str, Path] = field(default_factory=dict)
 
 
 class BlockStager:
@@ -339,6 +344,12 @@ def write_stage_bytes(stage_dir: Path, batch: int, event_type: str, ipc: bytes) 
     return path
 
 
+def write_stage_part(stage_dir: Path, event_type: str, name: str, ipc: bytes) -> Path:
+    """Write one type's Arrow IPC bytes to a synced temp file (`.part-<name>.tmp`), to be
+    renamed into a batch file at commit; a crash leaves it to `remove_orphans`."""
+    return write_synced(stage_dir / event_type / f"part-{name}", lambda handle: handle.write(ipc))
+
+
 def write_quarantine(quarantine_dir: Path, batch: int, records: list[dict[str, Any]]) -> Path:
     """Write a batch's rejected-line records durably (the caller fsyncs the directory)."""
     path = quarantine_dir / batch_name(batch, "jsonl")
@@ -388,14 +399,14 @@ def conform(frame: pl.LazyFrame, schema: Mapping[str, pl.DataType]) -> pl.LazyFr
 
 
 def remove_orphans(directories: Iterable[Path], above: int) -> list[Path]:
-    """Delete batch files newer than the committed watermark (left by a crash)."""
+    """Delete batch files newer than the committed watermark, and temp files (a crash's)."""
     removed = []
     for directory in directories:
         for suffix in ("arrow", "jsonl"):
             for _, path in batch_files(directory, suffix, after=above):
                 path.unlink(missing_ok=True)
                 removed.append(path)
-        for tmp in directory.glob(".b*.tmp") if directory.is_dir() else ():
+        for tmp in directory.glob(".*.tmp") if directory.is_dir() else ():
             tmp.unlink(missing_ok=True)
     return removed
 

@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -41,13 +42,15 @@ from pipeline.intake import quarantine_record, too_long_record
 from pipeline.stage import (
     BlockStager,
     StagedBlock,
+    batch_name,
     fsync_dir,
     ipc_bytes,
     remove_orphans,
+    rename_or_discard,
     write_quarantine,
     write_stage_bytes,
 )
-from pipeline.workers import StagerPool, done_future
+from pipeline.workers import BlockMoved, BlockSource, StagerPool, done_future
 
 FINGERPRINT_BYTES = 4096
 MARKER_BYTES = 64
@@ -375,7 +378,8 @@ class Tailer:
         position = self._pending.offsets.get(fingerprint, state.offset)
         if self._pool is None and self.settings.workers > 0 and (
                 size - position >= self.settings.parallel_min_bytes):
-            self._pool = StagerPool(self.validator.schemas, self.settings.workers)
+            self._pool = StagerPool(self.validator.schemas, self.settings.workers,
+                                    self.home.stage)
         read_size = max(READ_CHUNK, self.settings.max_line_bytes + 1)
         while position < size and not self.stop.is_set():
             chunk = os.pread(handle.fd, min(read_size, size - position), position)
@@ -432,7 +436,8 @@ class Tailer:
 
         pool = self._pool
         future = done_future(redo) if pool is None else pool.submit(
-            block, position, source, id_prefix, limit)
+            BlockSource.of(block, handle.path, handle.state.dev, handle.state.ino, position),
+            source, id_prefix, limit)
         self._pending.segments.append(_Segment(future, redo))
         self._pending.lines += lines
 
@@ -488,11 +493,14 @@ class Tailer:
             if not wait and len(self._sealed) <= in_flight and not all(
                     segment.future.done() for segment in front.segments):
                 return
+            batch = self._sealed.popleft()
             try:
-                self._commit_batch(self._sealed.popleft(), result)
+                self._commit_batch(batch, result)
             except BaseException:
                 # Later batches hold offsets past the failed one: drop them all, so the
                 # next poll reads again from the committed checkpoint.
+                for dropped in (batch, *self._sealed, self._pending):
+                    _discard_parts(dropped)
                 self._sealed.clear()
                 self._pending = _Pending()
                 raise
@@ -538,6 +546,8 @@ class Tailer:
     def _outcome(self, segment: _Segment) -> StagedBlock:
         try:
             return segment.future.result()
+        except BlockMoved:  # renamed or rewritten since it was read: check what was read
+            return segment.redo()
         except BrokenProcessPool:  # a worker died (out of memory, killed): check here instead
             if self._pool is not None:
                 self.notify("a line-checking worker died; checking lines in the tailer process")
@@ -550,17 +560,32 @@ class Tailer:
             self._pool = None
 
     def _stage_writes(self, batch: int, staged_blocks: list[StagedBlock]) -> list[Future[None]]:
-        by_type: dict[str, list[bytes]] = {}
+        by_type: dict[str, list[bytes | Path]] = {}
         for block in staged_blocks:
             for event_type, ipc in block.frames.items():
                 by_type.setdefault(event_type, []).append(ipc)
+            for event_type, part in block.parts.items():
+                by_type.setdefault(event_type, []).append(part)
         return [self._writers.submit(self._write_type, batch, event_type, parts)
                 for event_type, parts in by_type.items()]
 
-    def _write_type(self, batch: int, event_type: str, parts: list[bytes]) -> None:
-        ipc = parts[0] if len(parts) == 1 else ipc_bytes(
-            pl.concat([pl.read_ipc(io.BytesIO(part)) for part in parts]))
-        write_stage_bytes(self.home.stage, batch, event_type, ipc)
+    def _write_type(self, batch: int, event_type: str, parts: list[bytes | Path]) -> None:
+        """Write a type's batch file from frames (bytes) and workers' synced part files.
+
+        A batch holds several parts only when it spans files or small blocks; a catch-up's
+        batch is one part, renamed into place. If the commit fails, the parts are left to
+        the next tailer's `remove_orphans`.
+        """
+        only = parts[0] if len(parts) == 1 else None
+        if isinstance(only, Path):
+            rename_or_discard(only, self.home.stage / event_type / batch_name(batch, "arrow"))
+        else:
+            ipc = only if isinstance(only, bytes) else ipc_bytes(
+                pl.concat([_read_part(part) for part in parts]))
+            write_stage_bytes(self.home.stage, batch, event_type, ipc)
+            for part in parts:
+                if isinstance(part, Path):
+                    part.unlink()
         fsync_dir(self.home.stage / event_type)
 
     def _write_rejected(self, batch: int, rejected: list[dict[str, Any]]) -> None:
@@ -616,6 +641,24 @@ class Tailer:
         if key not in self._warned:
             self._warned.add(key)
             self.notify(message)
+
+
+def _discard_parts(dropped: _Pending) -> None:
+    """Delete the part files of a batch that will not be committed, once workers finish."""
+    for segment in dropped.segments:
+        segment.future.add_done_callback(_unlink_parts)
+
+
+def _unlink_parts(future: Future[StagedBlock]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        for part in future.result().parts.values():
+            part.unlink(missing_ok=True)  # gone already if it was renamed into a batch
+
+
+def _read_part(part: bytes | Path) -> pl.DataFrame:
+    if isinstance(part, Path):
+        part = part.read_bytes()
+    return pl.read_ipc(io.BytesIO(part))
 
 
 def follow(tailer: Tailer, on_status: Callable[[str], None] | None = None) -> PollResult:

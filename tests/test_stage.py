@@ -34,6 +34,7 @@ from pipeline.stage import (
     write_atomic,
     write_quarantine,
     write_stage_frame,
+    write_stage_part,
 )
 
 SCHEMAS = load_schemas()
@@ -278,7 +279,8 @@ def test_remove_orphans_only_touches_files_above_the_watermark(tmp_path: Path) -
     for path in keep:
         path.write_bytes(b"keep")
     temps = [usage / f".{batch_name(7, 'arrow')}.tmp",
-             quarantine / f".{batch_name(2, 'jsonl')}.tmp"]
+             quarantine / f".{batch_name(2, 'jsonl')}.tmp",
+             usage / ".part-4242-3.tmp"]  # a worker's part, never renamed into a batch
     for path in temps:
         path.write_bytes(b"partial")
     removed = remove_orphans([usage, quarantine, tmp_path / "stage" / "absent"], above=4)
@@ -289,6 +291,15 @@ def test_remove_orphans_only_touches_files_above_the_watermark(tmp_path: Path) -
     assert all(path.exists() for path in keep)
     assert not any(path.exists() for path in temps)
     assert remove_orphans([usage, quarantine], above=4) == []
+
+
+def test_a_stage_part_is_a_temp_file_no_reader_sees(tmp_path: Path) -> None:
+    stage = tmp_path / "stage"
+    part = write_stage_part(stage, "metric", "77-0", b"arrow bytes")
+    assert part == stage / "metric" / ".part-77-0.tmp"
+    assert part.read_bytes() == b"arrow bytes"
+    assert batch_files(stage / "metric", "arrow") == []
+    assert remove_orphans([stage / "metric"], above=0) == [] and not part.exists()
 
 
 def test_write_atomic_leaves_no_temp_file(tmp_path: Path) -> None:

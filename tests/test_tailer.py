@@ -44,6 +44,7 @@ from pipeline.lake import scan_events
 from pipeline.stage import batch_name, iter_quarantine, staged_files
 from pipeline.status import tail_status
 from pipeline.tailer import Tailer, follow
+from pipeline.workers import BlockSource
 
 TYPE = "agent_token_usage"
 
@@ -540,16 +541,19 @@ def test_a_failed_write_with_batches_in_flight_loses_nothing(
                                         "parallel_min_bytes = 1\n")
     lines = [event_line() for _ in range(400)]
     append(home.logs / "a.jsonl", *lines)
-    real_write = tailer_module.write_stage_bytes
     failures = iter([OSError(28, "No space left on device")])
 
-    def full_once(*args: Any) -> Path:
-        failure = next(failures, None)
-        if failure is not None:
-            raise failure
-        return real_write(*args)
+    def full_once(write: Callable[..., Any]) -> Callable[..., Any]:
+        def maybe_fail(*args: Any) -> Any:
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+            return write(*args)
+        return maybe_fail
 
-    monkeypatch.setattr(tailer_module, "write_stage_bytes", full_once)
+    # Blocks a worker staged are renamed into place; the others are written here.
+    for name in ("write_stage_bytes", "rename_or_discard"):
+        monkeypatch.setattr(tailer_module, name, full_once(getattr(tailer_module, name)))
     with Tailer(home) as tailer:
         with pytest.raises(OSError, match="No space"):
             tailer.poll()
@@ -557,6 +561,7 @@ def test_a_failed_write_with_batches_in_flight_loses_nothing(
         result = tailer.poll()
     assert (result.staged, result.batches) == (400, 8)
     assert_staged_once(home, ids_of(*lines))
+    assert not list(home.stage.rglob("*.tmp"))  # the dropped batches' parts are deleted
 
 
 def test_derived_event_id_is_deterministic(home: Home) -> None:
@@ -1533,6 +1538,7 @@ def test_workers_stage_the_same_as_one_process(tmp_path: Path) -> None:
             result = tailer.poll()
             assert (tailer._pool is not None) == (workers > 0)
         assert result.staged + result.quarantined == 12_000
+        assert not list(home.stage.rglob("*.tmp"))  # every worker's part became a batch file
         homes[workers] = home
     one, many = (_every_stage_row(homes[w]) for w in (0, 2))
     for event_type, frame in one.items():
@@ -1544,6 +1550,25 @@ def test_workers_stage_the_same_as_one_process(tmp_path: Path) -> None:
 
     assert records(homes[0]) == records(homes[2]) and len(records(homes[0])) > 50
     assert load_checkpoint(homes[0].state).batch == load_checkpoint(homes[2].state).batch
+
+
+def test_a_block_moved_under_a_worker_is_checked_in_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source_of = BlockSource.of
+
+    def misread(block: bytes, *where: Any) -> BlockSource:  # as if rewritten meanwhile
+        return source_of(block[::-1], *where)
+
+    monkeypatch.setattr(tailer_module.BlockSource, "of", misread)
+    home = make_home(tmp_path / "home", "[tailer]\nworkers = 1\nparallel_min_bytes = 1\n"
+                     "batch_lines = 7\n")
+    lines = [event_line() for _ in range(30)]
+    append(home.logs / "a.jsonl", *lines)
+    with running(home) as tailer:
+        assert tailer.poll().staged == 30
+        assert tailer._pool is not None  # the workers stay: the file changed, not them
+    assert_staged_once(home, ids_of(*lines))
+    assert not list(home.stage.rglob("*.tmp"))
 
 
 def test_a_dead_worker_is_replaced_by_checking_in_process(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from polars.testing import assert_frame_equal
 
 from pipeline.events import Validator
 from pipeline.stage import BlockStager, StagedBlock
-from pipeline.workers import StagerPool, done_future
+from pipeline.workers import BlockMoved, BlockSource, StagerPool, done_future, read_block
 
 SAMPLE_LOGS = Path(__file__).resolve().parent.parent / "sample_logs"
 LIMIT = 1 << 20
+PREFIX = b"skip\n"  # blocks start past the file's first bytes: positions must carry over
 
 
 def blocks() -> list[tuple[bytes, str]]:
@@ -25,8 +27,18 @@ def blocks() -> list[tuple[bytes, str]]:
             for path in sorted(SAMPLE_LOGS.rglob("*.jsonl"))]
 
 
+def source_of(path: Path, block: bytes) -> BlockSource:
+    """Write `block` after PREFIX to `path`: where a tailer would have read it."""
+    path.write_bytes(PREFIX + block)
+    st = os.stat(path)
+    return BlockSource.of(block, str(path), st.st_dev, st.st_ino, len(PREFIX))
+
+
 def frames(staged: StagedBlock) -> dict[str, pl.DataFrame]:
-    return {t: pl.read_ipc(io.BytesIO(ipc)) for t, ipc in staged.frames.items()}
+    found = {t: pl.read_ipc(io.BytesIO(ipc)) for t, ipc in staged.frames.items()}
+    found.update({t: pl.read_ipc(io.BytesIO(part.read_bytes()))
+                  for t, part in staged.parts.items()})
+    return found
 
 
 def without_times(records: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -34,34 +46,83 @@ def without_times(records: list[dict[str, object]]) -> list[dict[str, object]]:
 
 
 @pytest.fixture(scope="module")
-def pool() -> StagerPool:
-    started = StagerPool(Validator().schemas, workers=2)
+def stage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stage")
+
+
+@pytest.fixture(scope="module")
+def pool(stage_dir: Path) -> Iterator[StagerPool]:
+    started = StagerPool(Validator().schemas, workers=2, stage_dir=stage_dir)
     yield started
     started.close()
 
 
-def test_workers_stage_what_the_tailer_process_stages(pool: StagerPool) -> None:
+def test_workers_stage_what_the_tailer_process_stages(pool: StagerPool, stage_dir: Path,
+                                                      tmp_path: Path) -> None:
     stager = BlockStager(Validator())
-    futures = [(pool.submit(block, 5, source, "p-", LIMIT), block, source)
-               for block, source in blocks()]
+    futures = [(pool.submit(source_of(tmp_path / f"{n}.jsonl", block), source, "p-", LIMIT),
+                block, source) for n, (block, source) in enumerate(blocks())]
     assert len(futures) >= 5
     for future, block, source in futures:
-        remote, local = future.result(timeout=60), stager.stage(block, 5, source, "p-", LIMIT)
+        remote = future.result(timeout=60)
+        local = stager.stage(block, len(PREFIX), source, "p-", LIMIT)
         assert remote.counts == local.counts
         assert without_times(remote.rejected) == without_times(local.rejected)
+        assert not remote.frames and set(remote.parts) == set(local.frames)
         for event_type, frame in frames(local).items():
+            assert remote.parts[event_type].parent == stage_dir / event_type
+            assert remote.parts[event_type].name.startswith(".part-")
             assert_frame_equal(frames(remote)[event_type], frame)
     assert any(f.result().rejected for f, _, _ in futures)  # sample_logs/invalid is in there
 
 
-def test_a_killed_worker_breaks_the_pool_loudly() -> None:
-    pool = StagerPool(Validator().schemas, workers=1)
+def _replaced(path: Path) -> None:
+    other = path.with_name("other")
+    other.write_bytes(path.read_bytes())
+    os.replace(other, path)
+
+
+def _truncated(path: Path) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(len(PREFIX) + 10)
+
+
+def _rewritten(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-2:-1] = b"!"  # same length, another last line
+    with open(path, "r+b") as handle:
+        handle.write(data)
+
+
+@pytest.mark.parametrize("change", [_replaced, _truncated, _rewritten, Path.unlink],
+                         ids=["replaced", "truncated", "rewritten", "deleted"])
+def test_a_block_whose_file_changed_is_refused(pool: StagerPool, tmp_path: Path,
+                                               change: Callable[[Path], None]) -> None:
+    block, source = blocks()[0]
+    path = tmp_path / "log.jsonl"
+    where = source_of(path, block)
+    change(path)
+    with pytest.raises(BlockMoved):
+        pool.submit(where, source, "p-", LIMIT).result(timeout=60)
+
+
+def test_read_block_reads_what_the_tailer_read(tmp_path: Path) -> None:
+    block = b'{"a":1}\n' * 100
+    where = source_of(tmp_path / "log.jsonl", block)
+    with open(tmp_path / "log.jsonl", "ab") as handle:
+        handle.write(b"appended since\n")  # appends do not move a block
+    assert read_block(where) == block
+
+
+def test_a_killed_worker_breaks_the_pool_loudly(tmp_path: Path) -> None:
+    pool = StagerPool(Validator().schemas, workers=1, stage_dir=tmp_path / "stage")
+    empty = source_of(tmp_path / "empty.jsonl", b"")
     try:
-        pool.submit(b"", 0, "a", "p-", LIMIT).result(timeout=60)  # started
+        pool.submit(empty, "a", "p-", LIMIT).result(timeout=60)  # started
         for pid in list(pool._executor._processes):
             os.kill(pid, signal.SIGKILL)
         with pytest.raises(BrokenProcessPool):
-            pool.submit(b"", 0, "a", "p-", LIMIT).result(timeout=60)
+            pool.submit(empty, "a", "p-", LIMIT).result(timeout=60)
     finally:
         pool.close()
 
