@@ -296,6 +296,11 @@ def ipc_bytes(frame: pl.DataFrame) -> bytes:
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or create inside `path` durable."""
+    fsync_path(path)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file (or a directory) to disk by its path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -345,9 +350,20 @@ def write_stage_bytes(stage_dir: Path, batch: int, event_type: str, ipc: bytes) 
 
 
 def write_stage_part(stage_dir: Path, event_type: str, name: str, ipc: bytes) -> Path:
-    """Write one type's Arrow IPC bytes to a synced temp file (`.part-<name>.tmp`), to be
-    renamed into a batch file at commit; a crash leaves it to `remove_orphans`."""
-    return write_synced(stage_dir / event_type / f"part-{name}", lambda handle: handle.write(ipc))
+    """Write one type's Arrow IPC bytes to a temp file (`.part-<name>.tmp`), to be synced
+    and renamed into a batch file at commit; a crash leaves it to `remove_orphans`.
+
+    Not synced here: a worker waiting on its fsyncs checks no lines meanwhile, while the
+    tailer's commit threads sync a batch's files side by side.
+    """
+    path = stage_dir / event_type / f".part-{name}.tmp"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.write_bytes(ipc)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_quarantine(quarantine_dir: Path, batch: int, records: list[dict[str, Any]]) -> Path:

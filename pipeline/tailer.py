@@ -44,6 +44,7 @@ from pipeline.stage import (
     StagedBlock,
     batch_name,
     fsync_dir,
+    fsync_path,
     ipc_bytes,
     remove_orphans,
     rename_or_discard,
@@ -578,6 +579,7 @@ class Tailer:
         """
         only = parts[0] if len(parts) == 1 else None
         if isinstance(only, Path):
+            fsync_path(only)
             rename_or_discard(only, self.home.stage / event_type / batch_name(batch, "arrow"))
         else:
             ipc = only if isinstance(only, bytes) else ipc_bytes(
