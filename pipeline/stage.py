@@ -208,8 +208,8 @@ class FrameBuilder:
 class StagedBlock:
     """A checked block ready to stage: Arrow IPC bytes and row counts by type, rejects.
 
-    A worker writes its frames to synced part files instead (`parts`), which the tailer
-    renames into place when it commits the batch.
+    A worker writes its frames to part files instead (`parts`), which the tailer
+    syncs and renames into place when it commits the batch.
     """
 
     frames: dict[str, bytes] = field(default_factory=dict)

@@ -571,7 +571,7 @@ class Tailer:
                 for event_type, parts in by_type.items()]
 
     def _write_type(self, batch: int, event_type: str, parts: list[bytes | Path]) -> None:
-        """Write a type's batch file from frames (bytes) and workers' synced part files.
+        """Write a type's batch file from frames (bytes) and workers' part files (synced here).
 
         A batch holds several parts only when it spans files or small blocks; a catch-up's
         batch is one part, renamed into place. If the commit fails, the parts are left to

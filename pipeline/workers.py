@@ -4,9 +4,9 @@ A catch-up is bound by per-line Python work (parsing, schema checks) that one pr
 does on one core. Workers do it on every core; the tailer keeps reading and committing,
 in order, so exactly-once rests on the same checkpoint rules as before.
 
-A worker reads its block from the log file and writes its frames to synced part files
-itself: megabytes through a pipe cost the tailer copies and its threads the GIL, and left
-each worker idle a fifth of the time waiting for them.
+A worker reads its block from the log file and writes its frames to part files itself
+(the tailer syncs and renames them): megabytes through a pipe cost the tailer copies and
+its threads the GIL, and left each worker idle a fifth of the time waiting for them.
 """
 
 from __future__ import annotations
