@@ -574,8 +574,8 @@ class Tailer:
         """Write a type's batch file from frames (bytes) and workers' part files (synced here).
 
         A batch holds several parts only when it spans files or small blocks; a catch-up's
-        batch is one part, renamed into place. If the commit fails, the parts are left to
-        the next tailer's `remove_orphans`.
+        batch is one part, renamed into place. If the commit fails, `_discard_parts`
+        deletes what is not renamed (a crash leaves it to the next `remove_orphans`).
         """
         only = parts[0] if len(parts) == 1 else None
         if isinstance(only, Path):

@@ -117,9 +117,14 @@ def _stage_in_worker(where: BlockSource, source: str, id_prefix: str,
                      limit: int) -> StagedBlock:
     assert _stager is not None and _stage_dir is not None, "worker started without its stager"
     staged = _stager.stage(read_block(where), where.position, source, id_prefix, limit)
-    for event_type, ipc in staged.frames.items():
-        name = f"{os.getpid()}-{next(_part_numbers)}"
-        staged.parts[event_type] = write_stage_part(_stage_dir, event_type, name, ipc)
+    try:
+        for event_type, ipc in staged.frames.items():
+            name = f"{os.getpid()}-{next(_part_numbers)}"
+            staged.parts[event_type] = write_stage_part(_stage_dir, event_type, name, ipc)
+    except BaseException:  # a full disk: the tailer never learns of the parts written
+        for part in staged.parts.values():
+            part.unlink(missing_ok=True)
+        raise
     staged.frames = {}
     return staged
 

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -130,3 +131,28 @@ def test_a_killed_worker_breaks_the_pool_loudly(tmp_path: Path) -> None:
 def test_done_future_holds_the_result() -> None:
     staged = StagedBlock(counts={"metric": 1})
     assert done_future(lambda: staged).result(timeout=0) is staged
+
+
+def test_parts_of_a_block_that_cannot_be_written_are_deleted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import workers
+
+    stage = tmp_path / "stage"
+    monkeypatch.setattr(workers, "_stager", BlockStager(Validator()))
+    monkeypatch.setattr(workers, "_stage_dir", stage)
+    block = b"".join(path.read_bytes() for path in sorted(SAMPLE_LOGS.rglob("*.jsonl")))
+    where = source_of(tmp_path / "log.jsonl", block)
+    written: list[Path] = []
+    write = workers.write_stage_part
+
+    def full_on_the_second(*args: Any) -> Path:
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(write(*args))
+        return written[-1]
+
+    monkeypatch.setattr(workers, "write_stage_part", full_on_the_second)
+    with pytest.raises(OSError, match="No space"):
+        workers._stage_in_worker(where, "log.jsonl", "p-", LIMIT)
+    assert written and not written[0].exists()
+    assert not list(stage.rglob("*.tmp"))
