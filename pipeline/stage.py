@@ -322,15 +322,17 @@ def rename_or_discard(tmp: Path, path: Path) -> None:
         raise
 
 
-def write_synced(path: Path, write: Callable[[Any], None]) -> Path:
-    """Write via `write(handle)` to a temp file beside `path` and fsync it; the temp path."""
+def write_synced(path: Path, write: Callable[[Any], None], sync: bool = True) -> Path:
+    """Write via `write(handle)` to a temp file beside `path` and fsync it (unless `sync`
+    is False: the caller syncs it later); the temp path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)  # a failed write leaves nothing half-written behind
         raise
@@ -356,14 +358,8 @@ def write_stage_part(stage_dir: Path, event_type: str, name: str, ipc: bytes) ->
     Not synced here: a worker waiting on its fsyncs checks no lines meanwhile, while the
     tailer's commit threads sync a batch's files side by side.
     """
-    path = stage_dir / event_type / f".part-{name}.tmp"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        path.write_bytes(ipc)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return path
+    return write_synced(stage_dir / event_type / f"part-{name}",
+                        lambda handle: handle.write(ipc), sync=False)
 
 
 def write_quarantine(quarantine_dir: Path, batch: int, records: list[dict[str, Any]]) -> Path:
