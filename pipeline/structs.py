@@ -17,10 +17,11 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import attrgetter, is_, not_
+from operator import is_, not_
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
+from msgspec.structs import astuple
 
 from pipeline.schemas import SchemaSet
 
@@ -54,7 +55,7 @@ class CompiledType:
 
     event_type: str
     struct: type[msgspec.Struct]
-    getters: Mapping[str, attrgetter[Any]]  # per field: a column is one `map` of it, in C
+    fields: tuple[str, ...]  # the struct's fields in order: a row is `astuple` of a struct
     as_text: tuple[str, ...]  # anyOf fields stored as text: integers become their digits
     row_checks: Mapping[str, RowCheck] = field(default_factory=dict)
 
@@ -158,7 +159,11 @@ class StructDecoder:
 
 
 def _columns(compiled: CompiledType, found: list[Any]) -> dict[str, list[Any]]:
-    columns = {name: list(map(getter, found)) for name, getter in compiled.getters.items()}
+    if not found:
+        return {name: [] for name in compiled.fields}
+    # Rows as tuples, transposed in C: a third of the time of one `attrgetter` map per field.
+    transposed = zip(*map(astuple, found), strict=True)
+    columns = dict(zip(compiled.fields, map(list, transposed), strict=True))
     for name in compiled.as_text:
         if int in set(map(type, columns[name])):
             columns[name] = [str(v) if type(v) is int else v for v in columns[name]]
@@ -208,8 +213,7 @@ def compile_type(event_type: str, flat: Mapping[str, Any], schemas: SchemaSet) -
         msgspec.json.Decoder(struct)  # refuses unions msgspec cannot tell apart
     except (TypeError, ValueError) as exc:  # what msgspec.Meta or defstruct refuse
         raise NotCompilable(str(exc)) from None
-    names = [name for name, *_ in required_fields] + [name for name, *_ in optional_fields]
-    return CompiledType(event_type, struct, {name: attrgetter(name) for name in names},
+    return CompiledType(event_type, struct, struct.__struct_fields__,
                         tuple(as_text), row_checks)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import multiprocessing
 import os
 import signal
@@ -30,6 +31,7 @@ from pipeline.stage import BlockStager, StagedBlock, write_stage_part
 
 ORPHAN_CHECK_SECONDS = 0.5
 EDGE_BYTES = 64
+GC_YOUNG_ALLOCATIONS = 100_000
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 
 _stager: BlockStager | None = None
@@ -88,6 +90,20 @@ def _start_worker(schemas: SchemaSet, stage_dir: Path, tailer_pid: int) -> None:
     keep_freed_memory()
     _stager = BlockStager(Validator(schemas))
     _stage_dir = stage_dir
+    collect_garbage_rarely()
+
+
+def collect_garbage_rarely() -> None:
+    """Keep the cyclic garbage collector from walking a block's big lists over and over.
+
+    A block allocates lists of thousands of items; every 700 new containers trigger a
+    collection that visits each item of the young lists, and now and then one that walks
+    every object the imports made: 6 % of a worker's time. Checking blocks makes no cycles
+    worth collecting often, so the imports are frozen out of collections and the young
+    generation collected every 100,000 allocations instead.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_ALLOCATIONS)
 
 
 def keep_freed_memory() -> None:

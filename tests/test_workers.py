@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import signal
@@ -16,7 +17,14 @@ from polars.testing import assert_frame_equal
 
 from pipeline.events import Validator
 from pipeline.stage import BlockStager, StagedBlock
-from pipeline.workers import BlockMoved, BlockSource, StagerPool, done_future, read_block
+from pipeline.workers import (
+    GC_YOUNG_ALLOCATIONS,
+    BlockMoved,
+    BlockSource,
+    StagerPool,
+    done_future,
+    read_block,
+)
 
 SAMPLE_LOGS = Path(__file__).resolve().parent.parent / "sample_logs"
 LIMIT = 1 << 20
@@ -75,6 +83,13 @@ def test_workers_stage_what_the_tailer_process_stages(pool: StagerPool, stage_di
             assert remote.parts[event_type].name.startswith(".part-")
             assert_frame_equal(frames(remote)[event_type], frame)
     assert any(f.result().rejected for f, _, _ in futures)  # sample_logs/invalid is in there
+
+
+def test_workers_keep_the_collector_off_their_imports(pool: StagerPool) -> None:
+    threshold = pool._executor.submit(gc.get_threshold).result(timeout=60)
+    frozen = pool._executor.submit(gc.get_freeze_count).result(timeout=60)
+    assert threshold[0] == GC_YOUNG_ALLOCATIONS
+    assert frozen > 10_000  # the imports' objects, out of every collection's walk
 
 
 def _replaced(path: Path) -> None:
