@@ -7,21 +7,22 @@ words the error, so the verdict always equals the reference's.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import jsonschema
 import jsonschema_rs
 import orjson
-import referencing
-from jsonschema.exceptions import ValidationError as SchemaError
-from jsonschema.exceptions import best_match
 
 from pipeline.schemas import SchemaSet, load_schemas
+
+if TYPE_CHECKING:
+    import jsonschema
+    from jsonschema.exceptions import ValidationError as SchemaError
 
 FOUND_LIMIT = 80
 _loads = orjson.loads
@@ -68,10 +69,6 @@ class Validator:
 
     def __init__(self, schemas: SchemaSet | None = None) -> None:
         self.schemas = schemas or load_schemas()
-        resources = self.schemas.resources()
-        ref_registry: referencing.Registry[Any] = referencing.Registry().with_resources(
-            (uri, referencing.Resource.from_contents(doc)) for uri, doc in resources
-        )
         self._fast_schemas = {
             key: _fast_schema(self.schemas.flattened(*key)) for key in self.schemas.documents
         }
@@ -86,14 +83,28 @@ class Validator:
         self._fast_valid = {key: validator.is_valid for key, validator in self._fast.items()}
         self._all_valid = jsonschema_rs.validator_for(
             {"type": "array", "items": self._dispatching_schema()}, validate_formats=True).is_valid
+
+    # The reference validators are built on first use: most catch-ups never reject a line,
+    # and importing `jsonschema` costs each process (tailer and workers) 70 ms.
+    @functools.cached_property
+    def _reference(self) -> dict[tuple[str, int], jsonschema.Draft202012Validator]:
+        import jsonschema
+        import referencing
+
+        registry: referencing.Registry[Any] = referencing.Registry().with_resources(
+            (uri, referencing.Resource.from_contents(doc))
+            for uri, doc in self.schemas.resources())
         checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
-        self._reference = {
-            key: jsonschema.Draft202012Validator(doc, registry=ref_registry,
-                                                 format_checker=checker)
-            for key, doc in self.schemas.documents.items()
-        }
-        self._envelope = jsonschema.Draft202012Validator(
-            self.schemas.envelope, format_checker=checker)
+        return {key: jsonschema.Draft202012Validator(doc, registry=registry,
+                                                     format_checker=checker)
+                for key, doc in self.schemas.documents.items()}
+
+    @functools.cached_property
+    def _envelope(self) -> jsonschema.Draft202012Validator:
+        import jsonschema
+
+        return jsonschema.Draft202012Validator(
+            self.schemas.envelope, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
     def validate(self, line: bytes) -> Event | Rejection:
         """Validate one line (without its newline)."""
@@ -172,7 +183,7 @@ class Validator:
         validator = self._reference.get((event_type, version))
         if validator is None:
             return self._unknown(event_type, version)
-        error = best_match(validator.iter_errors(obj))
+        error = _best_match(validator.iter_errors(obj))
         if error is None:
             return Event(event_type, int(version), obj)
         return describe_error(error, event_type)
@@ -184,7 +195,7 @@ class Validator:
             return Rejection("missing_field", "required field is missing",
                              pointer="/event_type", expected="one of " + ", ".join(
                                  self.schemas.types), hint="add \"event_type\"")
-        error = best_match(self._envelope.iter_errors(
+        error = _best_match(self._envelope.iter_errors(
             head | {"ts": "2000-01-01T00:00:00Z", "agent": "x"}))
         return None if error is None else describe_error(error, None)
 
@@ -304,6 +315,12 @@ def _reject_surrogates(obj: Any) -> None:
         if "surrogates" in str(exc) or "str is not valid UTF-8" in str(exc):
             raise _BadJson("invalid_json", "string holds a lone UTF-16 surrogate") from None
         # Anything else orjson cannot encode (integers past 64 bits) is the schema's call.
+
+
+def _best_match(errors: Iterable[SchemaError]) -> SchemaError | None:
+    from jsonschema.exceptions import best_match  # imported with the reference validators
+
+    return best_match(errors)
 
 
 def describe_error(error: SchemaError, event_type: str | None) -> Rejection:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema_rs
 import orjson
 
 from pipeline.errors import UnknownEventType
@@ -80,7 +80,7 @@ class SchemaSet:
 
     def _narrow(self, wide: dict[str, Any], narrow: dict[str, Any]) -> dict[str, Any]:
         """Both specs must hold; a const that satisfies the wide spec is enough alone."""
-        if set(narrow) == {"const"} and jsonschema.Draft202012Validator(
+        if set(narrow) == {"const"} and jsonschema_rs.Draft202012Validator(
                 self.resolve(wide)).is_valid(narrow["const"]):
             return narrow
         return {"allOf": [wide, narrow]}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -648,3 +650,32 @@ def test_valid_events_round_trip(event_type: str, data: st.DataObject) -> None:
     again = validator.validate(encoded[:-1])
     assert isinstance(again, Event) and again.data == event
 
+
+
+def test_the_reference_is_built_only_when_a_line_needs_it() -> None:
+    validator = Validator()
+    valid = encode_event({"event_type": "tool_call", "ts": "2025-08-01T00:00:00Z",
+                          "agent": "claude", "tool": "Edit"})
+    assert isinstance(validator.validate(valid.rstrip(b"\n")), Event)
+    assert "_reference" not in vars(validator)
+    rejected = validator.validate(b'{"event_type": "tool_call"}')
+    assert isinstance(rejected, Rejection) and rejected.reason == "missing_field"
+    assert "_reference" in vars(validator)
+
+
+def test_checking_valid_lines_does_not_import_jsonschema() -> None:
+    """Workers and the tailer start without it (70 ms each) until a line needs the reference."""
+    valid = encode_event({"event_type": "tool_call", "ts": "2025-08-01T00:00:00Z",
+                          "agent": "claude", "tool": "Edit"}).rstrip(b"\n")
+
+    def imports_jsonschema(line: bytes) -> bool:
+        code = ("import sys, pipeline.cli, pipeline.tailer, pipeline.workers\n"
+                "from pipeline.events import Validator\n"
+                f"Validator().validate({line!r})\n"
+                "print('jsonschema' in sys.modules)\n")
+        done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                              text=True)
+        return done.stdout.strip() == "True"
+
+    assert not imports_jsonschema(valid)
+    assert imports_jsonschema(b'{"event_type": "tool_call"}')

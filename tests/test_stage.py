@@ -36,6 +36,7 @@ from pipeline.stage import (
     write_stage_frame,
     write_stage_part,
 )
+from pipeline.structs import StructDecoder
 
 SCHEMAS = load_schemas()
 
@@ -154,6 +155,26 @@ def test_build_attaches_source_offset_and_default_version(validator: Validator) 
     assert (row["_source"], row["_offset"], row["schema_version"]) == ("x/y.jsonl", 42, 1)
     assert list(frame.schema) == list(stage_schema("tool_call"))
     assert dict(frame.schema) == stage_schema("tool_call")
+
+
+def test_decoded_blocks_of_different_files_keep_their_own_ids_and_sources() -> None:
+    """The typing query is reused across blocks; each block's ids and source are its own."""
+    builder, decoder = FrameBuilder("tool_call", SCHEMAS), StructDecoder(SCHEMAS)
+    with_id = orjson.dumps({"event_type": "tool_call", "event_id": "given", "agent": "a",
+                            "ts": "2025-03-01T12:00:00Z", "tool": "grep"})
+    without = orjson.dumps({"event_type": "tool_call", "agent": "a",
+                            "ts": "2025-03-01T12:00:00+02:00", "tool": "grep"})
+    seen = []
+    for lines, source, prefix in [([without, with_id], "a.jsonl", "fa:"),
+                                  ([without], "b.jsonl", "fb:"),
+                                  ([with_id, without], "c.jsonl", "fc:")]:
+        columns = decoder.decode(lines).by_type["tool_call"]
+        frame, failed = builder.from_decoded(columns, [10, 20], source, prefix)
+        assert not failed and list(frame.schema) == list(stage_schema("tool_call"))
+        seen.append(frame.select("event_id", "_source", "_offset").rows())
+    assert seen == [[("fa:10", "a.jsonl", 10), ("given", "a.jsonl", 20)],
+                    [("fb:10", "b.jsonl", 10)],
+                    [("given", "c.jsonl", 10), ("fc:20", "c.jsonl", 20)]]
 
 
 @pytest.mark.parametrize("event_type", SCHEMAS.types)
