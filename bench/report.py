@@ -109,7 +109,7 @@ def prepare(root: Path, events: int, seed: int, method: str) -> tuple[Path, dict
 
 def write_direct(home: Path) -> None:
     """Parse the generated logs with Polars and write each type's Delta table directly."""
-    from pipeline.stage import SOURCE_COLUMNS, TS_TYPE, stage_schema
+    from pipeline.frames import SOURCE_COLUMNS, TS_TYPE, stage_schema
 
     for event_type in ("agent_token_usage", "task_progress"):
         schema = stage_schema(event_type)

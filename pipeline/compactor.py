@@ -32,8 +32,9 @@ from deltalake import (
 from pipeline.checkpoint import ProcessLock, committed_batch
 from pipeline.config import Home
 from pipeline.errors import LakeError, UsageError
+from pipeline.frames import scan_stage_files
 from pipeline.lake import APP_ID, lake_batch, open_table, table_path
-from pipeline.stage import fsync_dir, scan_stage_files, staged_files
+from pipeline.stage import fsync_dir, staged_files
 
 # Rows per Delta commit: peak RSS grows with it (2M events: 1.07 GB at 1M rows, 570 MB at
 # 250k; 10M events: 1.28 GB vs 0.70 GB) while CPU time stays the same. Reading the next

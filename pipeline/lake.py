@@ -14,8 +14,9 @@ from deltalake.exceptions import TableNotFoundError
 
 from pipeline.checkpoint import committed_batch
 from pipeline.config import Home
+from pipeline.frames import conform, stage_schema
 from pipeline.schemas import SchemaSet, load_schemas
-from pipeline.stage import conform, stage_schema, staged_files
+from pipeline.stage import staged_files
 
 # The Delta app id under which compaction records the highest tailer batch it committed.
 APP_ID = "tally-stage"

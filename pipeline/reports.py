@@ -20,6 +20,7 @@ import polars as pl
 
 from pipeline.config import Home
 from pipeline.errors import UnknownTimeZone, UsageError
+from pipeline.frames import TS_TYPE, stage_schema
 from pipeline.lake import scan_events
 from pipeline.pricing import (
     PriceTable,
@@ -29,7 +30,6 @@ from pipeline.pricing import (
     matches_model,
     pricing_for,
 )
-from pipeline.stage import TS_TYPE, stage_schema
 
 GROUP_KEYS = ("agent", "role", "phase", "day", "week", "month", "model", "task", "session")
 TIME_KEYS = ("day", "week", "month")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import hashlib
-import io
 import os
 import stat
 import threading
@@ -23,9 +23,7 @@ from concurrent.futures import wait as wait_all
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from pipeline.checkpoint import (
     Checkpoint,
@@ -40,18 +38,19 @@ from pipeline.config import Home
 from pipeline.events import Rejection, Validator
 from pipeline.intake import quarantine_record, too_long_record
 from pipeline.stage import (
-    BlockStager,
     StagedBlock,
     batch_name,
     fsync_dir,
     fsync_path,
-    ipc_bytes,
     remove_orphans,
     rename_or_discard,
     write_quarantine,
     write_stage_bytes,
 )
 from pipeline.workers import BlockMoved, BlockSource, StagerPool, done_future
+
+if TYPE_CHECKING:
+    from pipeline.frames import BlockStager
 
 FINGERPRINT_BYTES = 4096
 MARKER_BYTES = 64
@@ -177,7 +176,6 @@ class Tailer:
         types = self.validator.schemas.types
         remove_orphans([home.stage / t for t in types] + [home.quarantine],
                        above=self.checkpoint.batch)
-        self._stager = BlockStager(self.validator)
         self._pool: StagerPool | None = None
         # Writes a batch's stage and quarantine files while this thread writes the
         # checkpoint's temp file: their fsyncs overlap instead of following one another.
@@ -191,6 +189,18 @@ class Tailer:
         self.stop = threading.Event()
         self._warned: set[str] = set()
         self._live: set[tuple[int, int]] = set()  # (dev, ino) of every file the last scan saw
+
+    @functools.cached_property
+    def _stager(self) -> BlockStager:
+        """Types lines in this process: Polars loads on first use, so a catch-up whose
+        workers type every line never loads it here (0.14 s and 35 MB)."""
+        from pipeline.frames import BlockStager
+
+        return BlockStager(self.validator)
+
+    def prepare_to_type(self) -> None:
+        """Load what typing lines in this process needs, ahead of the first line."""
+        _ = self._stager
 
     # ------------------------------------------------------------ lifecycle
 
@@ -582,8 +592,7 @@ class Tailer:
             fsync_path(only)
             rename_or_discard(only, self.home.stage / event_type / batch_name(batch, "arrow"))
         else:
-            ipc = only if isinstance(only, bytes) else ipc_bytes(
-                pl.concat([_read_part(part) for part in parts]))
+            ipc = only if isinstance(only, bytes) else _concat_ipc(parts)
             write_stage_bytes(self.home.stage, batch, event_type, ipc)
             for part in parts:
                 if isinstance(part, Path):
@@ -657,10 +666,10 @@ def _unlink_parts(future: Future[StagedBlock]) -> None:
             part.unlink(missing_ok=True)  # gone already if it was renamed into a batch
 
 
-def _read_part(part: bytes | Path) -> pl.DataFrame:
-    if isinstance(part, Path):
-        part = part.read_bytes()
-    return pl.read_ipc(io.BytesIO(part))
+def _concat_ipc(parts: list[bytes | Path]) -> bytes:
+    from pipeline.frames import concat_ipc  # Polars: see Tailer._stager
+
+    return concat_ipc(parts)
 
 
 def follow(tailer: Tailer, on_status: Callable[[str], None] | None = None) -> PollResult:
@@ -682,6 +691,7 @@ def follow(tailer: Tailer, on_status: Callable[[str], None] | None = None) -> Po
     observer = Observer()
     observer.schedule(_Wake(), str(tailer.home.logs), recursive=True)
     observer.start()
+    tailer.prepare_to_type()  # the first line appended live does not wait for Polars to load
     total = PollResult()
     try:
         _follow_loop(tailer, changed, wake, total, on_status)

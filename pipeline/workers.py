@@ -24,10 +24,14 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.events import Validator
 from pipeline.schemas import SchemaSet
-from pipeline.stage import BlockStager, StagedBlock, write_stage_part
+from pipeline.stage import StagedBlock, write_stage_part
+
+if TYPE_CHECKING:
+    from pipeline.frames import BlockStager
 
 ORPHAN_CHECK_SECONDS = 0.5
 EDGE_BYTES = 64
@@ -88,6 +92,8 @@ def _start_worker(schemas: SchemaSet, stage_dir: Path, tailer_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the tailer's to handle
     threading.Thread(target=_exit_with, args=(tailer_pid,), daemon=True).start()
     keep_freed_memory()
+    from pipeline.frames import BlockStager  # Polars, which the tailer itself may not load
+
     _stager = BlockStager(Validator(schemas))
     _stage_dir = stage_dir
     collect_garbage_rarely()

@@ -34,9 +34,10 @@ import pipeline.lake
 from bench.generate import write_log
 from pipeline.checkpoint import committed_batch
 from pipeline.config import Home, init_home, load_home
+from pipeline.frames import stage_schema
 from pipeline.lake import lake_batch, open_table, scan_events, table_path
 from pipeline.schemas import load_schemas
-from pipeline.stage import batch_number, stage_schema, staged_files
+from pipeline.stage import batch_number, staged_files
 from pipeline.tailer import Tailer
 
 pytestmark = pytest.mark.slow

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from test_events import CORPUS, EVENTS
 
 from pipeline.events import Event, Rejection, Validator, calendar_ok
+from pipeline.frames import nested_fields
 from pipeline.intake import (
     CHUNK_LINES,
     EXCERPT_BYTES,
@@ -23,7 +24,6 @@ from pipeline.intake import (
     json_text,
     quarantine_record,
 )
-from pipeline.stage import nested_fields
 
 SAMPLE_LOGS = Path(__file__).resolve().parent.parent / "sample_logs"
 VALIDATOR = Validator()

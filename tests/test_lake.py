@@ -13,8 +13,8 @@ from conftest import event, event_line
 
 from pipeline.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pipeline.config import Home
+from pipeline.frames import FrameBuilder, stage_schema, write_stage_frame
 from pipeline.lake import dedupe, scan_events
-from pipeline.stage import FrameBuilder, stage_schema, write_stage_frame
 from pipeline.tailer import Tailer
 
 USAGE = "agent_token_usage"

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from pipeline.errors import UnknownTimeZone, UsageError
+from pipeline.frames import FrameBuilder, stage_schema
 from pipeline.lake import dedupe
 from pipeline.pricing import shipped_pricing
 from pipeline.progress import progress_view
@@ -31,7 +32,6 @@ from pipeline.reports import (
     usage_windows,
     with_local_date,
 )
-from pipeline.stage import FrameBuilder, stage_schema
 
 _ids = itertools.count(1)
 

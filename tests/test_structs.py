@@ -20,8 +20,9 @@ from test_intake import TRICKY, sample_lines
 
 from pipeline import structs
 from pipeline.events import Event, Validator
+from pipeline.frames import BlockStager, FrameBuilder
 from pipeline.schemas import load_schemas
-from pipeline.stage import BlockStager, FrameBuilder, StagedBlock
+from pipeline.stage import StagedBlock
 from pipeline.structs import DecodedChunk, NotCompilable, StructDecoder, compile_type
 
 SCHEMAS = load_schemas()

@@ -16,7 +16,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from pipeline.events import Validator
-from pipeline.stage import BlockStager, StagedBlock
+from pipeline.frames import BlockStager
+from pipeline.stage import StagedBlock
 from pipeline.workers import (
     GC_YOUNG_ALLOCATIONS,
     BlockMoved,

@@ -15,7 +15,7 @@ from pipeline.writer import append_event, build_event, default_log_path, shared_
 
 LAZY_COMMANDS = {
     "tail": "pipeline.cli.tail:tail",
-    "status": "pipeline.cli.tail:status",
+    "status": "pipeline.cli.status:status",
     "compact": "pipeline.cli.lake:compact",
     "rebuild": "pipeline.cli.lake:rebuild",
     "report": "pipeline.cli.report:report",

@@ -1,0 +1,274 @@
+"""pipeline.frames: typed frames from parsed and decoded events, the stage schema, stage files
+written, concatenated and scanned conformed."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+import pytest
+
+from pipeline.events import Event, Validator
+from pipeline.frames import (
+    SOURCE_COLUMNS,
+    TS_TYPE,
+    FrameBuilder,
+    column_type,
+    concat_ipc,
+    conform,
+    ipc_bytes,
+    scan_stage_files,
+    stage_schema,
+    write_stage_frame,
+)
+from pipeline.schemas import load_schemas
+from pipeline.stage import (
+    batch_name,
+    staged_files,
+)
+from pipeline.structs import StructDecoder
+
+SCHEMAS = load_schemas()
+
+
+@pytest.fixture(scope="module")
+def validator() -> Validator:
+    return Validator()
+
+
+def parsed(validator: Validator, *lines: bytes) -> list[dict[str, Any]]:
+    """Lines through the real validator (orjson, or the reference parser for big ints)."""
+    rows = []
+    for line in lines:
+        result = validator.validate(line)
+        assert isinstance(result, Event), result
+        rows.append(result.data)
+    return rows
+
+
+def build(event_type: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return FrameBuilder(event_type, SCHEMAS).build(
+        rows, [f"src{i}.jsonl" for i in range(len(rows))], list(range(0, 100 * len(rows), 100)))
+
+
+# --------------------------------------------------------------------------------------------
+# FrameBuilder: column types
+# --------------------------------------------------------------------------------------------
+
+def test_timestamps_with_mixed_offsets_become_utc(validator: Validator) -> None:
+    stamps = ["2025-03-01T12:00:00Z", "2025-03-01T14:30:00+02:30", "2025-03-01T07:00:00.5-05:00",
+              "2025-03-01T12:00:00.123456789+00:00", "2025-03-02T01:00:00+13:00"]
+    lines = [orjson.dumps({"event_type": "agent_token_usage", "ts": ts, "agent": "a"})
+             for ts in stamps]
+    frame = build("agent_token_usage", parsed(validator, *lines))
+    assert frame.schema["ts"] == pl.Datetime("us", "UTC")
+    assert frame["ts"].to_list() == [
+        datetime(2025, 3, 1, 12, 0, tzinfo=UTC),
+        datetime(2025, 3, 1, 12, 0, tzinfo=UTC),
+        datetime(2025, 3, 1, 12, 0, 0, 500000, tzinfo=UTC),
+        datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC),
+        datetime(2025, 3, 1, 12, 0, tzinfo=UTC),
+    ]
+
+
+def test_phase_integer_and_label_share_a_string_column(validator: Validator) -> None:
+    lines = [orjson.dumps({"event_type": "agent_token_usage", "ts": "2025-03-01T12:00:00Z",
+                           "agent": "a", "phase": phase}) for phase in (3, "design", 0)]
+    frame = build("agent_token_usage", parsed(validator, *lines))
+    assert frame.schema["phase"] == pl.String
+    assert frame["phase"].to_list() == ["3", "design", "0"]
+
+
+def test_float_with_zero_fraction_in_an_integer_field(validator: Validator) -> None:
+    line = (b'{"event_type":"agent_token_usage","ts":"2025-03-01T12:00:00Z","agent":"a",'
+            b'"input_tokens":1.0,"output_tokens":2,"cache_read_tokens":1e3}')
+    frame = build("agent_token_usage", parsed(validator, line))
+    assert frame.schema["input_tokens"] == pl.Int64
+    assert frame.row(0, named=True)["input_tokens"] == 1
+    assert frame.row(0, named=True)["cache_read_tokens"] == 1000
+    assert frame.row(0, named=True)["output_tokens"] == 2
+
+
+def test_tokens_used_struct_keeps_extra_counters_as_json(validator: Validator) -> None:
+    line = orjson.dumps({
+        "event_type": "task_progress", "ts": "2025-03-01T12:00:00Z", "agent": "gemini",
+        "task": "GM-004", "status": "in_progress", "progress": 60,
+        "tokens_used": {"prompt": 1000, "completion": 1500, "total": 2600, "model": "g-2",
+                        "embedding_generation": 100},
+        "metrics": {"rows": 5, "ratio": 0.5, "note": "ok", "done": True, "none": None},
+        "tables_migrated": {"users": 10},
+        "deliverables": ["a.py", "b.py"],
+    })
+    plain = orjson.dumps({"event_type": "task_progress", "ts": "2025-03-01T12:00:00Z",
+                          "agent": "gemini", "task": "GM-005",
+                          "tokens_used": {"prompt": 1, "completion": 2, "total": 3}})
+    frame = build("task_progress", parsed(validator, line, plain))
+    tokens = frame.schema["tokens_used"]
+    assert isinstance(tokens, pl.Struct)
+    assert {f.name: f.dtype for f in tokens.fields} == {
+        "prompt": pl.Int64, "completion": pl.Int64, "total": pl.Int64, "model": pl.String,
+        "extra": pl.String}
+    first, second = frame.to_dicts()
+    assert first["tokens_used"] == {"prompt": 1000, "completion": 1500, "total": 2600,
+                                    "model": "g-2", "extra": '{"embedding_generation":100}'}
+    assert second["tokens_used"]["extra"] is None
+    assert frame.schema["metrics"] == pl.String
+    assert orjson.loads(first["metrics"]) == {"rows": 5, "ratio": 0.5, "note": "ok",
+                                              "done": True, "none": None}
+    assert orjson.loads(first["tables_migrated"]) == {"users": 10}
+    assert second["metrics"] is None
+    assert first["deliverables"] == ["a.py", "b.py"]
+    assert frame.schema["deliverables"] == pl.List(pl.String)
+    assert first["progress"] == 60.0 and frame.schema["progress"] == pl.Float64
+
+
+def test_big_integer_in_metric_data_survives_as_json_text(validator: Validator) -> None:
+    big = 123456789012345678901234567890
+    line = (b'{"event_type":"metric","ts":"2025-03-01T12:00:00Z","agent":"a","name":"n",'
+            b'"data":{"big":' + str(big).encode() + b',"small":-1,"f":1.5}}')
+    # parsed exactly (the reference parser, as the writer does); see test_tailer for the
+    # fast path, where orjson turns integers past 64 bits into floats
+    result = validator.reference(line)
+    assert isinstance(result, Event)
+    frame = build("metric", [result.data])
+    assert frame.schema["data"] == pl.String
+    text = frame["data"][0]
+    assert str(big) in text
+    assert json.loads(text) == {"big": big, "small": -1, "f": 1.5}
+
+
+def test_build_attaches_source_offset_and_default_version(validator: Validator) -> None:
+    lines = [orjson.dumps({"event_type": "tool_call", "ts": "2025-03-01T12:00:00Z",
+                           "agent": "a", "tool": "grep", "ok": True})]
+    frame = FrameBuilder("tool_call").build(parsed(validator, *lines), ["x/y.jsonl"], [42])
+    row = frame.row(0, named=True)
+    assert (row["_source"], row["_offset"], row["schema_version"]) == ("x/y.jsonl", 42, 1)
+    assert list(frame.schema) == list(stage_schema("tool_call"))
+    assert dict(frame.schema) == stage_schema("tool_call")
+
+
+def test_decoded_blocks_of_different_files_keep_their_own_ids_and_sources() -> None:
+    """The typing query is reused across blocks; each block's ids and source are its own."""
+    builder, decoder = FrameBuilder("tool_call", SCHEMAS), StructDecoder(SCHEMAS)
+    with_id = orjson.dumps({"event_type": "tool_call", "event_id": "given", "agent": "a",
+                            "ts": "2025-03-01T12:00:00Z", "tool": "grep"})
+    without = orjson.dumps({"event_type": "tool_call", "agent": "a",
+                            "ts": "2025-03-01T12:00:00+02:00", "tool": "grep"})
+    seen = []
+    for lines, source, prefix in [([without, with_id], "a.jsonl", "fa:"),
+                                  ([without], "b.jsonl", "fb:"),
+                                  ([with_id, without], "c.jsonl", "fc:")]:
+        columns = decoder.decode(lines).by_type["tool_call"]
+        frame, failed = builder.from_decoded(columns, [10, 20], source, prefix)
+        assert not failed and list(frame.schema) == list(stage_schema("tool_call"))
+        seen.append(frame.select("event_id", "_source", "_offset").rows())
+    assert seen == [[("fa:10", "a.jsonl", 10), ("given", "a.jsonl", 20)],
+                    [("fb:10", "b.jsonl", 10)],
+                    [("given", "c.jsonl", 10), ("fc:20", "c.jsonl", 20)]]
+
+
+@pytest.mark.parametrize("event_type", SCHEMAS.types)
+def test_stage_schema_covers_every_schema_property(event_type: str) -> None:
+    schema = stage_schema(event_type, SCHEMAS)
+    for version in SCHEMAS.versions(event_type):
+        document = SCHEMAS.get(event_type, version)
+        names = set(SCHEMAS.envelope["properties"]) | set(document["properties"])
+        assert names <= set(schema), names - set(schema)
+    assert schema["schema_version"] == pl.Int64
+    assert schema["ts"] == TS_TYPE
+    for name, dtype in SOURCE_COLUMNS.items():
+        assert schema[name] == dtype
+    assert list(schema)[-2:] == list(SOURCE_COLUMNS)
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"type": "string", "format": "date-time"}, TS_TYPE),
+    ({"type": "integer"}, pl.Int64()),
+    ({"type": "number"}, pl.Float64()),
+    ({"type": "boolean"}, pl.Boolean()),
+    ({"type": "string"}, pl.String()),
+    ({"enum": ["a", "b"]}, pl.String()),
+    ({"anyOf": [{"type": "integer"}, {"type": "string"}]}, pl.String()),
+    ({"type": "array", "items": {"type": "integer"}}, pl.List(pl.Int64())),
+    ({"type": "object", "additionalProperties": {"type": "integer"}}, pl.String()),
+    ({"type": "object", "properties": {"n": {"type": "integer"}}},
+     pl.Struct({"n": pl.Int64(), "extra": pl.String()})),
+    ({"$ref": "envelope.v1.schema.json#/$defs/count"}, pl.Int64()),
+    ({"$ref": "envelope.v1.schema.json#/$defs/timestamp"}, TS_TYPE),
+])
+def test_column_type(spec: dict[str, Any], expected: pl.DataType) -> None:
+    assert column_type(spec, SCHEMAS) == expected
+
+
+# --------------------------------------------------------------------------------------------
+# conform and scan_stage_files
+# --------------------------------------------------------------------------------------------
+
+def test_conform_adds_missing_columns_as_nulls_in_schema_order() -> None:
+    frame = pl.LazyFrame({"b": [1, 2], "a": ["x", "y"], "dropped": [0, 0]})
+    schema = {"a": pl.String(), "b": pl.Float64(), "c": pl.Int64(), "d": pl.List(pl.String())}
+    out = conform(frame, schema).collect()
+    assert list(out.schema) == ["a", "b", "c", "d"]
+    assert dict(out.schema) == schema
+    assert out["b"].to_list() == [1.0, 2.0]
+    assert out["c"].null_count() == 2 and out["d"].null_count() == 2
+
+
+def _stage_frame(ids: list[str], batch_source: str = "a.jsonl") -> pl.DataFrame:
+    rows = [{"event_type": "tool_call", "ts": "2025-03-01T12:00:00Z", "agent": "a",
+             "event_id": event_id, "tool": "t"} for event_id in ids]
+    return FrameBuilder("tool_call").build(rows, [batch_source] * len(ids),
+                                           list(range(len(ids))))
+
+
+def _scan(stage_dir: Path, up_to: int, after: int = 0,
+          schema: dict[str, pl.DataType] | None = None) -> pl.LazyFrame | None:
+    files = [path for _, path in staged_files(stage_dir, "tool_call", up_to, after)]
+    return scan_stage_files(files, schema)
+
+
+def test_staged_files_are_committed_batches_only(tmp_path: Path) -> None:
+    stage_dir = tmp_path / "stage"
+    assert _scan(stage_dir, up_to=10) is None
+    for batch in (1, 2, 3):
+        write_stage_frame(stage_dir, batch, _stage_frame([f"e{batch}a", f"e{batch}b"]))
+    scan = _scan(stage_dir, up_to=2)
+    assert scan is not None
+    assert sorted(scan.collect()["event_id"].to_list()) == ["e1a", "e1b", "e2a", "e2b"]
+    after = _scan(stage_dir, up_to=3, after=1)
+    assert after is not None
+    assert sorted(after.collect()["event_id"].to_list()) == ["e2a", "e2b", "e3a", "e3b"]
+    assert _scan(stage_dir, up_to=0) is None
+    assert [b for b, _ in staged_files(stage_dir, "tool_call", 3, after=2)] == [3]
+
+
+def test_scan_conforms_batches_with_different_columns(tmp_path: Path) -> None:
+    stage_dir = tmp_path / "stage"
+    write_stage_frame(stage_dir, 1, _stage_frame(["old"]).drop("duration_ms", "ok"))
+    write_stage_frame(stage_dir, 2, _stage_frame(["new"]))
+    schema = stage_schema("tool_call")
+    scan = _scan(stage_dir, up_to=2, schema=schema)
+    assert scan is not None
+    frame = scan.collect()
+    assert dict(frame.schema) == schema
+    assert frame.height == 2
+
+
+def test_stage_frame_round_trips_through_ipc(tmp_path: Path) -> None:
+    frame = _stage_frame(["a", "b"])
+    path = write_stage_frame(tmp_path, 7, frame)
+    assert path == tmp_path / "tool_call" / batch_name(7, "arrow")
+    assert pl.read_ipc(path).equals(frame)
+
+
+def test_concat_ipc_joins_bytes_and_files_in_order(tmp_path: Path) -> None:
+    first, second = _stage_frame(["a", "b"]), _stage_frame(["c"], batch_source="b.jsonl")
+    part = tmp_path / ".part-1.tmp"
+    part.write_bytes(ipc_bytes(second))
+    joined = pl.read_ipc(io.BytesIO(concat_ipc([ipc_bytes(first), part, ipc_bytes(first)])))
+    assert joined.equals(pl.concat([first, second, first]))
