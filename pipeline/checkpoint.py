@@ -116,6 +116,11 @@ class ProcessLock:
         self._fd = fd
         return self
 
+    def fds(self) -> tuple[int, ...]:
+        """The descriptor holding the lock, if held: a forked child must close it, or the
+        lock outlives this process for as long as the child does."""
+        return () if self._fd is None else (self._fd,)
+
     def release(self) -> None:
         """Drop the lock."""
         if self._fd is not None:

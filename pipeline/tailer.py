@@ -390,7 +390,7 @@ class Tailer:
         if self._pool is None and self.settings.workers > 0 and (
                 size - position >= self.settings.parallel_min_bytes):
             self._pool = StagerPool(self.validator.schemas, self.settings.workers,
-                                    self.home.stage)
+                                    self.home.stage, inherited_fds=self._lock.fds())
         read_size = max(READ_CHUNK, self.settings.max_line_bytes + 1)
         while position < size and not self.stop.is_set():
             chunk = os.pread(handle.fd, min(read_size, size - position), position)
@@ -445,11 +445,15 @@ class Tailer:
         def redo() -> StagedBlock:
             return self._stager.stage(block, position, source, id_prefix, limit)
 
-        pool = self._pool
-        future = done_future(redo) if pool is None else pool.submit(
-            BlockSource.of(block, handle.path, handle.state.dev, handle.state.ino, position),
-            source, id_prefix, limit)
-        self._pending.segments.append(_Segment(future, redo))
+        future = None
+        if self._pool is not None:
+            try:
+                future = self._pool.submit(
+                    BlockSource.of(block, handle.path, handle.state.dev, handle.state.ino,
+                                   position), source, id_prefix, limit)
+            except BrokenProcessPool:  # a worker died before this block was handed over
+                self._lost_a_worker()
+        self._pending.segments.append(_Segment(future or done_future(redo), redo))
         self._pending.lines += lines
 
     def _skip_long_line(self, handle: OpenFile, start: int, size: int,
@@ -560,10 +564,13 @@ class Tailer:
         except BlockMoved:  # renamed or rewritten since it was read: check what was read
             return segment.redo()
         except BrokenProcessPool:  # a worker died (out of memory, killed): check here instead
-            if self._pool is not None:
-                self.notify("a line-checking worker died; checking lines in the tailer process")
-                self._stop_pool()
+            self._lost_a_worker()
             return segment.redo()
+
+    def _lost_a_worker(self) -> None:
+        if self._pool is not None:
+            self.notify("a line-checking worker died; checking lines in the tailer process")
+            self._stop_pool()
 
     def _stop_pool(self) -> None:
         if self._pool is not None:

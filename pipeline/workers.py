@@ -17,9 +17,10 @@ import gc
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import count
@@ -87,9 +88,13 @@ def read_block(source: BlockSource) -> bytes:
     return block
 
 
-def _start_worker(schemas: SchemaSet, stage_dir: Path, tailer_pid: int) -> None:
+def _start_worker(schemas: SchemaSet, stage_dir: Path, tailer_pid: int,
+                  inherited_fds: tuple[int, ...]) -> None:
     global _stager, _stage_dir
+    for fd in inherited_fds:  # forked: the tailer's lock must die with the tailer
+        os.close(fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the tailer's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked: not the tailer's handler
     threading.Thread(target=_exit_with, args=(tailer_pid,), daemon=True).start()
     keep_freed_memory()
     from pipeline.frames import BlockStager  # Polars, which the tailer itself may not load
@@ -155,12 +160,15 @@ class StagerPool:
     """Worker processes staging blocks in parallel; each future holds a StagedBlock whose
     frames are part files in `stage_dir`."""
 
-    def __init__(self, schemas: SchemaSet, workers: int, stage_dir: Path) -> None:
+    def __init__(self, schemas: SchemaSet, workers: int, stage_dir: Path,
+                 inherited_fds: Iterable[int] = ()) -> None:
+        """`inherited_fds` are closed in forked workers (a lock the tailer holds)."""
         keep_freed_memory()  # the tailer reads and frees a block per batch as well
-        # spawn, not fork: forking a process that runs Polars' threads can deadlock.
+        self.start_method = "fork" if _single_threaded() else "spawn"
+        closed = tuple(inherited_fds) if self.start_method == "fork" else ()
         self._executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker, initargs=(schemas, stage_dir, os.getpid()))
+            workers, mp_context=multiprocessing.get_context(self.start_method),
+            initializer=_start_worker, initargs=(schemas, stage_dir, os.getpid(), closed))
 
     def submit(self, where: BlockSource, source: str, id_prefix: str,
                limit: int) -> Future[StagedBlock]:
@@ -170,6 +178,20 @@ class StagerPool:
     def close(self) -> None:
         """Stop the workers; blocks still queued are dropped."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _single_threaded() -> bool:
+    """Whether this process runs one thread: then workers may be forked from it.
+
+    A forked worker starts in about 0.15 s (it imports Polars and nothing else), a spawned
+    one in 0.45 s (a new interpreter imports the tailer's modules again), and no resource
+    tracker process is started. Forking beside another thread (watchdog's, the commit
+    writers', Polars' own) could copy a lock that thread holds, so then workers are spawned.
+    """
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:  # no /proc: Python's threads are all it can count; Polars' are native
+        return threading.active_count() == 1 and "polars" not in sys.modules
 
 
 def done_future(compute: Callable[[], StagedBlock]) -> Future[StagedBlock]:

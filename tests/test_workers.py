@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -13,8 +17,10 @@ from typing import Any
 
 import polars as pl
 import pytest
+from conftest import event_line, make_home, tally_executable
 from polars.testing import assert_frame_equal
 
+from pipeline.checkpoint import ProcessLock, load_checkpoint
 from pipeline.events import Validator
 from pipeline.frames import BlockStager
 from pipeline.stage import StagedBlock
@@ -172,3 +178,78 @@ def test_parts_of_a_block_that_cannot_be_written_are_deleted(
         workers._stage_in_worker(where, "log.jsonl", "p-", LIMIT)
     assert written and not written[0].exists()
     assert not list(stage.rglob("*.tmp"))
+
+
+def test_workers_fork_from_a_single_thread_and_spawn_beside_others(tmp_path: Path) -> None:
+    code = ("import sys, threading\nfrom pathlib import Path\n"
+            "from pipeline.schemas import load_schemas\nfrom pipeline.workers import StagerPool\n"
+            "def method():\n"
+            "    pool = StagerPool(load_schemas(), 1, Path(sys.argv[1]))\n"
+            "    pool.close()\n"
+            "    return pool.start_method\n"
+            "alone = method()\n"
+            "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+            "print(alone, method())\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "stage")], check=True,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["fork", "spawn"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):  # the task ended meanwhile
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_forked_workers_do_not_hold_a_killed_tailers_lock(tmp_path: Path) -> None:
+    """A tailer killed by SIGKILL leaves workers for up to half a second; the next tailer
+    must get the lock at once all the same."""
+    home = make_home(tmp_path / "home", "[tailer]\nworkers = 1\nparallel_min_bytes = 1\n")
+    with open(home.logs / "a.jsonl", "wb") as handle:
+        handle.writelines(event_line() for _ in range(100_000))
+    tailer = subprocess.Popen([tally_executable(), "tail", "--once", "--quiet",
+                               "--home", str(home.root)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (workers := _children(tailer.pid)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert workers, "the tailer started no worker"
+    finally:
+        tailer.kill()
+        tailer.wait()
+    lock = ProcessLock(home.state / "tailer.lock", "tailer").acquire(timeout=0)
+    orphaned = any(map(_alive, workers))
+    lock.release()
+    assert orphaned  # a worker outlived the tailer, and yet the lock was free
+
+
+def test_a_forked_worker_stopped_by_sigterm_dies_and_is_replaced(tmp_path: Path) -> None:
+    """Forked workers inherit the tailer's SIGTERM handler (which only asks the tailer to
+    stop); a worker sent SIGTERM (`pkill tally`) must die, and the tailer carry on."""
+    home = make_home(tmp_path / "home", "[tailer]\nworkers = 2\nparallel_min_bytes = 1\n")
+    with open(home.logs / "a.jsonl", "wb") as handle:
+        handle.writelines(event_line() for _ in range(100_000))
+    tailer = subprocess.Popen([tally_executable(), "tail", "--once", "--home", str(home.root)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := _children(tailer.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(workers) == 2, "the tailer did not start its workers"
+        os.kill(workers[0], signal.SIGTERM)
+        _, stderr = tailer.communicate(timeout=120)
+    finally:
+        tailer.kill()
+    assert tailer.returncode == 0, stderr
+    assert "worker died" in stderr
+    assert load_checkpoint(home.state).staged == 100_000
