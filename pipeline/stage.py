@@ -78,11 +78,16 @@ def rename_or_discard(tmp: Path, path: Path) -> None:
         raise
 
 
+def temp_path(path: Path) -> Path:
+    """Where `write_synced` writes the file that becomes `path`."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def write_synced(path: Path, write: Callable[[Any], None], sync: bool = True) -> Path:
     """Write via `write(handle)` to a temp file beside `path` and fsync it (unless `sync`
     is False: the caller syncs it later); the temp path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as handle:
             write(handle)

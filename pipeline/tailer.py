@@ -390,7 +390,7 @@ class Tailer:
         if self._pool is None and self.settings.workers > 0 and (
                 size - position >= self.settings.parallel_min_bytes):
             self._pool = StagerPool(self.validator.schemas, self.settings.workers,
-                                    self.home.stage, inherited_fds=self._lock.fds())
+                                    self.home.stage, inherited_fds=ProcessLock.held_fds())
         read_size = max(READ_CHUNK, self.settings.max_line_bytes + 1)
         while position < size and not self.stop.is_set():
             chunk = os.pread(handle.fd, min(read_size, size - position), position)

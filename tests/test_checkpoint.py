@@ -17,11 +17,14 @@ import pytest
 import pipeline.stage as stage
 from pipeline.checkpoint import (
     CHECKPOINT,
+    SPARE,
     Checkpoint,
     FileState,
     ProcessLock,
     committed_batch,
     load_checkpoint,
+    prepare_checkpoint,
+    publish_checkpoint,
     save_checkpoint,
 )
 from pipeline.errors import LockTimeout
@@ -68,7 +71,34 @@ def test_leftover_temp_file_does_not_affect_load(tmp_path: Path) -> None:
     newer.batch = 18
     save_checkpoint(tmp_path, newer)
     assert load_checkpoint(tmp_path).batch == 18
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SPARE, CHECKPOINT]  # no temp file
+
+
+def test_commits_write_over_the_previous_checkpoints_file(tmp_path: Path) -> None:
+    """After the first two commits no commit creates or frees a file: they alternate
+    between two inodes (cheap on ext4 without a journal, where new inodes are not)."""
+    inodes = []
+    for batch in range(1, 8):
+        checkpoint = sample()
+        checkpoint.batch = batch
+        save_checkpoint(tmp_path, checkpoint)
+        assert load_checkpoint(tmp_path).batch == batch
+        inodes.append((tmp_path / CHECKPOINT).stat().st_ino)
+    assert len(set(inodes)) == 2 and inodes[2:] == inodes[:2] * 2 + inodes[:1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SPARE, CHECKPOINT]
+
+
+def test_a_spare_that_names_the_live_checkpoint_is_never_written(tmp_path: Path) -> None:
+    """A publish stopped between its link and its rename leaves the spare as a second
+    name of the live checkpoint: the next commit must not write its temp file over it."""
+    save_checkpoint(tmp_path, sample())
+    os.link(tmp_path / CHECKPOINT, tmp_path / SPARE)
+    newer = sample()
+    newer.batch = 18
+    prepared = prepare_checkpoint(tmp_path, newer)
+    assert load_checkpoint(tmp_path).batch == 17  # untouched until published
+    publish_checkpoint(tmp_path, prepared)
+    assert load_checkpoint(tmp_path).batch == 18
 
 
 def test_save_interrupted_before_the_rename_keeps_the_old_checkpoint(
@@ -190,3 +220,14 @@ def test_lock_in_the_same_process_is_exclusive_and_releasable(tmp_path: Path) ->
     again = ProcessLock(path, "compactor").acquire()
     again.release()
     again.release()  # idempotent
+
+
+def test_held_fds_lists_every_lock_this_process_holds(tmp_path: Path) -> None:
+    before = set(ProcessLock.held_fds())
+    with ProcessLock(tmp_path / "a.lock", "a").acquire() as first, \
+            ProcessLock(tmp_path / "b.lock", "b").acquire():
+        held = set(ProcessLock.held_fds()) - before
+        assert len(held) == 2
+        first.release()
+        assert len(set(ProcessLock.held_fds()) - before) == 1
+    assert set(ProcessLock.held_fds()) == before
