@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -445,7 +445,7 @@ class Tailer:
         def redo() -> StagedBlock:
             return self._stager.stage(block, position, source, id_prefix, limit)
 
-        future = None
+        future: Future[StagedBlock] | None = None
         if self._pool is not None:
             try:
                 future = self._pool.submit(
@@ -453,7 +453,9 @@ class Tailer:
                                    position), source, id_prefix, limit)
             except BrokenProcessPool:  # a worker died before this block was handed over
                 self._lost_a_worker()
-        self._pending.segments.append(_Segment(future or done_future(redo), redo))
+        if future is None:
+            future = done_future(redo)
+        self._pending.segments.append(_Segment(future, redo))
         self._pending.lines += lines
 
     def _skip_long_line(self, handle: OpenFile, start: int, size: int,
@@ -563,8 +565,8 @@ class Tailer:
             return segment.future.result()
         except BlockMoved:  # renamed or rewritten since it was read: check what was read
             return segment.redo()
-        except BrokenProcessPool:  # a worker died (out of memory, killed): check here instead
-            self._lost_a_worker()
+        except (BrokenProcessPool, CancelledError):  # a worker died (out of memory, killed),
+            self._lost_a_worker()  # or the pool closed after one did: check here instead
             return segment.redo()
 
     def _lost_a_worker(self) -> None:

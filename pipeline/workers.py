@@ -181,17 +181,21 @@ class StagerPool:
 
 
 def _single_threaded() -> bool:
-    """Whether this process runs one thread: then workers may be forked from it.
+    """Whether this Linux process runs one thread: then workers may be forked from it.
 
-    A forked worker starts in about 0.15 s (it imports Polars and nothing else), a spawned
-    one in 0.45 s (a new interpreter imports the tailer's modules again), and no resource
-    tracker process is started. Forking beside another thread (watchdog's, the commit
-    writers', Polars' own) could copy a lock that thread holds, so then workers are spawned.
+    Forked, a worker is ready in about 0.22 s (it imports Polars and little else); spawned,
+    in 0.35-0.42 s (a new interpreter imports the tailer's modules again), and beside a
+    resource tracker process. Forking beside another thread (watchdog's, the commit
+    writers', Polars' own, all counted in /proc) could copy a lock that thread holds, so
+    then workers are spawned; elsewhere than Linux too (fork beside macOS's libraries is
+    unsafe).
     """
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         return len(os.listdir("/proc/self/task")) == 1
-    except OSError:  # no /proc: Python's threads are all it can count; Polars' are native
-        return threading.active_count() == 1 and "polars" not in sys.modules
+    except OSError:  # /proc not mounted: no way to count native threads
+        return False
 
 
 def done_future(compute: Callable[[], StagedBlock]) -> Future[StagedBlock]:
