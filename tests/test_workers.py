@@ -21,6 +21,7 @@ from conftest import event_line, make_home, tally_executable
 from polars.testing import assert_frame_equal
 
 from pipeline.checkpoint import ProcessLock, load_checkpoint
+from pipeline.config import Home
 from pipeline.events import Validator
 from pipeline.frames import BlockStager
 from pipeline.stage import StagedBlock
@@ -203,6 +204,18 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _started_workers(tailer: subprocess.Popen[bytes] | subprocess.Popen[str], home: Home,
+                     count: int) -> list[int]:
+    """The tailer's workers, once they have staged blocks (so their start-up has run)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and tailer.poll() is None:
+        workers = _children(tailer.pid)
+        if len(workers) >= count and load_checkpoint(home.state).batch >= 2 * count:
+            return workers
+        time.sleep(0.01)
+    raise AssertionError("the tailer staged nothing with its workers")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -216,14 +229,11 @@ def test_forked_workers_do_not_hold_a_killed_tailers_lock(tmp_path: Path) -> Non
     must get the lock at once all the same."""
     home = make_home(tmp_path / "home", "[tailer]\nworkers = 1\nparallel_min_bytes = 1\n")
     with open(home.logs / "a.jsonl", "wb") as handle:
-        handle.writelines(event_line() for _ in range(100_000))
+        handle.writelines(event_line() for _ in range(300_000))
     tailer = subprocess.Popen([tally_executable(), "tail", "--once", "--quiet",
                                "--home", str(home.root)])
     try:
-        deadline = time.monotonic() + 60
-        while not (workers := _children(tailer.pid)) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert workers, "the tailer started no worker"
+        workers = _started_workers(tailer, home, 1)
     finally:
         tailer.kill()
         tailer.wait()
@@ -238,18 +248,15 @@ def test_a_forked_worker_stopped_by_sigterm_dies_and_is_replaced(tmp_path: Path)
     stop); a worker sent SIGTERM (`pkill tally`) must die, and the tailer carry on."""
     home = make_home(tmp_path / "home", "[tailer]\nworkers = 2\nparallel_min_bytes = 1\n")
     with open(home.logs / "a.jsonl", "wb") as handle:
-        handle.writelines(event_line() for _ in range(100_000))
+        handle.writelines(event_line() for _ in range(300_000))
     tailer = subprocess.Popen([tally_executable(), "tail", "--once", "--home", str(home.root)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while len(workers := _children(tailer.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(workers) == 2, "the tailer did not start its workers"
+        workers = _started_workers(tailer, home, 2)
         os.kill(workers[0], signal.SIGTERM)
         _, stderr = tailer.communicate(timeout=120)
     finally:
         tailer.kill()
     assert tailer.returncode == 0, stderr
     assert "worker died" in stderr
-    assert load_checkpoint(home.state).staged == 100_000
+    assert load_checkpoint(home.state).staged == 300_000
