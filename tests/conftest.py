@@ -79,3 +79,21 @@ def stderr_on_a_terminal(*args: str) -> tuple[str, str]:
     stdout, _ = process.communicate(timeout=60)
     assert process.returncode == 0, shown
     return stdout.decode(), shown.decode(errors="replace")
+
+
+def children(pid: int) -> set[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has exited (a zombie counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "State:\tZ" in status

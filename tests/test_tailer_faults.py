@@ -10,7 +10,6 @@ every valid id exactly once, and the committed quarantine every invalid line exa
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import random
@@ -27,6 +26,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pytest
+from conftest import children, gone
 
 from bench.generate import generate_lines
 from pipeline.config import init_home
@@ -73,23 +73,6 @@ def make_home(root: Path, batch_lines: int = 200, rescan_seconds: float = 0.05,
         f"[tailer]\nrescan_seconds = {rescan_seconds}\nbatch_lines = {batch_lines}\n"
         f"workers = {workers}\nparallel_min_bytes = 1\n", encoding="utf-8")
     return root
-
-
-def children(pid: int) -> set[int]:
-    """Process ids whose parent is `pid` (Linux /proc)."""
-    found = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found |= {int(c) for c in (task / "children").read_text().split()}
-    return found
-
-
-def gone(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-    return "State:\tZ" in status
 
 
 def invalid_line(rng: random.Random, marker: str) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import io
 import os
@@ -17,7 +16,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import event_line, make_home, tally_executable
+from conftest import children, event_line, gone, make_home, tally_executable
 from polars.testing import assert_frame_equal
 
 from pipeline.checkpoint import ProcessLock, load_checkpoint
@@ -196,32 +195,16 @@ def test_workers_fork_from_a_single_thread_and_spawn_beside_others(tmp_path: Pat
     assert done.stdout.split() == ["fork", "spawn"]
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):  # the task ended meanwhile
-            found += [int(child) for child in (task / "children").read_text().split()]
-    return found
-
-
 def _started_workers(tailer: subprocess.Popen[bytes] | subprocess.Popen[str], home: Home,
                      count: int) -> list[int]:
     """The tailer's workers, once they have staged blocks (so their start-up has run)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and tailer.poll() is None:
-        workers = _children(tailer.pid)
+        workers = sorted(children(tailer.pid))
         if len(workers) >= count and load_checkpoint(home.state).batch >= 2 * count:
             return workers
         time.sleep(0.01)
     raise AssertionError("the tailer staged nothing with its workers")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_forked_workers_do_not_hold_a_killed_tailers_lock(tmp_path: Path) -> None:
@@ -238,7 +221,7 @@ def test_forked_workers_do_not_hold_a_killed_tailers_lock(tmp_path: Path) -> Non
         tailer.kill()
         tailer.wait()
     lock = ProcessLock(home.state / "tailer.lock", "tailer").acquire(timeout=0)
-    orphaned = any(map(_alive, workers))
+    orphaned = not all(map(gone, workers))
     lock.release()
     assert orphaned  # a worker outlived the tailer, and yet the lock was free
 
