@@ -30,6 +30,12 @@ TS_TYPE = pl.Datetime("us", "UTC")
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 SOURCE_COLUMNS: dict[str, pl.DataType] = {"_source": pl.String(), "_offset": pl.Int64()}
 _GOOD = "__timestamps_ok"
+# Polars parses a format of fixed fields and literals in ~100 ns a value; one with `%.f` or
+# an offset (TS_FORMAT) goes through chrono at ~400. So a block whose first timestamp has
+# a common UTC shape (no fraction, milli- or microseconds; Z or +00:00) tries its format.
+_UTC_ZONES = ("Z", "+00:00")
+_FRACTIONS = {"": "", ".ddd": ".%3f", ".dddddd": ".%6f"}  # digits written d
+_DIGITS_AS_D = str.maketrans("0123456789", "d" * 10)
 # Decoding saves per line and costs per event type in a block (a Polars query each): it
 # pays from about 1,500 lines, so catch-up blocks decode and a live tail's few lines do not.
 DECODE_FROM_LINES = 2000
@@ -97,7 +103,7 @@ class FrameBuilder:
         }
         self.nested = nested_fields(event_type, schemas)
         self._timestamps = [n for n, d in self.schema.items() if d == TS_TYPE]
-        self._typings: dict[frozenset[str], list[pl.Expr]] = {}
+        self._typings: dict[tuple[frozenset[str], tuple[str | None, ...]], list[pl.Expr]] = {}
         self._event_id_at = list(self._raw_schema).index("event_id")
 
     def build(self, rows: list[dict[str, Any]], sources: list[str],
@@ -126,31 +132,47 @@ class FrameBuilder:
         frame = pl.DataFrame([*(pl.Series(name, values, dtype=self._raw_schema[name])
                                 for name, values in present.items()),
                               pl.Series("_offset", offsets, dtype=pl.Int64)])
-        # One query, so Polars plans and runs it once: typing, ids, the timestamp check.
-        # In memory: the streaming engine (Polars' default) costs more on a block this size.
-        typed = frame.lazy().select(self._typing(frozenset(present), source, id_prefix)
-                                    ).collect(engine="in-memory")
-        good = typed.drop_in_place(_GOOD)
+        shapes = tuple(shape_format(present[name]) if name in present else None
+                       for name in self._timestamps)
+        typed, good = self._query(frame, (frozenset(present), shapes), source, id_prefix)
+        if not good.all() and any(shapes):  # another shape, or a bad value: the full format
+            general = (frozenset(present), (None,) * len(shapes))
+            typed, good = self._query(frame, general, source, id_prefix)
         if good.all():
             return typed, []
         failed = [index for index, ok in zip(decoded.indexes, good, strict=True) if not ok]
         return typed.filter(good), failed
 
-    def _typing(self, present: frozenset[str], source: str, id_prefix: str) -> list[pl.Expr]:
-        """The typing query's columns for frames holding the `present` columns.
+    def _query(self, frame: pl.DataFrame, columns: tuple[frozenset[str], tuple[str | None, ...]],
+               source: str, id_prefix: str) -> tuple[pl.DataFrame, pl.Series]:
+        """The typed frame, and whether each row's timestamps pass the check."""
+        # One query, so Polars plans and runs it once: typing, ids, the timestamp check.
+        # In memory: the streaming engine (Polars' default) costs more on a block this size.
+        typed = frame.lazy().select(self._typing(columns, source, id_prefix)
+                                    ).collect(engine="in-memory")
+        return typed, typed.drop_in_place(_GOOD)
+
+    def _typing(self, columns: tuple[frozenset[str], tuple[str | None, ...]], source: str,
+                id_prefix: str) -> list[pl.Expr]:
+        """The typing query's columns for frames holding the `present` columns, with
+        timestamps parsed by the given formats (None: TS_FORMAT).
 
         Built once per set of columns: a block pays Polars' expression building (~0.3 ms a
         type) only for its event ids and source, which differ from file to file.
         """
-        cached = self._typings.get(present)
+        present, shapes = columns
+        cached = self._typings.get(columns)
         if cached is None:
-            cached = self._typings[present] = [
-                *(self._decoded_column(name, dtype, name in present)
+            parsed = {name: self._parsed(name, strict=False, shape=shape)
+                      for name, shape in zip(self._timestamps, shapes, strict=True)}
+            cached = self._typings[columns] = [
+                *(parsed[name] if name in parsed and name in present
+                  else self._decoded_column(name, dtype, name in present)
                   for name, dtype in self._raw_schema.items()),
                 pl.col("_offset"),
                 pl.all_horizontal(True, *(
                     pl.col(n).is_null() | (pl.col(n).str.contains(FAST_TIMESTAMP["pattern"])
-                                           & self._parsed(n, strict=False).is_not_null())
+                                           & parsed[n].is_not_null())
                     for n in self._timestamps if n in present)).alias(_GOOD),
             ]
         derived = pl.lit(id_prefix) + pl.col("_offset").cast(pl.String)
@@ -169,7 +191,7 @@ class FrameBuilder:
             return (pl.col(name).fill_null(1) if present else pl.lit(1, pl.Int64)).alias(name)
         if not present:
             return pl.lit(None, self.schema[name]).alias(name)
-        return self._parsed(name, strict=False) if name in self._timestamps else pl.col(name)
+        return pl.col(name)
 
     def _typed(self, frame: pl.DataFrame, sources: list[str], offsets: list[int]) -> pl.DataFrame:
         return frame.with_columns(
@@ -180,10 +202,15 @@ class FrameBuilder:
         )
 
     @staticmethod
-    def _parsed(name: str, strict: bool) -> pl.Expr:
+    def _parsed(name: str, strict: bool, shape: str | None = None) -> pl.Expr:
+        """A timestamp column parsed: by TS_FORMAT, or by a `shape_format` (nulls where
+        a value has another shape)."""
         # No cache: it pays when values repeat, and event times barely do (a third slower).
-        return pl.col(name).str.to_datetime(TS_FORMAT, time_unit="us", time_zone="UTC",
-                                            strict=strict, cache=False)
+        if shape is None:
+            return pl.col(name).str.to_datetime(TS_FORMAT, time_unit="us", time_zone="UTC",
+                                                strict=strict, cache=False)
+        return pl.col(name).str.to_datetime(shape, time_unit="us", strict=strict, cache=False
+                                            ).dt.replace_time_zone("UTC")
 
     def from_converted_or_quarantine(self, rows: list[dict[str, Any]], sources: list[str],
                                      offsets: list[int],
@@ -264,6 +291,22 @@ class BlockStager:
                 frames[event_type] = [frame]
             left += failed
         return sorted(left)
+
+
+def shape_format(values: list[Any]) -> str | None:
+    """A fast format for timestamps shaped like the first one, if a common UTC shape.
+
+    Polars' fast parser is loose (it takes `2025-8-01`, or a leading space), but every
+    value it parses that also passes FAST_TIMESTAMP's pattern is of exactly this shape,
+    and then its time is TS_FORMAT's.
+    """
+    first = next((value for value in values if value is not None), None)
+    if not isinstance(first, str):
+        return None
+    zone = next((zone for zone in _UTC_ZONES if first.endswith(zone)), None)
+    fraction = None if zone is None else _FRACTIONS.get(
+        first[19:-len(zone)].translate(_DIGITS_AS_D))
+    return None if fraction is None else f"%Y-%m-%dT%H:%M:%S{fraction}{zone}"
 
 
 def _holds_a_value(values: list[Any]) -> bool:

@@ -12,10 +12,13 @@ from typing import Any
 import orjson
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.events import Event, Validator
 from pipeline.frames import (
     SOURCE_COLUMNS,
+    TS_FORMAT,
     TS_TYPE,
     FrameBuilder,
     column_type,
@@ -23,6 +26,7 @@ from pipeline.frames import (
     conform,
     ipc_bytes,
     scan_stage_files,
+    shape_format,
     stage_schema,
     write_stage_frame,
 )
@@ -170,6 +174,63 @@ def test_decoded_blocks_of_different_files_keep_their_own_ids_and_sources() -> N
     assert seen == [[("fa:10", "a.jsonl", 10), ("given", "a.jsonl", 20)],
                     [("fb:10", "b.jsonl", 10)],
                     [("given", "c.jsonl", 10), ("fc:20", "c.jsonl", 20)]]
+
+
+def polars_parse(values: list[str]) -> list[datetime | None]:
+    """The reference for the typing query's timestamps: Polars' parse of TS_FORMAT."""
+    return pl.Series(values, dtype=pl.String).str.to_datetime(
+        TS_FORMAT, time_unit="us", time_zone="UTC", strict=False, cache=False).to_list()
+
+
+def type_tool_calls(*stamps: str) -> tuple[pl.DataFrame, list[int]]:
+    """tool_call lines with these timestamps, decoded and typed as a catch-up does."""
+    lines = [orjson.dumps({"event_type": "tool_call", "agent": "a", "ts": ts, "tool": "t"})
+             for ts in stamps]
+    columns = StructDecoder(SCHEMAS).decode(lines).by_type["tool_call"]
+    return FrameBuilder("tool_call", SCHEMAS).from_decoded(
+        columns, list(range(0, 100 * len(lines), 100)), "a.jsonl", "f:")
+
+
+timestamps = st.builds(
+    lambda moment, digits, offset: (f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}"
+                                    + (f".{moment:%f}{moment:%f}"[:digits + 1] if digits else "")
+                                    + offset),
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.integers(0, 9), st.sampled_from(["Z", "+00:00", "-00:00", "+05:30", "-23:59"]))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stamps=st.lists(timestamps, min_size=1, max_size=4))
+def test_decoded_timestamps_are_typed_as_ts_format_parses_them(stamps: list[str]) -> None:
+    """Whatever shape comes first, and whatever shapes follow, times are TS_FORMAT's."""
+    frame, failed = type_tool_calls(*stamps)
+    assert not failed
+    assert frame["ts"].to_list() == polars_parse(stamps)
+
+
+@pytest.mark.parametrize("bad", [
+    "2025-02-29T00:00:07.100Z",  # not in the calendar
+    "2025-8-01T00:00:07.100Z",  # the fast parser reads these; the pattern refuses them
+    "2025-08-01T00:00:7.100Z",
+    " 2025-08-01T00:00:07.100Z",
+    "2025-08-01T00:00:60.100Z",
+])
+def test_a_bad_timestamp_in_a_fast_shaped_block_fails_alone(bad: str) -> None:
+    frame, failed = type_tool_calls("2025-08-01T00:00:07.100Z", bad, "2025-08-01T00:00:08.250Z")
+    assert failed == [1]
+    assert frame["ts"].to_list() == polars_parse(["2025-08-01T00:00:07.100Z",
+                                                  "2025-08-01T00:00:08.250Z"])
+
+
+@pytest.mark.parametrize(("first", "expected"), [
+    ("2025-08-01T00:00:07.100Z", "%Y-%m-%dT%H:%M:%S.%3fZ"),
+    ("2025-08-01T00:00:07Z", "%Y-%m-%dT%H:%M:%SZ"),
+    ("2025-08-01T00:00:07.123456+00:00", "%Y-%m-%dT%H:%M:%S.%6f+00:00"),
+    ("2025-08-01T00:00:07.1Z", None),  # a shape with no fast format
+    ("2025-08-01T00:00:07+02:00", None),  # an offset to apply: TS_FORMAT's work
+])
+def test_shape_format_follows_the_first_timestamp(first: str, expected: str | None) -> None:
+    assert shape_format([None, first, "2025-08-01T00:00:07+02:00"]) == expected
 
 
 @pytest.mark.parametrize("event_type", SCHEMAS.types)
