@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +46,7 @@ from pipeline.lake import scan_events
 from pipeline.stage import batch_name, iter_quarantine, staged_files
 from pipeline.status import tail_status
 from pipeline.tailer import Tailer, follow
-from pipeline.workers import BlockSource
+from pipeline.workers import BlockSource, read_block
 
 TYPE = "agent_token_usage"
 
@@ -1570,6 +1571,69 @@ def test_a_block_moved_under_a_worker_is_checked_in_process(
         assert tailer._pool is not None  # the workers stay: the file changed, not them
     assert_staged_once(home, ids_of(*lines))
     assert not list(home.stage.rglob("*.tmp"))
+
+
+class _LazyFuture(Future[Any]):
+    """A check that runs only when the tailer waits for it: never done before that."""
+
+    def __init__(self, compute: Callable[[], Any]) -> None:
+        super().__init__()
+        self._compute = compute
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not super().done():
+            self.set_result(self._compute())
+        return super().result(timeout)
+
+
+class _LazyPool:
+    """StagerPool's interface, checking each block in this process once it is waited for."""
+
+    def __init__(self, schemas: Any, workers: int, stage_dir: Path, **_: Any) -> None:
+        from pipeline.events import Validator
+        from pipeline.frames import BlockStager
+
+        self.stager = BlockStager(Validator(schemas))
+
+    def submit(self, where: BlockSource, source: str, id_prefix: str,
+               limit: int) -> Future[Any]:
+        return _LazyFuture(lambda: self.stager.stage(read_block(where), where.position,
+                                                     source, id_prefix, limit))
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_next_file_is_read_while_the_last_ones_batches_are_checked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = make_home(tmp_path / "home", "[tailer]\nworkers = 2\nparallel_min_bytes = 1\n"
+                     "batch_lines = 10\n")
+    lines = {name: [event_line() for _ in range(30)] for name in ("a.jsonl", "b.jsonl")}
+    for name, written in lines.items():
+        append(home.logs / name, *written)
+    monkeypatch.setattr(tailer_module, "StagerPool", _LazyPool)
+    order: list[str] = []
+    submit, commit = Tailer._submit, Tailer._commit_batch
+
+    def submitted(self: Tailer, handle: Any, *args: Any) -> None:
+        order.append(f"read {Path(handle.path).name}")
+        submit(self, handle, *args)
+
+    def committed(self: Tailer, pending: Any, result: Any) -> None:
+        order.append("commit")
+        commit(self, pending, result)
+
+    monkeypatch.setattr(Tailer, "_submit", submitted)
+    monkeypatch.setattr(Tailer, "_commit_batch", committed)
+    with running(home) as tailer:
+        assert tailer.poll().staged == 60
+    # a.jsonl's three batches are still in flight when b.jsonl's first block is read
+    first_of_b = order.index("read b.jsonl")
+    assert order[:first_of_b] == ["read a.jsonl"] * 3
+    assert order.count("commit") == 6
+    assert_staged_once(home, ids_of(*lines["a.jsonl"], *lines["b.jsonl"]))
+    assert {state.path: state.offset for state in load_checkpoint(home.state).files.values()} == {
+        name: (home.logs / name).stat().st_size for name in lines}
 
 
 @pytest.mark.parametrize("workers", [0, 1])
