@@ -1604,7 +1604,7 @@ class _LazyPool:
         pass
 
 
-def test_the_next_file_is_read_while_the_last_ones_batches_are_checked(
+def test_the_next_file_is_read_while_the_previous_files_batches_are_checked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = make_home(tmp_path / "home", "[tailer]\nworkers = 2\nparallel_min_bytes = 1\n"
                      "batch_lines = 10\n")
