@@ -30,6 +30,8 @@ TS_TYPE = pl.Datetime("us", "UTC")
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 SOURCE_COLUMNS: dict[str, pl.DataType] = {"_source": pl.String(), "_offset": pl.Int64()}
 _GOOD = "__timestamps_ok"
+# A typing query's key: the columns present, and the format of each timestamp (None: TS_FORMAT).
+_Columns = tuple[frozenset[str], tuple[str | None, ...]]
 # Polars parses a format of fixed fields and literals in ~100 ns a value; one with `%.f` or
 # an offset (TS_FORMAT) goes through chrono at ~400. So a block whose first timestamp has
 # a common UTC shape (no fraction, milli- or microseconds; Z or +00:00) tries its format.
@@ -103,7 +105,7 @@ class FrameBuilder:
         }
         self.nested = nested_fields(event_type, schemas)
         self._timestamps = [n for n, d in self.schema.items() if d == TS_TYPE]
-        self._typings: dict[tuple[frozenset[str], tuple[str | None, ...]], list[pl.Expr]] = {}
+        self._typings: dict[_Columns, list[pl.Expr]] = {}
         self._event_id_at = list(self._raw_schema).index("event_id")
 
     def build(self, rows: list[dict[str, Any]], sources: list[str],
@@ -143,7 +145,7 @@ class FrameBuilder:
         failed = [index for index, ok in zip(decoded.indexes, good, strict=True) if not ok]
         return typed.filter(good), failed
 
-    def _query(self, frame: pl.DataFrame, columns: tuple[frozenset[str], tuple[str | None, ...]],
+    def _query(self, frame: pl.DataFrame, columns: _Columns,
                source: str, id_prefix: str) -> tuple[pl.DataFrame, pl.Series]:
         """The typed frame, and whether each row's timestamps pass the check."""
         # One query, so Polars plans and runs it once: typing, ids, the timestamp check.
@@ -152,10 +154,9 @@ class FrameBuilder:
                                     ).collect(engine="in-memory")
         return typed, typed.drop_in_place(_GOOD)
 
-    def _typing(self, columns: tuple[frozenset[str], tuple[str | None, ...]], source: str,
-                id_prefix: str) -> list[pl.Expr]:
-        """The typing query's columns for frames holding the `present` columns, with
-        timestamps parsed by the given formats (None: TS_FORMAT).
+    def _typing(self, columns: _Columns, source: str, id_prefix: str) -> list[pl.Expr]:
+        """The typing query's columns for frames holding the present columns of `columns`,
+        with timestamps parsed by its formats (None: TS_FORMAT).
 
         Built once per set of columns: a block pays Polars' expression building (~0.3 ms a
         type) only for its event ids and source, which differ from file to file.
