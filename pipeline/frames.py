@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,13 @@ class FrameBuilder:
                      id_prefix: str) -> tuple[pl.DataFrame, list[int]]:
         """The typed frame of decoded columns, less the rows whose timestamps fail the
         check (FAST_TIMESTAMP and the calendar); those rows' line indexes come back."""
+        job = self.prepare(decoded, starts, source, id_prefix)
+        return job.finish(job.query().collect(engine="in-memory"))
+
+    def prepare(self, decoded: DecodedColumns, starts: list[int], source: str,
+                id_prefix: str) -> TypingJob:
+        """The frame of decoded columns and its typing query, to run (with other types')
+        and then `finish`."""
         # Only columns holding a value become Series: each costs ~40 µs however short.
         present = {name: values for name, values in decoded.columns.items()
                    if name in self._raw_schema and _holds_a_value(values)}
@@ -136,23 +144,8 @@ class FrameBuilder:
                               pl.Series("_offset", offsets, dtype=pl.Int64)])
         shapes = tuple(shape_format(present[name]) if name in present else None
                        for name in self._timestamps)
-        typed, good = self._query(frame, (frozenset(present), shapes), source, id_prefix)
-        if not good.all() and any(shapes):  # another shape, or a bad value: the full format
-            general = (frozenset(present), (None,) * len(shapes))
-            typed, good = self._query(frame, general, source, id_prefix)
-        if good.all():
-            return typed, []
-        failed = [index for index, ok in zip(decoded.indexes, good, strict=True) if not ok]
-        return typed.filter(good), failed
-
-    def _query(self, frame: pl.DataFrame, columns: _Columns,
-               source: str, id_prefix: str) -> tuple[pl.DataFrame, pl.Series]:
-        """The typed frame, and whether each row's timestamps pass the check."""
-        # One query, so Polars plans and runs it once: typing, ids, the timestamp check.
-        # In memory: the streaming engine (Polars' default) costs more on a block this size.
-        typed = frame.lazy().select(self._typing(columns, source, id_prefix)
-                                    ).collect(engine="in-memory")
-        return typed, typed.drop_in_place(_GOOD)
+        return TypingJob(self, frame, (frozenset(present), shapes), source, id_prefix,
+                         decoded.indexes)
 
     def _typing(self, columns: _Columns, source: str, id_prefix: str) -> list[pl.Expr]:
         """The typing query's columns for frames holding the present columns of `columns`,
@@ -232,6 +225,58 @@ class FrameBuilder:
         return (pl.concat(frames) if frames else None), rejected
 
 
+@dataclass
+class TypingJob:
+    """A type's frame of decoded columns and its typing query (typing, event ids, the
+    timestamp check), not yet run: a block runs its types' queries in one Polars run."""
+
+    builder: FrameBuilder
+    frame: pl.DataFrame
+    columns: _Columns
+    source: str
+    id_prefix: str
+    indexes: list[int]  # each row's line index in the block
+
+    def query(self, columns: _Columns | None = None) -> pl.LazyFrame:
+        """The typing query; `columns` another key for the same frame (other formats)."""
+        typing = self.builder._typing(columns or self.columns, self.source, self.id_prefix)
+        return self.frame.lazy().select(typing)
+
+    def finish(self, typed: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
+        """The typed frame (the query's result) less the rows whose timestamps fail the
+        check, and those rows' line indexes."""
+        good = typed.drop_in_place(_GOOD)
+        present, shapes = self.columns
+        if not good.all() and any(shapes):  # another shape, or a bad value: the full format
+            general = (present, (None,) * len(shapes))
+            typed = self.query(general).collect(engine="in-memory")
+            good = typed.drop_in_place(_GOOD)
+        if good.all():
+            return typed, []
+        failed = [index for index, ok in zip(self.indexes, good, strict=True) if not ok]
+        return typed.filter(good), failed
+
+
+def run_typing(jobs: list[TypingJob]) -> list[pl.DataFrame | None]:
+    """Each job's query result, None where its query fails.
+
+    One Polars run for all: a run costs ~0.3 ms however small (planning, threads), and a
+    block holds five types or so. In memory: the streaming engine (Polars' default)
+    costs more on frames this size.
+    """
+    try:
+        return list(pl.collect_all([job.query() for job in jobs], engine="in-memory"))
+    except Exception:  # find which: the others still type
+        return [_collected_or_none(job.query()) for job in jobs]
+
+
+def _collected_or_none(query: pl.LazyFrame) -> pl.DataFrame | None:
+    try:
+        return query.collect(engine="in-memory")
+    except Exception:
+        return None
+
+
 class BlockStager:
     """Checks a block of lines and types its events: the tailer's work per block, done in
     its own process or in a worker (see pipeline.workers)."""
@@ -267,10 +312,10 @@ class BlockStager:
             staged.rejected.extend(unstageable)
             if frame is not None and frame.height:
                 frames.setdefault(event_type, []).append(frame)
-        for event_type, parts in frames.items():
-            frame = parts[0] if len(parts) == 1 else pl.concat(parts).sort("_offset")
-            staged.frames[event_type] = ipc_bytes(frame)
-            staged.counts[event_type] = frame.height
+        whole = {event_type: parts[0] if len(parts) == 1 else pl.concat(parts).sort("_offset")
+                 for event_type, parts in frames.items()}
+        staged.frames = ipc_files(whole)
+        staged.counts = {event_type: frame.height for event_type, frame in whole.items()}
         return staged
 
     def _decode(self, lines: list[bytes], starts: list[int], source: str, id_prefix: str,
@@ -281,15 +326,24 @@ class BlockStager:
             lines = [b"" if len(line) > limit else line for line in lines]
         decoded = self.decoder.decode(lines)
         left = decoded.left
+        jobs = []
+        # What cannot be typed goes to the checker, whose path types row by row and
+        # quarantines.
         for event_type, columns in decoded.by_type.items():
             try:
-                frame, failed = self.builders[event_type].from_decoded(columns, starts, source,
-                                                                       id_prefix)
-            except Exception:  # the checker's path types row by row and quarantines
+                jobs.append(self.builders[event_type].prepare(columns, starts, source, id_prefix))
+            except Exception:
                 left += columns.indexes
+        for job, typed in zip(jobs, run_typing(jobs), strict=True):
+            try:
+                if typed is None:
+                    raise ValueError("its typing query failed")
+                frame, failed = job.finish(typed)
+            except Exception:
+                left += job.indexes
                 continue
             if frame.height:
-                frames[event_type] = [frame]
+                frames[job.builder.event_type] = [frame]
             left += failed
         return sorted(left)
 
@@ -322,9 +376,19 @@ def ipc_bytes(frame: pl.DataFrame) -> bytes:
     LZ4 would pass a fifth of the bytes between processes and to disk, but it made the
     catch-up at most 5 % faster and compaction, which reads every file, 12 % slower.
     """
-    buffer = io.BytesIO()
-    frame.write_ipc(buffer, compression="uncompressed")
-    return buffer.getvalue()
+    return ipc_files({"": frame})[""]
+
+
+def ipc_files(frames: Mapping[str, pl.DataFrame]) -> dict[str, bytes]:
+    """Frames as uncompressed Arrow IPC files (see `ipc_bytes`), by the same keys.
+
+    Written in one run of Polars' streaming engine, which `write_ipc` starts once a
+    frame: a start costs ~0.3 ms however small the frame.
+    """
+    buffers = {key: io.BytesIO() for key in frames}
+    pl.collect_all([frame.lazy().sink_ipc(buffers[key], compression="uncompressed", lazy=True)
+                    for key, frame in frames.items()], engine="streaming")
+    return {key: buffer.getvalue() for key, buffer in buffers.items()}
 
 
 def concat_ipc(parts: list[bytes | Path]) -> bytes:

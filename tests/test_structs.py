@@ -20,7 +20,7 @@ from test_intake import TRICKY, sample_lines
 
 from pipeline import structs
 from pipeline.events import Event, Validator
-from pipeline.frames import BlockStager, FrameBuilder
+from pipeline.frames import BlockStager, FrameBuilder, TypingJob
 from pipeline.schemas import load_schemas
 from pipeline.stage import StagedBlock
 from pipeline.structs import DecodedChunk, NotCompilable, StructDecoder, compile_type
@@ -171,12 +171,49 @@ def test_only_blocks_of_decode_from_lines_are_decoded(monkeypatch: pytest.Monkey
     assert decoded == [3, 5]
 
 
+def lines_checked(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The lines WITH_STRUCTS hands to its checker from now on (those not decoded)."""
+    checked: list[bytes] = []
+    real_check = WITH_STRUCTS.checker.check_lines
+
+    def check_lines(lines: list[bytes], *args: Any) -> Any:
+        checked.extend(lines)
+        return real_check(lines, *args)
+
+    monkeypatch.setattr(WITH_STRUCTS.checker, "check_lines", check_lines)
+    return checked
+
+
 def test_columns_that_cannot_be_typed_go_to_the_checker(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*_: Any) -> tuple[pl.DataFrame, list[int]]:
+    def refuse(*_: Any) -> TypingJob:
         raise ValueError("cannot type these columns")
 
-    monkeypatch.setattr(FrameBuilder, "from_decoded", refuse)
+    monkeypatch.setattr(FrameBuilder, "prepare", refuse)
+    checked = lines_checked(monkeypatch)
     assert_same_staging(sample_lines())
+    assert checked == sample_lines()
+
+
+def test_a_typing_query_that_fails_sends_only_its_type_to_the_checker(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The types' queries run together; one failing leaves the others typed."""
+    real_query = TypingJob.query
+
+    def query(job: TypingJob, columns: Any = None) -> pl.LazyFrame:
+        if job.builder.event_type == "tool_call":  # fails when run, as a bad cast would
+            return pl.LazyFrame({"x": ["not a number"]}).select(pl.col("x").cast(pl.Int64))
+        return real_query(job, columns)
+
+    lines = sample_lines()
+    checked = lines_checked(monkeypatch)
+    stage_both(lines)
+    left_anyway = list(checked)  # types not compiled, lines the decoder refuses
+    checked.clear()
+    monkeypatch.setattr(TypingJob, "query", query)
+    assert_same_staging(lines)
+    decoded_tool_calls = [lines[i] for i in DECODER.decode(lines).by_type["tool_call"].indexes]
+    assert set(decoded_tool_calls) - set(left_anyway)
+    assert set(checked) == set(left_anyway) | set(decoded_tool_calls)
 
 
 def test_long_valid_line_is_quarantined_not_decoded() -> None:
