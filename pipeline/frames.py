@@ -7,7 +7,7 @@ The tailer's per-line work after validation, done in its process or in workers
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,8 +291,11 @@ class BlockStager:
         self.decoder = None if decode_from is None else StructDecoder(schemas)
 
     def stage(self, block: bytes, position: int, source: str, id_prefix: str,
-              limit: int) -> StagedBlock:
+              limit: int, parts: Callable[[str], Path] | None = None) -> StagedBlock:
         """Check `block` (complete lines read at `position`) and type what is valid.
+
+        Each type's frame becomes Arrow IPC bytes, or with `parts` a file at
+        `parts(event_type)` (a worker's: see pipeline.workers).
 
         In a block of `decode_from` lines or more, lines of the compiled types are decoded
         straight to columns; the rest, and any line the decoder refuses, go through the
@@ -314,7 +317,11 @@ class BlockStager:
                 frames.setdefault(event_type, []).append(frame)
         whole = {event_type: parts[0] if len(parts) == 1 else pl.concat(parts).sort("_offset")
                  for event_type, parts in frames.items()}
-        staged.frames = ipc_files(whole)
+        if parts is None:
+            staged.frames = ipc_files(whole)
+        else:
+            staged.parts = {event_type: parts(event_type) for event_type in whole}
+            write_ipc_files({staged.parts[t]: frame for t, frame in whole.items()})
         staged.counts = {event_type: frame.height for event_type, frame in whole.items()}
         return staged
 
@@ -380,15 +387,28 @@ def ipc_bytes(frame: pl.DataFrame) -> bytes:
 
 
 def ipc_files(frames: Mapping[str, pl.DataFrame]) -> dict[str, bytes]:
-    """Frames as uncompressed Arrow IPC files (see `ipc_bytes`), by the same keys.
-
-    Written in one run of Polars' streaming engine, which `write_ipc` starts once a
-    frame: a start costs ~0.3 ms however small the frame.
-    """
+    """Frames as uncompressed Arrow IPC files (see `ipc_bytes`), by the same keys."""
     buffers = {key: io.BytesIO() for key in frames}
-    pl.collect_all([frame.lazy().sink_ipc(buffers[key], compression="uncompressed", lazy=True)
-                    for key, frame in frames.items()], engine="streaming")
+    _sink_ipc([(buffers[key], frame) for key, frame in frames.items()])
     return {key: buffer.getvalue() for key, buffer in buffers.items()}
+
+
+def write_ipc_files(frames: Mapping[Path, pl.DataFrame]) -> None:
+    """Write frames to files as uncompressed Arrow IPC (not synced); if that fails, none
+    of the files is left."""
+    try:
+        _sink_ipc(list(frames.items()))
+    except BaseException:
+        for path in frames:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _sink_ipc(targets: list[tuple[Path | io.BytesIO, pl.DataFrame]]) -> None:
+    # One run of Polars' streaming engine, which `write_ipc` starts once a frame: a start
+    # costs ~0.3 ms however small the frame.
+    pl.collect_all([frame.lazy().sink_ipc(target, compression="uncompressed", lazy=True)
+                    for target, frame in targets], engine="streaming")
 
 
 def concat_ipc(parts: list[bytes | Path]) -> bytes:

@@ -107,15 +107,17 @@ def write_stage_bytes(stage_dir: Path, batch: int, event_type: str, ipc: bytes) 
     return path
 
 
-def write_stage_part(stage_dir: Path, event_type: str, name: str, ipc: bytes) -> Path:
-    """Write one type's Arrow IPC bytes to a temp file (`.part-<name>.tmp`), to be synced
-    and renamed into a batch file at commit; a crash leaves it to `remove_orphans`.
+def part_path(stage_dir: Path, event_type: str, name: str) -> Path:
+    """Where a worker writes one type's Arrow IPC file of a block (`.part-<name>.tmp`), to
+    be synced and renamed into a batch file at commit; a crash leaves it to
+    `remove_orphans`.
 
-    Not synced here: a worker waiting on its fsyncs checks no lines meanwhile, while the
-    tailer's commit threads sync a batch's files side by side.
+    Not synced by the worker: a worker waiting on its fsyncs checks no lines meanwhile,
+    while the tailer's commit threads sync a batch's files side by side.
     """
-    return write_synced(stage_dir / event_type / f"part-{name}",
-                        lambda handle: handle.write(ipc), sync=False)
+    directory = stage_dir / event_type
+    directory.mkdir(parents=True, exist_ok=True)
+    return temp_path(directory / f"part-{name}")
 
 
 def write_quarantine(quarantine_dir: Path, batch: int, records: list[dict[str, Any]]) -> Path:

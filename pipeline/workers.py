@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.events import Validator
 from pipeline.schemas import SchemaSet
-from pipeline.stage import StagedBlock, write_stage_part
+from pipeline.stage import StagedBlock, part_path
 
 if TYPE_CHECKING:
     from pipeline.frames import BlockStager
@@ -143,17 +143,12 @@ def _exit_with(tailer_pid: int) -> None:
 def _stage_in_worker(where: BlockSource, source: str, id_prefix: str,
                      limit: int) -> StagedBlock:
     assert _stager is not None and _stage_dir is not None, "worker started without its stager"
-    staged = _stager.stage(read_block(where), where.position, source, id_prefix, limit)
-    try:
-        for event_type, ipc in staged.frames.items():
-            name = f"{os.getpid()}-{next(_part_numbers)}"
-            staged.parts[event_type] = write_stage_part(_stage_dir, event_type, name, ipc)
-    except BaseException:  # a full disk: the tailer never learns of the parts written
-        for part in staged.parts.values():
-            part.unlink(missing_ok=True)
-        raise
-    staged.frames = {}
-    return staged
+    stage_dir = _stage_dir
+
+    def part(event_type: str) -> Path:
+        return part_path(stage_dir, event_type, f"{os.getpid()}-{next(_part_numbers)}")
+
+    return _stager.stage(read_block(where), where.position, source, id_prefix, limit, part)
 
 
 class StagerPool:

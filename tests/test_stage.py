@@ -17,10 +17,10 @@ from pipeline.stage import (
     batch_name,
     batch_number,
     iter_quarantine,
+    part_path,
     remove_orphans,
     write_atomic,
     write_quarantine,
-    write_stage_part,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -75,9 +75,9 @@ def test_remove_orphans_only_touches_files_above_the_watermark(tmp_path: Path) -
 
 def test_a_stage_part_is_a_temp_file_no_reader_sees(tmp_path: Path) -> None:
     stage = tmp_path / "stage"
-    part = write_stage_part(stage, "metric", "77-0", b"arrow bytes")
-    assert part == stage / "metric" / ".part-77-0.tmp"
-    assert part.read_bytes() == b"arrow bytes"
+    part = part_path(stage, "metric", "77-0")
+    assert part == stage / "metric" / ".part-77-0.tmp" and part.parent.is_dir()
+    part.write_bytes(b"arrow bytes")
     assert batch_files(stage / "metric", "arrow") == []
     assert remove_orphans([stage / "metric"], above=0) == [] and not part.exists()
 

@@ -157,6 +157,7 @@ def test_done_future_holds_the_result() -> None:
 
 def test_parts_of_a_block_that_cannot_be_written_are_deleted(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import frames as frames_module
     from pipeline import workers
 
     stage = tmp_path / "stage"
@@ -165,18 +166,17 @@ def test_parts_of_a_block_that_cannot_be_written_are_deleted(
     block = b"".join(path.read_bytes() for path in sorted(SAMPLE_LOGS.rglob("*.jsonl")))
     where = source_of(tmp_path / "log.jsonl", block)
     written: list[Path] = []
-    write = workers.write_stage_part
+    sink = frames_module._sink_ipc
 
-    def full_on_the_second(*args: Any) -> Path:
-        if written:
-            raise OSError(28, "No space left on device")
-        written.append(write(*args))
-        return written[-1]
+    def full_after_the_first(targets: list[tuple[Any, pl.DataFrame]]) -> None:
+        sink(targets[:1])
+        written.append(targets[0][0])
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(workers, "write_stage_part", full_on_the_second)
+    monkeypatch.setattr(frames_module, "_sink_ipc", full_after_the_first)
     with pytest.raises(OSError, match="No space"):
         workers._stage_in_worker(where, "log.jsonl", "p-", LIMIT)
-    assert written and not written[0].exists()
+    assert written and written[0].parent.parent == stage and not written[0].exists()
     assert not list(stage.rglob("*.tmp"))
 
 
