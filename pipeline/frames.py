@@ -139,7 +139,9 @@ class FrameBuilder:
             if name in present:
                 present[name] = convert_nested_column(present[name], declared)
         offsets = list(map(starts.__getitem__, decoded.indexes))
-        frame = pl.DataFrame([*(pl.Series(name, values, dtype=self._raw_schema[name])
+        frame = pl.DataFrame([*(pl.Series(name, values, dtype=pl.Int64).cast(pl.String)
+                                if name in decoded.integer_text
+                                else pl.Series(name, values, dtype=self._raw_schema[name])
                                 for name, values in present.items()),
                               pl.Series("_offset", offsets, dtype=pl.Int64)])
         shapes = tuple(shape_format(present[name]) if name in present else None

@@ -66,6 +66,9 @@ class DecodedColumns:
 
     columns: dict[str, list[Any]]
     indexes: list[int]
+    # Text columns (anyOf integer or string) that hold integers and no strings: left as
+    # integers, for Polars to write as digits (a sixth of the time of str() on each).
+    integer_text: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -108,6 +111,8 @@ class StructDecoder:
         for start in range(0, len(lines), DECODE_SLICE_LINES):
             self._decode_slice(lines[start:start + DECODE_SLICE_LINES], start, chunk)
         chunk.left.sort()  # row checks add theirs type by type
+        for event_type, decoded in chunk.by_type.items():
+            _integers_as_text(self.compiled[event_type], decoded)
         return chunk
 
     def _decode_slice(self, lines: list[bytes], first: int, chunk: DecodedChunk) -> None:
@@ -176,11 +181,21 @@ def _columns(compiled: CompiledType, found: list[Any]) -> dict[str, list[Any]]:
         return {name: [] for name in compiled.fields}
     # Rows as tuples, transposed in C: a third of the time of one `attrgetter` map per field.
     transposed = zip(*map(astuple, found), strict=True)
-    columns = dict(zip(compiled.fields, map(list, transposed), strict=True))
+    return dict(zip(compiled.fields, map(list, transposed), strict=True))
+
+
+def _integers_as_text(compiled: CompiledType, decoded: DecodedColumns) -> None:
+    """Integers in text columns become their digits: here where strings are beside them,
+    else by Polars (`integer_text`)."""
+    integers = set()
     for name in compiled.as_text:
-        if int in set(map(type, columns[name])):
-            columns[name] = [str(v) if type(v) is int else v for v in columns[name]]
-    return columns
+        kinds = set(map(type, decoded.columns[name]))
+        if int in kinds and str in kinds:
+            decoded.columns[name] = [str(v) if type(v) is int else v
+                                     for v in decoded.columns[name]]
+        elif int in kinds:
+            integers.add(name)
+    decoded.integer_text = frozenset(integers)
 
 
 # ------------------------------------------------------------------------ the compiler
