@@ -293,11 +293,11 @@ class BlockStager:
         self.decoder = None if decode_from is None else StructDecoder(schemas)
 
     def stage(self, block: bytes, position: int, source: str, id_prefix: str,
-              limit: int, parts: Callable[[str], Path] | None = None) -> StagedBlock:
+              limit: int, part_paths: Callable[[str], Path] | None = None) -> StagedBlock:
         """Check `block` (complete lines read at `position`) and type what is valid.
 
-        Each type's frame becomes Arrow IPC bytes, or with `parts` a file at
-        `parts(event_type)` (a worker's: see pipeline.workers).
+        Each type's frame becomes Arrow IPC bytes, or with `part_paths` a file at
+        `part_paths(event_type)` (a worker's: see pipeline.workers).
 
         In a block of `decode_from` lines or more, lines of the compiled types are decoded
         straight to columns; the rest, and any line the decoder refuses, go through the
@@ -317,12 +317,12 @@ class BlockStager:
             staged.rejected.extend(unstageable)
             if frame is not None and frame.height:
                 frames.setdefault(event_type, []).append(frame)
-        whole = {event_type: parts[0] if len(parts) == 1 else pl.concat(parts).sort("_offset")
-                 for event_type, parts in frames.items()}
-        if parts is None:
+        whole = {event_type: pieces[0] if len(pieces) == 1 else pl.concat(pieces).sort("_offset")
+                 for event_type, pieces in frames.items()}
+        if part_paths is None:
             staged.frames = ipc_files(whole)
         else:
-            staged.parts = {event_type: parts(event_type) for event_type in whole}
+            staged.parts = {event_type: part_paths(event_type) for event_type in whole}
             write_ipc_files({staged.parts[t]: frame for t, frame in whole.items()})
         staged.counts = {event_type: frame.height for event_type, frame in whole.items()}
         return staged
