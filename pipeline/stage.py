@@ -83,17 +83,15 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def write_synced(path: Path, write: Callable[[Any], None], sync: bool = True) -> Path:
-    """Write via `write(handle)` to a temp file beside `path` and fsync it (unless `sync`
-    is False: the caller syncs it later); the temp path."""
+def write_synced(path: Path, write: Callable[[Any], None]) -> Path:
+    """Write via `write(handle)` to a temp file beside `path` and fsync it; the temp path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as handle:
             write(handle)
-            if sync:
-                handle.flush()
-                os.fsync(handle.fileno())
+            handle.flush()
+            os.fsync(handle.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)  # a failed write leaves nothing half-written behind
         raise
