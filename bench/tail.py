@@ -12,8 +12,11 @@ of the shared machine weighs on both sides; the figure of merit is the median ra
 (goal >= 0.5), and every round's ratio is printed. Peak RSS of the tally process
 is ru_maxrss of RUSAGE_CHILDREN taken in a fresh measuring process whose only child is
 tally: the largest single process (goal <= 200 MB, and flat in the size of the log); an
-empty home gives the fixed cost. The same process samples, every 50 ms, the RSS summed
-over tally and its line-checking workers: the honest figure when workers run. CPU
+empty home gives the fixed cost. The same process samples, every 50 ms, the RSS and the
+PSS summed over tally and its line-checking workers: the honest figures when workers run.
+Summed RSS counts twice what the processes share (Polars' library, pages forked from the
+tailer); summed PSS splits each shared page among its processes, so it is the memory the
+whole run occupies. CPU
 seconds are reported beside wall time: on a shared machine the CPU ratio is
 the steadier figure.
 
@@ -57,7 +60,9 @@ TALLY = str(Path(sys.executable).with_name("tally"))
 READ_CHUNK = 4 << 20
 
 # Runs a command as its only child and reports wall time, that child's peak RSS, and the
-# peak of the RSS summed over it and its descendants (the line-checking workers), sampled.
+# peaks of the RSS and of the proportional set size (PSS: a page shared by n processes
+# counts 1/n in each) summed over it and its descendants (the line-checking workers),
+# sampled.
 MEASURE = r"""
 import json, resource, subprocess, sys, time
 from pathlib import Path
@@ -71,25 +76,27 @@ def tree(pid):
             pass
     return found
 
-def rss_kb(pid):
+def rss_and_pss_kb(pid):
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
     except OSError:
-        pass
-    return 0
+        return 0, 0
+    sizes = dict(line.split(":", 1) for line in rollup)
+    return tuple(int(sizes.get(key, "0 kB").split()[0]) for key in ("Rss", "Pss"))
 
 began = time.perf_counter()
 child = subprocess.Popen(sys.argv[1:])
-tree_peak = 0
+tree_rss = tree_pss = 0
 while child.poll() is None:
-    tree_peak = max(tree_peak, sum(rss_kb(p) for p in tree(child.pid)))
+    sizes = [rss_and_pss_kb(p) for p in tree(child.pid)]
+    tree_rss = max(tree_rss, sum(rss for rss, _ in sizes))
+    tree_pss = max(tree_pss, sum(pss for _, pss in sizes))
     time.sleep(0.05)
 wall = time.perf_counter() - began
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": child.returncode, "wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
-                  "max_rss_kb": usage.ru_maxrss, "tree_rss_kb": tree_peak}))
+                  "max_rss_kb": usage.ru_maxrss, "tree_rss_kb": tree_rss,
+                  "tree_pss_kb": tree_pss}))
 """
 
 
@@ -190,7 +197,8 @@ def timed_tail_once(home: Path, lines: int) -> dict[str, Any]:
     log(f"tally tail --once: {figures['wall']:.2f} s, {lines / figures['wall']:,.0f} lines/s "
         f"({lines / figures['cpu']:,.0f} per CPU second), "
         f"peak RSS {figures['max_rss_kb'] / 1024:.1f} MB (largest process), "
-        f"{figures['tree_rss_kb'] / 1024:.1f} MB (sum with its workers, sampled), "
+        f"summed with its workers (sampled) {figures['tree_rss_kb'] / 1024:.1f} MB RSS, "
+        f"{figures['tree_pss_kb'] / 1024:.1f} MB PSS, "
         f"{state['batch']} batches")
     return {**figures, **state}
 
@@ -207,6 +215,7 @@ def summarise(lines: int, size: int, files: int, runs: list[dict[str, Any]],
         "tally_lines_per_cpu_s": round(lines / median_run["cpu"]),
         "tally_peak_rss_mb": round(max(run["max_rss_kb"] for run in runs) / 1024, 1),
         "tally_tree_peak_rss_mb": round(max(run["tree_rss_kb"] for run in runs) / 1024, 1),
+        "tally_tree_peak_pss_mb": round(max(run["tree_pss_kb"] for run in runs) / 1024, 1),
         "tally_seconds_per_round": [round(run["wall"], 3) for run in runs],
         "staged": median_run["staged"], "quarantined": median_run["quarantined"],
         "batches": median_run["batch"],
@@ -462,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                 figures["small_tally_lines_per_s"] = small["tally_lines_per_s"]
                 figures["small_tally_peak_rss_mb"] = small["tally_peak_rss_mb"]
                 figures["small_tally_tree_peak_rss_mb"] = small["tally_tree_peak_rss_mb"]
+                figures["small_tally_tree_peak_pss_mb"] = small["tally_tree_peak_pss_mb"]
         if not args.skip_latency:
             figures.update(latency(root, args.latency_lines, args.seed, args.gap_ms / 1000))
     finally:

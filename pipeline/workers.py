@@ -38,6 +38,11 @@ ORPHAN_CHECK_SECONDS = 0.5
 EDGE_BYTES = 64
 GC_YOUNG_ALLOCATIONS = 100_000
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+# Polars' allocator (jemalloc) in a worker: one arena, no per-thread caches. A worker's
+# Polars threads allocate little and briefly, and their own arenas and caches held 6-8 MB
+# a worker (proportional set size) for no CPU saved in alternating million-line runs.
+POLARS_ALLOCATOR_ENV = "_RJEM_MALLOC_CONF"
+POLARS_ALLOCATOR_CONF = "narenas:1,tcache:false"
 
 _stager: BlockStager | None = None
 _stage_dir: Path | None = None
@@ -97,6 +102,7 @@ def _start_worker(schemas: SchemaSet, stage_dir: Path, tailer_pid: int,
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked: not the tailer's handler
     threading.Thread(target=_exit_with, args=(tailer_pid,), daemon=True).start()
     keep_freed_memory()
+    configure_polars_allocator()
     from pipeline.frames import BlockStager  # Polars, which the tailer itself may not load
 
     _stager = BlockStager(Validator(schemas))
@@ -130,6 +136,17 @@ def keep_freed_memory() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 512 << 20)
     except (OSError, AttributeError):  # not glibc: its defaults stand
         pass
+
+
+def configure_polars_allocator() -> None:
+    """Give Polars' allocator POLARS_ALLOCATOR_CONF when it loads, under the user's own setting.
+
+    jemalloc reads the variable as Polars loads; of options given twice the last wins, so the
+    user's setting (or one a parent process inherited from Polars) goes after these.
+    """
+    own = os.environ.get(POLARS_ALLOCATOR_ENV)
+    os.environ[POLARS_ALLOCATOR_ENV] = (
+        f"{POLARS_ALLOCATOR_CONF},{own}" if own else POLARS_ALLOCATOR_CONF)
 
 
 def _exit_with(tailer_pid: int) -> None:

@@ -26,6 +26,7 @@ from pipeline.frames import BlockStager
 from pipeline.stage import StagedBlock
 from pipeline.workers import (
     GC_YOUNG_ALLOCATIONS,
+    POLARS_ALLOCATOR_ENV,
     BlockMoved,
     BlockSource,
     StagerPool,
@@ -97,6 +98,29 @@ def test_workers_keep_the_collector_off_their_imports(pool: StagerPool) -> None:
     frozen = pool._executor.submit(gc.get_freeze_count).result(timeout=60)
     assert threshold[0] == GC_YOUNG_ALLOCATIONS
     assert frozen > 10_000  # the imports' objects, out of every collection's walk
+
+
+def allocator_settings(pool: StagerPool) -> dict[str, str]:
+    """The options Polars' allocator took in a worker: of options given twice, the last."""
+    conf = pool._executor.submit(os.getenv, POLARS_ALLOCATOR_ENV).result(timeout=60)
+    return dict(option.split(":", 1) for option in conf.split(","))
+
+
+def test_workers_give_polars_one_arena_without_thread_caches(pool: StagerPool) -> None:
+    settings = allocator_settings(pool)
+    assert settings["narenas"] == "1" and settings["tcache"] == "false"
+    assert settings["dirty_decay_ms"] == "500"  # Polars' own defaults stand
+
+
+def test_a_polars_allocator_setting_of_the_users_is_kept(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(POLARS_ALLOCATOR_ENV, "narenas:2")
+    own = StagerPool(Validator().schemas, workers=1, stage_dir=tmp_path)
+    try:
+        settings = allocator_settings(own)
+    finally:
+        own.close()
+    assert settings["narenas"] == "2" and settings["tcache"] == "false"
 
 
 def _replaced(path: Path) -> None:
