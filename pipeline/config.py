@@ -29,7 +29,7 @@ CONFIG_TEMPLATE = """\
 # batch_lines = 10000        # lines per staged batch (bounds memory: ~190 MB peak)
 # status_interval = 10.0     # seconds between the running tailer's summary lines
 # workers = 2                # line-checking processes for a catch-up (CPUs, at most 4; 0: none)
-# parallel_min_bytes = 67108864  # unread bytes in one file that start those workers
+# parallel_min_bytes = 67108864  # unread bytes, all files together, that start those workers
 
 [compactor]
 # lock_timeout = 60.0        # seconds a second compaction waits for the first

@@ -241,13 +241,19 @@ class Tailer:
                 handle.seen = False
         for path in paths:
             self._follow(path)
-        total = self.lag_bytes() if progress else 0
+        total = self.lag_bytes()
         self._progress = (lambda done: progress(done, total)) if progress else None
+        if total >= self.settings.parallel_min_bytes:
+            self._start_pool()
         for fingerprint in list(self._open):
             if self.stop.is_set():
                 break
             self._read(fingerprint, result)
         self._commit(result)
+        # Caught up: idle workers would only hold memory (about 75 MB each), and a live
+        # tail's few lines are checked in this process.
+        if self._pool is not None and self.lag_bytes() < self.settings.parallel_min_bytes:
+            self._stop_pool()
         if full_scan and not self.stop.is_set():  # a stopped read may have left whole lines
             self._retire_idle(result)
             self._forget_stale()
@@ -388,10 +394,6 @@ class Tailer:
             self._truncated(fingerprint, result)
             return
         position = self._pending.offsets.get(fingerprint, state.offset)
-        if self._pool is None and self.settings.workers > 0 and (
-                size - position >= self.settings.parallel_min_bytes):
-            self._pool = StagerPool(self.validator.schemas, self.settings.workers,
-                                    self.home.stage, inherited_fds=ProcessLock.held_fds())
         read_size = max(READ_CHUNK, self.settings.max_line_bytes + 1)
         while position < size and not self.stop.is_set():
             chunk = os.pread(handle.fd, min(read_size, size - position), position)
@@ -581,6 +583,11 @@ class Tailer:
         if self._pool is not None:
             self.notify("a line-checking worker died; checking lines in the tailer process")
             self._stop_pool()
+
+    def _start_pool(self) -> None:
+        if self._pool is None and self.settings.workers > 0:
+            self._pool = StagerPool(self.validator.schemas, self.settings.workers,
+                                    self.home.stage, inherited_fds=ProcessLock.held_fds())
 
     def _stop_pool(self) -> None:
         if self._pool is not None:

@@ -46,7 +46,7 @@ from pipeline.lake import scan_events
 from pipeline.stage import batch_name, iter_quarantine, staged_files
 from pipeline.status import tail_status
 from pipeline.tailer import Tailer, follow
-from pipeline.workers import BlockSource, read_block
+from pipeline.workers import BlockSource, StagerPool, read_block
 
 TYPE = "agent_token_usage"
 
@@ -1524,7 +1524,37 @@ def _every_stage_row(home: Home) -> dict[str, pl.DataFrame]:
                       "context_compiled")}
 
 
-def test_workers_stage_the_same_as_one_process(tmp_path: Path) -> None:
+class _CountingPool(StagerPool):
+    """StagerPool, recording itself in `started` and counting the blocks handed to it."""
+
+    started: list[_CountingPool]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.submitted = 0
+        self.closed = False
+        self.started.append(self)
+
+    def submit(self, *args: Any) -> Any:
+        self.submitted += 1
+        return super().submit(*args)
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+@pytest.fixture
+def pools(monkeypatch: pytest.MonkeyPatch) -> list[_CountingPool]:
+    """The worker pools tailers start in the test, in order."""
+    started: list[_CountingPool] = []
+    monkeypatch.setattr(_CountingPool, "started", started, raising=False)
+    monkeypatch.setattr(tailer_module, "StagerPool", _CountingPool)
+    return started
+
+
+def test_workers_stage_the_same_as_one_process(tmp_path: Path,
+                                               pools: list[_CountingPool]) -> None:
     from bench.generate import write_log
 
     logs = tmp_path / "logs"
@@ -1538,10 +1568,12 @@ def test_workers_stage_the_same_as_one_process(tmp_path: Path) -> None:
             shutil.copy(path, home.logs / path.name)
         with running(home) as tailer:
             result = tailer.poll()
-            assert (tailer._pool is not None) == (workers > 0)
+            assert tailer._pool is None  # caught up: the workers are stopped
+        assert len(pools) == (1 if workers else 0)
         assert result.staged + result.quarantined == 12_000
         assert not list(home.stage.rglob("*.tmp"))  # every worker's part became a batch file
         homes[workers] = home
+    assert pools[0].submitted >= 8 and pools[0].closed
     one, many = (_every_stage_row(homes[w]) for w in (0, 2))
     for event_type, frame in one.items():
         assert frame.height > 0
@@ -1555,7 +1587,7 @@ def test_workers_stage_the_same_as_one_process(tmp_path: Path) -> None:
 
 
 def test_a_block_moved_under_a_worker_is_checked_in_process(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pools: list[_CountingPool]) -> None:
     source_of = BlockSource.of
 
     def misread(block: bytes, *where: Any) -> BlockSource:  # as if rewritten meanwhile
@@ -1566,9 +1598,11 @@ def test_a_block_moved_under_a_worker_is_checked_in_process(
                      "batch_lines = 7\n")
     lines = [event_line() for _ in range(30)]
     append(home.logs / "a.jsonl", *lines)
-    with running(home) as tailer:
+    notes: list[str] = []
+    with running(home, notify=notes.append) as tailer:
         assert tailer.poll().staged == 30
-        assert tailer._pool is not None  # the workers stay: the file changed, not them
+    # The workers stay for every block: the file changed, not them.
+    assert len(pools) == 1 and pools[0].submitted == 5 and not notes
     assert_staged_once(home, ids_of(*lines))
     assert not list(home.stage.rglob("*.tmp"))
 
@@ -1652,19 +1686,64 @@ def test_the_tailer_loads_polars_only_to_type_lines_itself(tmp_path: Path, worke
     assert load_checkpoint(home.state).staged == 50
 
 
-def test_a_dead_worker_is_replaced_by_checking_in_process(tmp_path: Path) -> None:
-    home = make_home(tmp_path / "home", "[tailer]\nworkers = 1\nparallel_min_bytes = 1\n")
-    first = [event_line() for _ in range(20)]
-    append(home.logs / "a.jsonl", *first)
+def test_a_dead_worker_is_replaced_by_checking_in_process(tmp_path: Path,
+                                                         pools: list[_CountingPool]) -> None:
+    home = make_home(tmp_path / "home", "[tailer]\nworkers = 1\nparallel_min_bytes = 1\n"
+                     "batch_lines = 5\n")
+    lines = [event_line() for _ in range(60)]
+    append(home.logs / "a.jsonl", *lines)
     notes: list[str] = []
+
+    def kill_the_workers(done: int, total: int) -> None:  # after the first batch's commit
+        if pools and not pools[0].closed and pools[0]._executor._processes:
+            for pid in list(pools[0]._executor._processes):
+                os.kill(pid, signal.SIGKILL)
+
     with running(home, notify=notes.append) as tailer:
-        assert tailer.poll().staged == 20
-        assert tailer._pool is not None
-        for pid in list(tailer._pool._executor._processes):
-            os.kill(pid, signal.SIGKILL)
-        second = [event_line() for _ in range(20)]
-        append(home.logs / "a.jsonl", *second)
-        assert tailer.poll().staged == 20
+        assert tailer.poll(progress=kill_the_workers).staged == 60
         assert tailer._pool is None
-    assert_staged_once(home, ids_of(*first, *second))
+    assert len(pools) == 1 and pools[0].submitted >= 3
+    assert_staged_once(home, ids_of(*lines))
     assert any("worker died" in note for note in notes)
+
+
+@pytest.mark.parametrize(("threshold", "started"), [(0.9, True), (1.1, False)])
+def test_workers_start_when_the_files_together_hold_enough_to_read(
+        tmp_path: Path, pools: list[_CountingPool], threshold: float, started: bool) -> None:
+    """Many agents' files, none large alone, are a large catch-up together."""
+    logs = {name: [event_line() for _ in range(40)] for name in ("a", "b", "c", "d")}
+    sizes = {name: sum(map(len, lines)) for name, lines in logs.items()}
+    home = make_home(tmp_path / "home", "[tailer]\nworkers = 1\nbatch_lines = 20\n"
+                     f"parallel_min_bytes = {int(sum(sizes.values()) * threshold)}\n")
+    assert max(sizes.values()) < home.tailer.parallel_min_bytes
+    for name, lines in logs.items():
+        append(home.logs / f"{name}.jsonl", *lines)
+    assert poll_once(home).staged == 160
+    assert len(pools) == (1 if started else 0)
+    assert all(pool.submitted == 8 for pool in pools)
+    assert_staged_once(home, ids_of(*(line for lines in logs.values() for line in lines)))
+
+
+def test_workers_stay_while_a_backlog_remains_and_stop_once_caught_up(
+        tmp_path: Path, pools: list[_CountingPool]) -> None:
+    home = make_home(tmp_path / "home", "[tailer]\nworkers = 1\nparallel_min_bytes = 1\n"
+                     "batch_lines = 10\n")
+    log = home.logs / "a.jsonl"
+    first, late = [event_line() for _ in range(30)], event_line()
+    append(log, *first)
+
+    def append_once(done: int, total: int) -> None:  # written while the pass reads
+        if not late_written:
+            late_written.append(True)
+            append(log, late)
+
+    late_written: list[bool] = []
+    with running(home) as tailer:
+        assert tailer.poll(progress=append_once).staged == 30
+        assert tailer._pool is not None and not pools[0].closed  # the late line is unread
+        assert tailer.poll().staged == 1
+        assert tailer._pool is None and pools[0].closed
+        append(log, event_line())
+        tailer.poll()
+        assert len(pools) == 2  # a new backlog (over this home's 1 byte) starts them again
+    assert load_checkpoint(home.state).staged == 32
