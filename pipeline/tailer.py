@@ -394,9 +394,9 @@ class Tailer:
             self._truncated(fingerprint, result)
             return
         position = self._pending.offsets.get(fingerprint, state.offset)
-        read_size = max(READ_CHUNK, self.settings.max_line_bytes + 1)
+        least = max(READ_CHUNK, self.settings.max_line_bytes + 1)
         while position < size and not self.stop.is_set():
-            chunk = os.pread(handle.fd, min(read_size, size - position), position)
+            chunk = os.pread(handle.fd, min(self._read_size(least), size - position), position)
             if not chunk:
                 break
             end = chunk.rfind(b"\n")
@@ -413,11 +413,22 @@ class Tailer:
             if self._pending.lines >= self.settings.batch_lines:
                 self._seal()
                 self._drain(result, wait=False)
+        if self._pool is not None:
+            self._seal()  # a batch of two files' blocks would be merged here, in Polars
         # Not waited for here: the next file's lines keep the workers busy while this file's
         # last batches finish (the wait, 0.22-0.34 s a file, left them without blocks towards
         # its end). Only this file's reads depend on its batches in flight, and a poll reads
         # each file once, then commits everything.
         self._drain(result, wait=False)
+
+    def _read_size(self, least: int) -> int:
+        """Bytes to read for one block to fill the pending batch (at least `least`).
+
+        A batch of several blocks is merged at commit, in this process: Polars loaded, the
+        blocks' frames read back and written again. So long lines get longer reads.
+        """
+        room = self.settings.batch_lines - self._pending.lines
+        return max(least, room * self._line_bytes * 9 // 8)
 
     def _rewritten(self, handle: OpenFile, st: os.stat_result) -> bool:
         """Whether the file was rewritten in place under the checkpoint (same size or larger).

@@ -1583,7 +1583,10 @@ def test_workers_stage_the_same_as_one_process(tmp_path: Path,
         return sorted((r["source"], r["offset"], r["reason"]) for r in quarantined(home))
 
     assert records(homes[0]) == records(homes[2]) and len(records(homes[0])) > 50
-    assert load_checkpoint(homes[0].state).batch == load_checkpoint(homes[2].state).batch
+    # With workers a batch ends with its file too: no batch of two files' blocks is merged.
+    assert load_checkpoint(homes[2].state).batch == 9 > load_checkpoint(homes[0].state).batch
+    for path in homes[2].stage.rglob("*.arrow"):
+        assert pl.read_ipc(path)["_source"].n_unique() == 1
 
 
 def test_a_block_moved_under_a_worker_is_checked_in_process(
@@ -1672,10 +1675,12 @@ def test_the_next_file_is_read_while_the_previous_files_batches_are_checked(
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_the_tailer_loads_polars_only_to_type_lines_itself(tmp_path: Path, workers: int) -> None:
-    """With workers typing every line, `tally tail --once` never loads Polars (0.14 s, 35 MB)."""
+    """With workers typing every line, `tally tail --once` never loads Polars (0.14 s, 35 MB),
+    not even for a batch of several files (each file's lines end a batch)."""
     home = make_home(tmp_path / "home", f"[tailer]\nworkers = {workers}\n"
                      "parallel_min_bytes = 1\n")
-    append(home.logs / "a.jsonl", *(event_line() for _ in range(50)))
+    for name in ("a", "b", "c"):
+        append(home.logs / f"{name}.jsonl", *(event_line() for _ in range(50)))
     code = ("import sys\nfrom pipeline.cli import main\n"
             f"main(['tail', '--once', '--quiet', '--home', {str(home.root)!r}],"
             " standalone_mode=False)\n"
@@ -1683,7 +1688,7 @@ def test_the_tailer_loads_polars_only_to_type_lines_itself(tmp_path: Path, worke
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                           text=True, timeout=120)
     assert done.stdout.split() == [str(workers == 0)]
-    assert load_checkpoint(home.state).staged == 50
+    assert load_checkpoint(home.state).staged == 150
 
 
 def test_a_dead_worker_is_replaced_by_checking_in_process(tmp_path: Path,
@@ -1694,17 +1699,36 @@ def test_a_dead_worker_is_replaced_by_checking_in_process(tmp_path: Path,
     append(home.logs / "a.jsonl", *lines)
     notes: list[str] = []
 
+    killed: list[int] = []
+
     def kill_the_workers(done: int, total: int) -> None:  # after the first batch's commit
-        if pools and not pools[0].closed and pools[0]._executor._processes:
-            for pid in list(pools[0]._executor._processes):
+        if not killed:
+            killed.extend(pools[0]._executor._processes)
+            for pid in killed:
                 os.kill(pid, signal.SIGKILL)
 
     with running(home, notify=notes.append) as tailer:
         assert tailer.poll(progress=kill_the_workers).staged == 60
         assert tailer._pool is None
-    assert len(pools) == 1 and pools[0].submitted >= 3
+    assert killed and len(pools) == 1 and pools[0].submitted >= 3
     assert_staged_once(home, ids_of(*lines))
     assert any("worker died" in note for note in notes)
+
+
+def test_a_batch_of_long_lines_is_read_as_one_block(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pools: list[_CountingPool]) -> None:
+    """Blocks of one batch are merged at commit in the tailer (Polars loaded there): reads
+    sized to the batch's lines leave one block a batch, however long the lines."""
+    monkeypatch.setattr(tailer_module, "READ_CHUNK", 4096)  # about 12 lines a read, at least
+    home = make_home(tmp_path / "home", "[tailer]\nworkers = 1\nparallel_min_bytes = 1\n"
+                     "batch_lines = 100\nmax_line_bytes = 2000\n")
+    lines = [event_line() for _ in range(1000)]
+    append(home.logs / "a.jsonl", *lines)
+    with running(home) as tailer:
+        result = tailer.poll()
+    assert (result.staged, result.batches) == (1000, 10)
+    assert pools[0].submitted <= result.batches + 1  # the first read guesses the line length
+    assert_staged_once(home, ids_of(*lines))
 
 
 @pytest.mark.parametrize(("threshold", "started"), [(0.9, True), (1.1, False)])
