@@ -59,6 +59,12 @@ FORGET_AFTER_SECONDS = 7 * 86400
 STOP_CHECK_SECONDS = 0.2
 COMMIT_WRITERS = 8
 IN_FLIGHT_PER_WORKER = 2  # sealed batches read ahead of the commit, per worker
+# With workers, reads are sized to fill a batch (see Tailer._read_size), up to this.
+READ_CAP = 64 << 20
+# A file with less than this to read counts for nothing towards starting workers: its
+# blocks are too small to pay for a worker's round trip, and would end a batch each.
+WORKER_MIN_FILE_BYTES = 1 << 20
+LINE_ESTIMATE_MIN_LINES = 16  # a block this long or longer updates the mean line length
 
 Notify = Callable[[str], None]
 Progress = Callable[[int, int], None]  # (bytes committed, bytes to read) in one pass
@@ -186,7 +192,7 @@ class Tailer:
         self._sealed: deque[_Pending] = deque()  # full batches whose checks may still run
         self._open: dict[str, OpenFile] = {}
         self._pending = _Pending()
-        self._line_bytes = 256  # mean line length of the last block cut: where the next ends
+        self._line_bytes = 256  # mean line length of the last long block: where the next ends
         self._progress: Callable[[int], None] | None = None
         self._logs_real = os.path.realpath(home.logs)
         self.stop = threading.Event()
@@ -245,7 +251,9 @@ class Tailer:
             self._follow(path)
         total = self.lag_bytes()
         self._progress = (lambda done: progress(done, total)) if progress else None
-        if total >= self.settings.parallel_min_bytes:
+        threshold = self.settings.parallel_min_bytes
+        if not self.stop.is_set() and self.lag_bytes(
+                least=min(WORKER_MIN_FILE_BYTES, threshold)) >= threshold:
             self._start_pool()
         for fingerprint in list(self._open):
             if self.stop.is_set():
@@ -253,8 +261,9 @@ class Tailer:
             self._read(fingerprint, result)
         self._commit(result)
         # Caught up: idle workers would only hold memory (about 75 MB each), and a live
-        # tail's few lines are checked in this process.
-        if self._pool is not None and self.lag_bytes() < self.settings.parallel_min_bytes:
+        # tail's few lines are checked in this process. Half the threshold: a backlog
+        # hovering near it does not start and stop them every poll.
+        if self._pool is not None and self.lag_bytes() <= threshold // 2:
             self._stop_pool()
         if full_scan and not self.stop.is_set():  # a stopped read may have left whole lines
             self._retire_idle(result)
@@ -262,12 +271,13 @@ class Tailer:
         result.files = len(self._open)
         return result
 
-    def lag_bytes(self) -> int:
-        """Bytes present in followed files but not yet consumed."""
+    def lag_bytes(self, least: int = 0) -> int:
+        """Bytes present in followed files but not yet consumed (of files with `least`)."""
         lag = 0
         for handle in self._open.values():
             with contextlib.suppress(OSError):
-                lag += max(0, os.fstat(handle.fd).st_size - handle.state.offset)
+                unread = os.fstat(handle.fd).st_size - handle.state.offset
+                lag += unread if unread >= max(least, 1) else 0
         return lag
 
     # ------------------------------------------------------------ discovery
@@ -415,7 +425,7 @@ class Tailer:
             if self._pending.lines >= self.settings.batch_lines:
                 self._seal()
                 self._drain(result, wait=False)
-        if self._pool is not None:
+        if self._pool is not None and self._pending.lines >= self.settings.batch_lines // 4:
             self._seal()  # a batch of two files' blocks would be merged here, in Polars
         # Not waited for here: the next file's lines keep the workers busy while this file's
         # last batches finish (the wait, 0.22-0.34 s a file, left them without blocks towards
@@ -426,11 +436,14 @@ class Tailer:
     def _read_size(self, least: int) -> int:
         """Bytes to read for one block to fill the pending batch (at least `least`).
 
-        A batch of several blocks is merged at commit, in this process: Polars loaded, the
-        blocks' frames read back and written again. So long lines get longer reads.
+        With workers, a batch of several blocks is merged at commit in this process: Polars
+        loaded, the blocks' frames read back and written again. So long lines get longer
+        reads, up to READ_CAP.
         """
+        if self._pool is None:
+            return least
         room = self.settings.batch_lines - self._pending.lines
-        return max(least, room * self._line_bytes * 9 // 8)
+        return max(least, min(READ_CAP, room * self._line_bytes * 9 // 8))
 
     def _rewritten(self, handle: OpenFile, st: os.stat_result) -> bool:
         """Whether the file was rewritten in place under the checkpoint (same size or larger).
@@ -454,7 +467,8 @@ class Tailer:
         """
         room = max(1, self.settings.batch_lines - self._pending.lines)
         cut, lines = cut_lines(chunk, end, room, self._line_bytes)
-        self._line_bytes = max(1, cut // lines)
+        if lines >= LINE_ESTIMATE_MIN_LINES:  # one long line says little of the next ones
+            self._line_bytes = max(1, cut // lines)
         return cut, lines
 
     def _submit(self, handle: OpenFile, block: bytes, position: int, lines: int) -> None:

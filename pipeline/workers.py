@@ -141,8 +141,10 @@ def keep_freed_memory() -> None:
 def configure_polars_allocator() -> None:
     """Give Polars' allocator POLARS_ALLOCATOR_CONF when it loads, under the user's own setting.
 
-    jemalloc reads the variable as Polars loads; of options given twice the last wins, so the
-    user's setting (or one a parent process inherited from Polars) goes after these.
+    Importing Polars puts its own defaults first in the variable and the value it finds
+    after them; jemalloc then reads it, and of options given twice the last wins. So the
+    effective options are Polars' defaults, then these, then whatever the variable held
+    (the user's setting, or Polars' defaults again if a parent process imported Polars).
     """
     own = os.environ.get(POLARS_ALLOCATOR_ENV)
     os.environ[POLARS_ALLOCATOR_ENV] = (

@@ -1676,11 +1676,11 @@ def test_the_next_file_is_read_while_the_previous_files_batches_are_checked(
 @pytest.mark.parametrize("workers", [0, 1])
 def test_the_tailer_loads_polars_only_to_type_lines_itself(tmp_path: Path, workers: int) -> None:
     """With workers typing every line, `tally tail --once` never loads Polars (0.14 s, 35 MB),
-    not even for a batch of several files (each file's lines end a batch)."""
+    not even for several files (a file's last lines end a batch)."""
     home = make_home(tmp_path / "home", f"[tailer]\nworkers = {workers}\n"
-                     "parallel_min_bytes = 1\n")
+                     "parallel_min_bytes = 1\nbatch_lines = 200\n")
     for name in ("a", "b", "c"):
-        append(home.logs / f"{name}.jsonl", *(event_line() for _ in range(50)))
+        append(home.logs / f"{name}.jsonl", *(event_line() for _ in range(250)))
     code = ("import sys\nfrom pipeline.cli import main\n"
             f"main(['tail', '--once', '--quiet', '--home', {str(home.root)!r}],"
             " standalone_mode=False)\n"
@@ -1688,7 +1688,7 @@ def test_the_tailer_loads_polars_only_to_type_lines_itself(tmp_path: Path, worke
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                           text=True, timeout=120)
     assert done.stdout.split() == [str(workers == 0)]
-    assert load_checkpoint(home.state).staged == 150
+    assert load_checkpoint(home.state).staged == 750
 
 
 def test_a_dead_worker_is_replaced_by_checking_in_process(tmp_path: Path,
@@ -1727,24 +1727,56 @@ def test_a_batch_of_long_lines_is_read_as_one_block(
     with running(home) as tailer:
         result = tailer.poll()
     assert (result.staged, result.batches) == (1000, 10)
-    assert pools[0].submitted <= result.batches + 1  # the first read guesses the line length
+    assert pools[0].submitted <= result.batches + 2  # the first reads learn the line length
     assert_staged_once(home, ids_of(*lines))
 
 
-@pytest.mark.parametrize(("threshold", "started"), [(0.9, True), (1.1, False)])
+def test_one_long_line_does_not_size_the_next_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pools: list[_CountingPool]) -> None:
+    monkeypatch.setattr(tailer_module, "READ_CHUNK", 4096)
+    home = make_home(tmp_path / "home", "[tailer]\nworkers = 1\nparallel_min_bytes = 1\n"
+                     "batch_lines = 100\nmax_line_bytes = 400000\n")
+    log = home.logs / "a.jsonl"
+    long_line = event_line()[:-1] + b" " * 300_000 + b"\n"  # JSON allows the spaces
+    append(log, long_line)
+    lines = [event_line() for _ in range(4000)]  # 576 kB
+    reads: list[int] = []
+    real_pread = os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        reads.append(length)
+        return real_pread(fd, length, offset)
+
+    with running(home) as tailer:
+        assert tailer.poll().staged == 1  # a block of that one line
+        append(log, *lines)
+        monkeypatch.setattr(tailer_module.os, "pread", pread)
+        assert tailer.poll().staged == 4000
+    # Sized by the long line, a read would take all 576 kB left (100 lines of 300 kB wanted).
+    assert max(reads) <= 400_001
+    assert_staged_once(home, ids_of(long_line, *lines))
+
+
+@pytest.mark.parametrize(("per_file", "threshold", "started"),
+                         [(3500, 0.9, True), (3500, 1.1, False), (40, 0.9, False)],
+                         ids=["together", "not_enough", "files_too_small"])
 def test_workers_start_when_the_files_together_hold_enough_to_read(
-        tmp_path: Path, pools: list[_CountingPool], threshold: float, started: bool) -> None:
-    """Many agents' files, none large alone, are a large catch-up together."""
-    logs = {name: [event_line() for _ in range(40)] for name in ("a", "b", "c", "d")}
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pools: list[_CountingPool],
+        per_file: int, threshold: float, started: bool) -> None:
+    """Many agents' files, none large alone, are a large catch-up together; files too small
+    to fill a block for a worker (under WORKER_MIN_FILE_BYTES) do not count."""
+    monkeypatch.setattr(tailer_module, "WORKER_MIN_FILE_BYTES", 100_000)  # 700 lines here
+    logs = {name: [event_line() for _ in range(per_file)] for name in ("a", "b", "c", "d")}
     sizes = {name: sum(map(len, lines)) for name, lines in logs.items()}
-    home = make_home(tmp_path / "home", "[tailer]\nworkers = 1\nbatch_lines = 20\n"
+    home = make_home(tmp_path / "home", "[tailer]\nworkers = 1\n"
                      f"parallel_min_bytes = {int(sum(sizes.values()) * threshold)}\n")
     assert max(sizes.values()) < home.tailer.parallel_min_bytes
+    assert (min(sizes.values()) >= tailer_module.WORKER_MIN_FILE_BYTES) == (per_file > 40)
     for name, lines in logs.items():
         append(home.logs / f"{name}.jsonl", *lines)
-    assert poll_once(home).staged == 160
+    assert poll_once(home).staged == 4 * per_file
     assert len(pools) == (1 if started else 0)
-    assert all(pool.submitted == 8 for pool in pools)
+    assert all(pool.submitted == 4 for pool in pools)  # a block a file, a batch a file
     assert_staged_once(home, ids_of(*(line for lines in logs.values() for line in lines)))
 
 
