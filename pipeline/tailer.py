@@ -249,11 +249,12 @@ class Tailer:
                 handle.seen = False
         for path in paths:
             self._follow(path)
-        total = self.lag_bytes()
+        unread = self._unread()
+        total = sum(unread)
         self._progress = (lambda done: progress(done, total)) if progress else None
         threshold = self.settings.parallel_min_bytes
-        if not self.stop.is_set() and self.lag_bytes(
-                least=min(WORKER_MIN_FILE_BYTES, threshold)) >= threshold:
+        least = min(WORKER_MIN_FILE_BYTES, threshold)
+        if not self.stop.is_set() and sum(n for n in unread if n >= least) >= threshold:
             self._start_pool()
         for fingerprint in list(self._open):
             if self.stop.is_set():
@@ -271,14 +272,17 @@ class Tailer:
         result.files = len(self._open)
         return result
 
-    def lag_bytes(self, least: int = 0) -> int:
-        """Bytes present in followed files but not yet consumed (of files with `least`)."""
-        lag = 0
+    def lag_bytes(self) -> int:
+        """Bytes present in followed files but not yet consumed."""
+        return sum(self._unread())
+
+    def _unread(self) -> list[int]:
+        """Each followed file's bytes not yet consumed."""
+        unread = []
         for handle in self._open.values():
             with contextlib.suppress(OSError):
-                unread = os.fstat(handle.fd).st_size - handle.state.offset
-                lag += unread if unread >= max(least, 1) else 0
-        return lag
+                unread.append(max(0, os.fstat(handle.fd).st_size - handle.state.offset))
+        return unread
 
     # ------------------------------------------------------------ discovery
 
