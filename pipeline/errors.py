@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
+
+
+def safe_text(text: str) -> str:
+    """Text that prints anywhere: bytes of a non-UTF-8 file name (surrogate escapes) as \\xNN."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path as it can be shown in a message, whatever bytes its name holds."""
+    return safe_text(os.fspath(path))
 
 
 class TallyError(Exception):
@@ -32,7 +48,7 @@ class ConfigError(TallyError):
 
     def __init__(self, message: str, *, path: Path, field: str | None = None,
                  hint: str | None = None) -> None:
-        where = f"{path}" if field is None else f"{path}: {field}"
+        where = display_path(path) if field is None else f"{display_path(path)}: {field}"
         super().__init__(f"{where}: {message}", hint=hint)
         self.path = path
         self.field = field
@@ -44,8 +60,8 @@ class HomeNotFound(TallyError):
     exit_code = 3
 
     def __init__(self, path: Path) -> None:
-        super().__init__(f"no tally home at {path}",
-                         hint=f"run `tally init --home {path}`, or point --home or "
+        super().__init__(f"no tally home at {display_path(path)}",
+                         hint=f"run `tally init --home {display_path(path)}`, or point --home or "
                               "TALLY_HOME at an existing home")
         self.path = path
 
@@ -72,7 +88,8 @@ class InvalidEvent(TallyError):
     def __init__(self, reason: str, message: str, *, field: str = "",
                  path: Path | None = None, line: int | None = None,
                  hint: str | None = None) -> None:
-        where = "" if path is None else f"{path}:{line}: " if line is not None else f"{path}: "
+        shown = "" if path is None else display_path(path)
+        where = "" if path is None else f"{shown}:{line}: " if line is not None else f"{shown}: "
         at = f" at {field}" if field else ""
         super().__init__(f"{where}{message}{at}", hint=hint)
         self.reason = reason
@@ -94,7 +111,7 @@ class SourceError(TallyError):
     exit_code = 4
 
     def __init__(self, message: str, *, path: Path, hint: str | None = None) -> None:
-        super().__init__(f"{path}: {message}", hint=hint)
+        super().__init__(f"{display_path(path)}: {message}", hint=hint)
         self.path = path
 
 
@@ -106,15 +123,66 @@ class LockTimeout(TallyError):
     def __init__(self, what: str, *, path: Path, waited: float, holder: str) -> None:
         super().__init__(
             f"another {what} is running ({holder}); gave up after waiting {waited:g} s",
-            hint=f"wait for it to finish or stop it (lock file: {path})",
+            hint=f"wait for it to finish or stop it (lock file: {display_path(path)})",
         )
         self.path = path
 
 
 class LakeError(TallyError):
-    """The lake is missing, damaged, or cannot take a commit."""
+    """The lake, the stage or the checkpoint is damaged, or the lake cannot take a commit."""
 
     exit_code = 5
+
+
+class DamagedFile(LakeError):
+    """A file tally wrote (checkpoint, stage batch) cannot be read back."""
+
+    def __init__(self, what: str, path: Path, detail: str, *, hint: str) -> None:
+        super().__init__(f"{what} {display_path(path)} is damaged: {detail}", hint=hint)
+        self.path = path
+
+
+class WouldLoseData(TallyError):
+    """A command refused because it would leave fewer events than there are now."""
+
+    exit_code = 6
+
+
+class StorageError(TallyError):
+    """tally cannot write where it must: disk full, read-only, no permission."""
+
+    exit_code = 74  # EX_IOERR
+
+    def __init__(self, message: str, *, path: Path | str | None, hint: str | None = None,
+                 errno_code: int | None = None) -> None:
+        where = "" if path is None else f"{display_path(path)}: "
+        super().__init__(f"{where}{message}", hint=hint)
+        self.path = path
+        self.errno = errno_code
+
+
+_STORAGE_HINTS = {
+    errno.ENOSPC: "free space on that file system (or move the home with --home); nothing "
+                  "was lost: the checkpoint did not move, so the same lines are read again",
+    errno.EDQUOT: "raise the quota or free space; nothing was lost: the same lines are read "
+                  "again",
+    errno.EROFS: "the file system is mounted read-only; remount it read-write or move the home",
+    errno.EACCES: "make it writable (and its directory) by the user running tally",
+    errno.EPERM: "make it writable (and its directory) by the user running tally",
+}
+
+
+def storage_error(exc: OSError, doing: str, path: Path | str | None = None) -> StorageError:
+    """A one-line StorageError for an OSError met while `doing` something to `path`."""
+    target = path if path is not None else exc.filename
+    reason = exc.strerror or str(exc)
+    return StorageError(f"cannot {doing}: {reason}", path=target,
+                        hint=_STORAGE_HINTS.get(exc.errno or 0), errno_code=exc.errno)
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether an exception is the file system refusing a write (full, read-only, denied)."""
+    return isinstance(exc, OSError) and exc.errno in _STORAGE_HINTS
 
 
 class UnknownTimeZone(UsageError):
@@ -124,6 +192,16 @@ class UnknownTimeZone(UsageError):
         super().__init__(f"unknown time zone {name!r}",
                          hint="use an IANA name such as UTC, Europe/Istanbul or Asia/Tokyo")
         self.name = name
+
+
+class InternalError(TallyError):
+    """Something tally did not expect: a bug, reported in one line instead of a traceback."""
+
+    exit_code = 70  # EX_SOFTWARE
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"internal error: {type(exc).__name__}: {safe_text(str(exc))}",
+                         hint="run again with TALLY_DEBUG=1 to see the traceback, and report it")
 
 
 class PricingError(TallyError):

@@ -14,7 +14,15 @@ from typing import Any, TypeVar
 import click
 
 from pipeline.config import Home, load_home
-from pipeline.errors import HomeNotFound, TallyError
+from pipeline.errors import (
+    HomeNotFound,
+    InternalError,
+    SourceError,
+    TallyError,
+    is_storage_failure,
+    safe_text,
+    storage_error,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,10 +85,22 @@ def fail(error: TallyError) -> None:
     """Report a TallyError on stderr and exit with its code; TALLY_DEBUG=1 re-raises."""
     if os.environ.get("TALLY_DEBUG") == "1":
         raise error
-    click.secho(f"error: {error.message}", fg="red", err=True)
+    click.secho(f"error: {safe_text(error.message)}", fg="red", err=True)
     if error.hint:
-        click.echo(f"  hint: {error.hint}", err=True)
+        click.echo(f"  hint: {safe_text(error.hint)}", err=True)
     sys.exit(error.exit_code)
+
+
+def as_tally_error(exc: Exception) -> TallyError:
+    """The TallyError to report for an exception no library call turned into one."""
+    if isinstance(exc, TallyError):
+        return exc
+    if is_storage_failure(exc):
+        assert isinstance(exc, OSError)
+        return storage_error(exc, "write")
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return SourceError(exc.strerror or str(exc), path=exc.filename)
+    return InternalError(exc)
 
 
 class TallyGroup(click.Group):
@@ -110,8 +130,21 @@ class TallyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except TallyError as error:
-            fail(error)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except BrokenPipeError:  # `tally report | head`: the reader has what it wanted
+            _quiet_exit()
+        except Exception as error:  # a traceback reaching a user is a bug
+            if os.environ.get("TALLY_DEBUG") == "1":
+                raise
+            fail(as_tally_error(error))
+
+
+def _quiet_exit() -> None:
+    """Exit 0 without Python's complaint about flushing a closed pipe at shutdown."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)
 
 
 def home_of(home: Home) -> str:
