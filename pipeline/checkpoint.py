@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import fcntl
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import orjson
 
-from pipeline.errors import LockTimeout
+from pipeline.errors import DamagedFile, LockTimeout, display_path
 from pipeline.stage import fsync_dir, rename_or_discard, temp_path, write_synced
 
 CHECKPOINT = "checkpoint.json"
@@ -24,11 +27,31 @@ CHECKPOINT = "checkpoint.json"
 SPARE = f".{CHECKPOINT}.spare"
 
 
+DAMAGED_HINT = ("run `tally tail --once`: it sets the damaged file aside and resumes from the "
+                "previous checkpoint, or reads every log again (events already staged or in "
+                "the lake count once)")
+CRCS_KEPT = 4  # commit points whose CRC a file state keeps: they tell earlier copies apart
+
+
+def new_stream() -> str:
+    """A fresh stream id: batch numbers count anew under it, so they never repeat one the
+    lake holds (see `Watermark`)."""
+    return secrets.token_hex(8)
+
+
+class Watermark(NamedTuple):
+    """Which stage batches are committed: those of `stream` numbered up to `batch`, and
+    every batch of another stream (left by a checkpoint that was replaced)."""
+
+    stream: str
+    batch: int
+
+
 @dataclass
 class FileState:
     """Where reading of one file identity stands."""
 
-    fingerprint: str  # the identity: a first-line hash, plus "@dev:ino" when two files share it
+    fingerprint: str  # the identity: a first-line hash, "@..." added when files share it
     path: str
     dev: int
     ino: int
@@ -36,6 +59,15 @@ class FileState:
     marker: str = ""
     first_path: str = ""
     last_seen: float = 0.0
+    btime: int = 0  # birth time in ns, 0 where the file system keeps none
+    crc: int | None = None  # CRC-32 of the bytes [0, offset); None in older checkpoints
+    crcs: list[list[int]] = field(default_factory=list)  # [offset, crc] of the last commits
+
+    def advanced(self, offset: int, marker: str, crc: int | None) -> FileState:
+        """This state moved to a committed offset, with that offset's marker and CRC."""
+        crcs = self.crcs if crc is None else [*self.crcs, [offset, crc]][-CRCS_KEPT:]
+        return dataclasses.replace(self, offset=offset, marker=marker, crc=crc, crcs=crcs,
+                                   last_seen=time.time())
 
 
 @dataclass
@@ -47,27 +79,126 @@ class Checkpoint:
     staged: int = 0
     quarantined: int = 0
     updated_at: str = ""
+    stream: str = ""  # "" in checkpoints older than streams
+
+    @property
+    def watermark(self) -> Watermark:
+        """The committed batches."""
+        return Watermark(self.stream, self.batch)
 
     def to_json(self) -> bytes:
         """The checkpoint as JSON bytes."""
         # orjson serialises the dataclasses itself: no deep copy per commit (asdict's).
-        return orjson.dumps(self, option=orjson.OPT_INDENT_2)
+        try:
+            return orjson.dumps(self, option=orjson.OPT_INDENT_2)
+        except orjson.JSONEncodeError:  # a file name that is not UTF-8
+            return orjson.dumps(self._encodable(), option=orjson.OPT_INDENT_2)
+
+    def _encodable(self) -> dict[str, Any]:
+        body = dataclasses.asdict(self)
+        for state in body["files"].values():
+            state["path"], state["first_path"] = (encode_path(state["path"]),
+                                                  encode_path(state["first_path"]))
+        return body
 
     @classmethod
     def from_json(cls, raw: bytes) -> Checkpoint:
-        """Parse a checkpoint written by `to_json`."""
+        """Parse a checkpoint written by `to_json`; ValueError or TypeError if it is not one."""
         body: dict[str, Any] = orjson.loads(raw)
-        files = {fp: FileState(**state) for fp, state in body.pop("files", {}).items()}
-        return cls(files=files, **body)
+        if not isinstance(body, dict) or not isinstance(body.get("files", {}), dict):
+            raise ValueError("not a checkpoint object")
+        files = {fp: _file_state(state) for fp, state in body.pop("files", {}).items()}
+        checkpoint = cls(files=files, **body)
+        if not (isinstance(checkpoint.batch, int) and isinstance(checkpoint.stream, str)):
+            raise ValueError("batch or stream of the wrong type")
+        return checkpoint
+
+
+def encode_path(path: str) -> str | dict[str, str]:
+    """A path for JSON: itself, or its bytes in base64 when it is not UTF-8."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return {"base64": base64.b64encode(os.fsencode(path)).decode("ascii")}
+
+
+def decode_path(value: str | dict[str, str]) -> str:
+    """The path `encode_path` wrote."""
+    if isinstance(value, dict):
+        return os.fsdecode(base64.b64decode(value["base64"]))
+    return value
+
+
+def _file_state(state: dict[str, Any]) -> FileState:
+    parsed = FileState(**state)
+    parsed.path, parsed.first_path = decode_path(parsed.path), decode_path(parsed.first_path)
+    if not isinstance(parsed.offset, int) or parsed.offset < 0:
+        raise ValueError(f"bad offset {parsed.offset!r}")
+    return parsed
+
+
+def fresh_checkpoint() -> Checkpoint:
+    """The checkpoint of a tailer that has read nothing, under a new stream."""
+    return Checkpoint(stream=new_stream())
 
 
 def load_checkpoint(state_dir: Path) -> Checkpoint:
-    """The last committed checkpoint, or an empty one."""
+    """The last committed checkpoint, or a fresh one; DamagedFile if it cannot be read."""
     path = state_dir / CHECKPOINT
     try:
-        return Checkpoint.from_json(path.read_bytes())
+        raw = path.read_bytes()
     except FileNotFoundError:
-        return Checkpoint()
+        return fresh_checkpoint()
+    try:
+        return Checkpoint.from_json(raw)
+    except (ValueError, TypeError, KeyError) as exc:  # orjson's decode error is a ValueError
+        raise DamagedFile("the checkpoint", path, _first_line(exc), hint=DAMAGED_HINT) from exc
+
+
+def read_watermark(state_dir: Path) -> Watermark:
+    """The committed batches, for readers: from the checkpoint, or if it is damaged from
+    the one before it; DamagedFile if neither can be read."""
+    try:
+        return load_checkpoint(state_dir).watermark
+    except DamagedFile:
+        previous = _previous_checkpoint(state_dir)
+        if previous is None:
+            raise
+        return previous.watermark
+
+
+def recover_checkpoint(state_dir: Path) -> tuple[Checkpoint, str | None]:
+    """The checkpoint to resume from, and what was done if it was damaged: it is set aside,
+    and the previous checkpoint (one batch older) or a fresh one takes its place."""
+    try:
+        return load_checkpoint(state_dir), None
+    except DamagedFile as damaged:
+        aside = state_dir / f"{CHECKPOINT}.damaged-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+        os.replace(state_dir / CHECKPOINT, aside)
+        fsync_dir(state_dir)
+        previous = _previous_checkpoint(state_dir)
+        where = f"{damaged.message}; set aside as {display_path(aside.name)}"
+        if previous is not None:
+            told = (f"{where}; resuming from the checkpoint before it (batch "
+                    f"{previous.batch}): its last batch is read again")
+        else:
+            told = (f"{where}; no earlier checkpoint: every log is read again from the start "
+                    "(events already staged or in the lake count once, by event id)")
+        chosen = previous or fresh_checkpoint()
+        save_checkpoint(state_dir, chosen)  # the spare it came from is written over next
+        return chosen, told
+
+
+def _previous_checkpoint(state_dir: Path) -> Checkpoint | None:
+    try:
+        return Checkpoint.from_json((state_dir / SPARE).read_bytes())
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def save_checkpoint(state_dir: Path, checkpoint: Checkpoint) -> None:
@@ -109,11 +240,6 @@ def _recycle_spare(state_dir: Path) -> None:
         spare.unlink()
     else:
         os.replace(spare, temp_path(live))
-
-
-def committed_batch(state_dir: Path) -> int:
-    """The batch watermark: stage and quarantine files up to it are committed."""
-    return load_checkpoint(state_dir).batch
 
 
 class ProcessLock:

@@ -1,14 +1,17 @@
 """Compaction: committed stage batches into one Delta table per event type, exactly once.
 
-Each Delta commit records `Transaction(APP_ID, N)`, N being the highest tailer batch it
-contains. Stage files of batches up to a table's recorded N are already in the lake: they
+Each Delta commit records `Transaction(app_id(S), N)` for each tailer stream S it holds
+batches of, N the highest (pipeline.ledger). Stage files of batches a table already holds
 are deleted, never written again. A kill at any point therefore leaves either the old
 table plus the stage files, or the new table plus stage files that the next run removes.
+
+Nothing a single file or event holds stops a run: a stage file that cannot be read is
+set aside and staged again from the logs (pipeline.recovery), and rows the lake cannot
+take are quarantined with their origin while the rest is committed (pipeline.poison).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -21,20 +24,35 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-from deltalake import (
-    CommitProperties,
-    DeltaTable,
-    Transaction,
-    WriterProperties,
-    write_deltalake,
-)
+from deltalake import CommitProperties, Transaction, WriterProperties, write_deltalake
 
-from pipeline.checkpoint import ProcessLock, committed_batch
+from pipeline.checkpoint import ProcessLock, read_watermark
 from pipeline.config import Home
-from pipeline.errors import LakeError, UsageError
+from pipeline.errors import LakeError, StorageError, is_storage_failure
+from pipeline.events import Validator
 from pipeline.frames import scan_stage_files
-from pipeline.lake import APP_ID, lake_batch, open_table, table_path
-from pipeline.stage import fsync_dir, staged_files
+from pipeline.journal import prune
+from pipeline.ledger import (
+    app_id,
+    check_not_behind,
+    open_table,
+    raise_high_water,
+    record_versions,
+    stream_batch,
+    table_path,
+)
+from pipeline.maintenance import (
+    compaction_lock,
+    native_stderr_captured,
+    optimize_lake,
+    panic_summary,
+    remove_files_of_killed_writes,
+    remove_uncommitted_files,
+    vacuum_lake,
+)
+from pipeline.poison import Unwritable, quarantine_unwritable, scratch_probe, split_writable
+from pipeline.recovery import Restaged, restage
+from pipeline.stage import BatchId, all_batch_files, fsync_dir, staged_files
 
 # Rows per Delta commit: peak RSS grows with it (2M events: 1.07 GB at 1M rows, 570 MB at
 # 250k; 10M events: 1.28 GB vs 0.70 GB) while CPU time stays the same. Reading the next
@@ -46,11 +64,12 @@ Progress = Callable[[int, int], None]
 # `after_commit` (a commit done, its stage files not yet removed). Never set in production.
 FAULT_ENV = "TALLY_FAULT"
 _fault_hits: dict[str, int] = {}
+__all__ = ["CompactionResult", "optimize_lake", "run_compaction", "vacuum_lake"]
 
 
 @dataclass
 class CompactionResult:
-    """What a compaction run did."""
+    """What a compaction run did, and what it could not do without losing events."""
 
     events: int = 0
     commits: int = 0
@@ -59,11 +78,19 @@ class CompactionResult:
     seconds: float = 0.0
     optimized: dict[str, int] = field(default_factory=dict)
     vacuumed: dict[str, int] = field(default_factory=dict)
+    restaged: list[Restaged] = field(default_factory=list)
+    unwritable: list[Unwritable] = field(default_factory=list)
+    uncommitted_files_removed: int = 0
 
     @property
     def rate(self) -> float:
         """Events per second."""
         return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def lost(self) -> list[str]:
+        """What could not be brought back: each a line for the user."""
+        return [f"{r.set_aside}: {r.lost}" for r in self.restaged if r.lost]
 
 
 def add_partition_date(frame: pl.LazyFrame) -> pl.LazyFrame:
@@ -77,16 +104,23 @@ def run_compaction(home: Home, *, lock_timeout: float | None = None,
     """Move every committed stage batch into the lake; safe to kill and re-run at any point."""
     started = time.monotonic()
     result = CompactionResult()
-    timeout = home.compactor.lock_timeout if lock_timeout is None else lock_timeout
-    with ProcessLock(home.state / "compact.lock", "compaction").acquire(timeout):
-        watermark = committed_batch(home.state)
-        plan = {t: staged_files(home.stage, t, watermark) for t in _staged_types(home)}
-        rows = {path: _rows(path) for files in plan.values() for _, path in files}
-        total = sum(rows.values())
-        with _Run(home, result, _Budget(rows, rows_per_commit),
-                  lambda n: progress(n, total) if progress else None) as run:
-            _make_commits(run, [commit for event_type, files in plan.items()
-                                for commit in _plan_commits(run, event_type, files)])
+    with compaction_lock(home, lock_timeout):
+        try:
+            result.uncommitted_files_removed = remove_files_of_killed_writes(home)
+            watermark = read_watermark(home.state)
+            plan = {t: staged_files(home.stage, t, watermark) for t in _staged_types(home)}
+            rows = _count_rows(home, plan, result)
+            total = sum(rows.values())
+            with _Run(home, result, _Budget(rows, rows_per_commit),
+                      lambda n: progress(n, total) if progress else None) as run:
+                _make_commits(run, [commit for event_type, files in plan.items()
+                                    for commit in _plan_commits(run, event_type, files)])
+            prune(home.state, _still_staged(home), watermark.stream)
+        except OSError as exc:
+            if is_storage_failure(exc):
+                raise StorageError(f"cannot compact: {exc.strerror}", path=exc.filename,
+                                   errno_code=exc.errno) from exc
+            raise
     result.seconds = time.monotonic() - started
     return result
 
@@ -97,11 +131,43 @@ def _staged_types(home: Home) -> list[str]:
     return sorted(p.name for p in home.stage.iterdir() if p.is_dir())
 
 
+def _still_staged(home: Home) -> set[BatchId]:
+    return {batch for event_type in _staged_types(home)
+            for batch, _ in all_batch_files(home.stage / event_type, "arrow")}
+
+
 def _rows(path: Path) -> int:
     # The IPC footer and batch headers, memory-mapped: 3x faster than a Polars count.
     with pa.memory_map(str(path)) as source:
         reader = pa.ipc.open_file(source)
         return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+
+
+def _count_rows(home: Home, plan: dict[str, list[tuple[BatchId, Path]]],
+                result: CompactionResult) -> dict[Path, int]:
+    """Rows per stage file; a file that cannot be read is staged again from the logs (or
+    leaves the plan, reported as lost)."""
+    rows: dict[Path, int] = {}
+    validator: Validator | None = None
+    for event_type, files in plan.items():
+        for batch, path in list(files):
+            try:
+                rows[path] = _rows(path)
+                continue
+            except FileNotFoundError:
+                files.remove((batch, path))
+                continue
+            except (OSError, pa.ArrowException):
+                pass
+            validator = validator or Validator()
+            restaged = restage(home, path, validator)
+            result.restaged.append(restaged)
+            if path.exists():
+                rows[path] = _rows(path)
+            else:
+                files.remove((batch, path))
+        plan[event_type] = files
+    return rows
 
 
 @dataclass(frozen=True)
@@ -157,36 +223,61 @@ def _reported(removal: Future[None]) -> None:
 
 @dataclass(frozen=True)
 class _Commit:
-    """One Delta commit to make: its table, its stage files, the highest batch among them."""
+    """One Delta commit to make: its table, its stage files, and per stream (by app id)
+    the highest batch among them."""
 
     event_type: str
     table: Path
     files: list[Path]
-    batch: int
+    batches: dict[str, int]
 
 
 @dataclass(frozen=True)
 class _Rows:
-    """A commit's rows, read ahead, and their dates."""
+    """A commit's rows, read ahead, and the files that could not be read."""
 
     data: pl.DataFrame
-    dates: list[str]
+    unreadable: list[Path]
 
 
 def _read_rows(files: list[Path]) -> _Rows:
-    staged = scan_stage_files(files)
-    assert staged is not None  # commits never have zero files
-    frame = add_partition_date(staged).collect()
-    return _Rows(frame, [str(d) for d in frame["date"].unique()])
+    try:
+        staged = scan_stage_files(files)
+        assert staged is not None  # commits never have zero files
+        return _Rows(add_partition_date(staged).collect(), [])
+    except (OSError, pl.exceptions.PolarsError):
+        pass  # find the file that fails: the others are read
+    readable, unreadable = [], []
+    for path in files:
+        try:
+            pl.read_ipc(path)
+            readable.append(path)
+        except (OSError, pl.exceptions.PolarsError):
+            unreadable.append(path)
+    staged = scan_stage_files(readable)
+    data = pl.DataFrame() if staged is None else add_partition_date(staged).collect()
+    return _Rows(data, unreadable)
 
 
-def _plan_commits(run: _Run, event_type: str, files: list[tuple[int, Path]]) -> list[_Commit]:
+def _plan_commits(run: _Run, event_type: str,
+                  files: list[tuple[BatchId, Path]]) -> list[_Commit]:
     """The commits that bring a type's stage files into its table; deletes those it has."""
     path = table_path(run.home, event_type)
-    committed = lake_batch(open_table(path))
-    run.remove(event_type, [f for b, f in files if b <= committed])
-    return [_Commit(event_type, path, [f for _, f in chunk], chunk[-1][0])
-            for chunk in _chunks([(b, f) for b, f in files if b > committed], run.budget)]
+    table = open_table(path)
+    check_not_behind(run.home, event_type, table)
+    held = {stream: stream_batch(table, stream) for stream in {b.stream for b, _ in files}}
+    run.remove(event_type, [f for b, f in files if b.number <= held[b.stream]])
+    pending = [(b, f) for b, f in files if b.number > held[b.stream]]
+    return [_Commit(event_type, path, [f for _, f in chunk], _highest(chunk))
+            for chunk in _chunks(pending, run.budget)]
+
+
+def _highest(chunk: list[tuple[BatchId, Path]]) -> dict[str, int]:
+    batches: dict[str, int] = {}
+    for batch, _ in chunk:
+        key = app_id(batch.stream)
+        batches[key] = max(batches.get(key, 0), batch.number)
+    return batches
 
 
 def _make_commits(run: _Run, commits: list[_Commit]) -> None:
@@ -196,20 +287,38 @@ def _make_commits(run: _Run, commits: list[_Commit]) -> None:
         rows = upcoming.result()
         if index + 1 < len(commits):  # the next one, of this type or the next, read meanwhile
             upcoming = run.read(commits[index + 1])
+        data = _with_restaged(run, rows)
+        data, unwritable = split_writable(data)
         _fault("before_write")
-        _commit(commit.table, rows.data, commit.batch)
+        data = _commit(run, commit, data, unwritable)
         _fault("after_commit")
-        run.result.events += rows.data.height
+        run.result.events += data.height
         run.result.commits += 1
-        run.result.partitions.update((commit.event_type, date) for date in rows.dates)
+        run.result.partitions.update(
+            (commit.event_type, day) for day in data["date"].unique().cast(pl.String).to_list())
         run.remove(commit.event_type, commit.files)
-        run.done += rows.data.height
+        run.done += data.height
         run.progress(run.done)
 
 
-def _chunks(files: list[tuple[int, Path]], budget: _Budget) -> list[list[tuple[int, Path]]]:
-    chunks: list[list[tuple[int, Path]]] = []
-    current: list[tuple[int, Path]] = []
+def _with_restaged(run: _Run, rows: _Rows) -> pl.DataFrame:
+    """A commit's rows, with its unreadable files staged again from the logs and added."""
+    if not rows.unreadable:
+        return rows.data
+    validator = Validator()
+    frames = [rows.data] if rows.data.height else []
+    for path in rows.unreadable:
+        restaged = restage(run.home, path, validator)
+        run.result.restaged.append(restaged)
+        if path.exists():
+            frames.append(add_partition_date(pl.scan_ipc(path)).collect())
+    return pl.concat(frames, how="diagonal_relaxed") if frames else rows.data
+
+
+def _chunks(files: list[tuple[BatchId, Path]],
+            budget: _Budget) -> list[list[tuple[BatchId, Path]]]:
+    chunks: list[list[tuple[BatchId, Path]]] = []
+    current: list[tuple[BatchId, Path]] = []
     rows = 0
     for batch, path in files:
         current.append((batch, path))
@@ -222,18 +331,72 @@ def _chunks(files: list[tuple[int, Path]], budget: _Budget) -> list[list[tuple[i
     return chunks
 
 
-def _commit(path: Path, data: pl.DataFrame, batch: int) -> None:
+def _commit(run: _Run, commit: _Commit, data: pl.DataFrame,
+            unwritable: list[Unwritable]) -> pl.DataFrame:
+    """Write a commit's rows; rows the lake refuses are quarantined and the rest written.
+    Returns what was written."""
+    raise_high_water(run.home, commit.batches)
     try:
-        write_deltalake(
-            str(path), data, mode="append", partition_by=["date"], schema_mode="merge",
-            writer_properties=WriterProperties(compression="ZSTD"),
-            commit_properties=CommitProperties(
-                app_transactions=[Transaction(APP_ID, batch)],
-                custom_metadata={"tally.batch": str(batch)}),
-        )
+        _write(commit, data)
+    except _RowsRefused as refused:
+        probe, cleanup = scratch_probe(_trial_write)
+        try:
+            data, more = split_writable(data, probe)
+        finally:
+            cleanup()
+        if not more:
+            raise refused.error from refused
+        unwritable += more
+        _write(commit, data)
+    if unwritable:
+        quarantine_unwritable(run.home, unwritable)
+        run.result.unwritable += unwritable
+    table = open_table(commit.table)
+    if table is not None:
+        record_versions(run.home, {commit.event_type: table.version()})
+    return data
+
+
+class _RowsRefused(Exception):
+    """A write failed for something in the rows, not the file system."""
+
+    def __init__(self, error: LakeError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _write(commit: _Commit, data: pl.DataFrame) -> None:
+    """One Delta write; a failed one leaves no files behind, and says why in one line."""
+    started_ns = time.time_ns()
+    try:
+        with native_stderr_captured() as captured:
+            _write_delta(commit, data)
     except Exception as exc:
-        raise LakeError(f"commit to {path} failed: {exc}",
-                        hint="the stage is untouched; fix the cause and run compact again") from exc
+        remove_uncommitted_files(commit.table, started_ns - 1)
+        panic = panic_summary("".join(captured))
+        detail = panic or (str(exc).splitlines() or [type(exc).__name__])[0]
+        if is_storage_failure(exc) or "os error" in detail or "No space" in detail:
+            raise StorageError(f"cannot write the lake: {detail}", path=commit.table,
+                               hint="free space or fix the permissions, then run compact "
+                                    "again; the stage is untouched, nothing was lost") from exc
+        error = LakeError(f"commit to {commit.table} failed: {detail}",
+                          hint="the stage is untouched; fix the cause and run compact again")
+        raise _RowsRefused(error) from exc
+
+
+def _write_delta(commit: _Commit, data: pl.DataFrame) -> None:
+    write_deltalake(
+        str(commit.table), data, mode="append", partition_by=["date"], schema_mode="merge",
+        writer_properties=WriterProperties(compression="ZSTD"),
+        commit_properties=CommitProperties(
+            app_transactions=[Transaction(app, batch) for app, batch in commit.batches.items()],
+            custom_metadata={"tally.batch": str(max(commit.batches.values()))}),
+    )
+
+
+def _trial_write(uri: str, rows: pl.DataFrame) -> None:
+    with native_stderr_captured():
+        write_deltalake(uri, rows, mode="append", partition_by=["date"], schema_mode="merge")
 
 
 def _fault(point: str) -> None:
@@ -250,57 +413,6 @@ def _remove(home: Home, event_type: str, files: list[Path]) -> None:
     for file in files:
         file.unlink(missing_ok=True)
     fsync_dir(home.stage / event_type)
-
-
-# ---------------------------------------------------------------- maintenance
-
-
-def optimize_lake(home: Home, target_mb: int | None = None,
-                  lock_timeout: float | None = None) -> dict[str, int]:
-    """Merge small files per partition up to the target size; files removed per table."""
-    target = (target_mb or home.compactor.target_file_mb) << 20
-    merged = {}
-    with _compaction_lock(home, lock_timeout):
-        for event_type, table in _tables(home):
-            metrics = table.optimize.compact(target_size=target)
-            merged[event_type] = int(metrics.get("numFilesRemoved", 0))
-    return merged
-
-
-def vacuum_lake(home: Home, retention_hours: float | None = None,
-                lock_timeout: float | None = None) -> dict[str, int]:
-    """Delete files no table version newer than the retention still references.
-
-    A full vacuum: files no commit ever referenced (left by a compaction killed while
-    writing) go too. It holds the compaction lock, so a short retention can never delete
-    the not-yet-committed files of a running compaction.
-    """
-    hours = home.compactor.vacuum_retention_hours if retention_hours is None else retention_hours
-    if hours < 0:
-        raise UsageError("retention must be zero or more hours")
-    removed = {}
-    with _compaction_lock(home, lock_timeout):
-        for event_type, table in _tables(home):
-            # Whole hours only: round up, never keep less than asked.
-            files = table.vacuum(retention_hours=math.ceil(hours), dry_run=False,
-                                 enforce_retention_duration=False, full=True)
-            removed[event_type] = len(files)
-    return removed
-
-
-def _compaction_lock(home: Home, timeout: float | None) -> ProcessLock:
-    wait = home.compactor.lock_timeout if timeout is None else timeout
-    return ProcessLock(home.state / "compact.lock", "compaction").acquire(wait)
-
-
-def _tables(home: Home) -> list[tuple[str, DeltaTable]]:
-    found: list[tuple[str, DeltaTable]] = []
-    if home.lake.is_dir():
-        for path in sorted(p for p in home.lake.iterdir() if p.is_dir()):
-            table = open_table(path)
-            if table is not None:
-                found.append((path.name, table))
-    return found
 
 
 # ---------------------------------------------------------------- rebuild

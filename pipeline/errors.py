@@ -110,9 +110,9 @@ class SourceError(TallyError):
 
     exit_code = 4
 
-    def __init__(self, message: str, *, path: Path, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, path: Path | str, hint: str | None = None) -> None:
         super().__init__(f"{display_path(path)}: {message}", hint=hint)
-        self.path = path
+        self.path = Path(path)
 
 
 class LockTimeout(TallyError):

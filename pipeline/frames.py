@@ -23,7 +23,7 @@ from pipeline.intake import (
     split_block,
 )
 from pipeline.schemas import SchemaSet, load_schemas
-from pipeline.stage import StagedBlock, write_stage_bytes
+from pipeline.stage import BatchId, StagedBlock, write_stage_bytes
 from pipeline.structs import DecodedColumns, StructDecoder
 
 TS_TYPE = pl.Datetime("us", "UTC")
@@ -420,7 +420,7 @@ def concat_ipc(parts: list[bytes | Path]) -> bytes:
         part if isinstance(part, bytes) else part.read_bytes())) for part in parts]))
 
 
-def write_stage_frame(stage_dir: Path, batch: int, frame: pl.DataFrame) -> Path:
+def write_stage_frame(stage_dir: Path, batch: BatchId, frame: pl.DataFrame) -> Path:
     """Write one type's frame of a batch durably (the caller fsyncs the directory)."""
     return write_stage_bytes(stage_dir, batch, str(frame["event_type"][0]), ipc_bytes(frame))
 

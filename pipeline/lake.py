@@ -6,42 +6,19 @@ duplicate rule of DESIGN.md (same event_id counts once) is enforced in one place
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
-from pipeline.checkpoint import committed_batch
+from pipeline.checkpoint import read_watermark
 from pipeline.config import Home
+from pipeline.errors import DamagedFile
 from pipeline.frames import conform, stage_schema
+from pipeline.ledger import open_table, stream_batch, table_path
 from pipeline.schemas import SchemaSet, load_schemas
-from pipeline.stage import staged_files
+from pipeline.stage import BatchId, staged_files
 
-# The Delta app id under which compaction records the highest tailer batch it committed.
-APP_ID = "tally-stage"
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-
-
-def table_path(home: Home, event_type: str) -> Path:
-    """Where the Delta table of an event type lives."""
-    return home.lake / event_type
-
-
-def open_table(path: Path) -> DeltaTable | None:
-    """The Delta table at `path`, or None when there is none yet."""
-    try:
-        return DeltaTable(str(path))
-    except TableNotFoundError:
-        return None
-
-
-def lake_batch(table: DeltaTable | None) -> int:
-    """The highest tailer batch already committed into a table (0 for none)."""
-    if table is None:
-        return 0
-    version = table.transaction_version(APP_ID)
-    return int(version) if version is not None else 0
+STAGE_HINT = ("run `tally compact`: it sets the damaged file aside and stages its events "
+              "again from the logs")
 
 
 def scan_events(home: Home, event_type: str,
@@ -59,21 +36,32 @@ def union_events(home: Home, event_type: str,
     # that the table already holds are dropped.
     staged = _read_stage(home, event_type)
     table = open_table(table_path(home, event_type))
-    committed = lake_batch(table)
-    parts = [conform(frame.lazy(), schema) for batch, frame in staged if batch > committed]
+    held: dict[str, int] = {}
+    parts = []
+    for batch, frame in staged:
+        if batch.stream not in held:
+            held[batch.stream] = stream_batch(table, batch.stream)
+        if batch.number > held[batch.stream]:
+            parts.append(conform(frame.lazy(), schema))
     if table is not None:
         parts.insert(0, conform(pl.scan_delta(table), schema))
     return pl.concat(parts, how="vertical") if parts else None
 
 
-def _read_stage(home: Home, event_type: str) -> list[tuple[int, pl.DataFrame]]:
+def _read_stage(home: Home, event_type: str) -> list[tuple[BatchId, pl.DataFrame]]:
     frames = []
-    for batch, path in staged_files(home.stage, event_type, committed_batch(home.state)):
+    for batch, path in staged_files(home.stage, event_type, read_watermark(home.state)):
         try:
             frames.append((batch, pl.read_ipc(path)))
         except FileNotFoundError:
             continue  # compacted meanwhile
+        except (OSError, pl.exceptions.ComputeError) as exc:
+            raise DamagedFile("stage file", path, _first_line(exc), hint=STAGE_HINT) from exc
     return frames
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
 
 
 def dedupe(frame: pl.LazyFrame, event_type: str) -> pl.LazyFrame:

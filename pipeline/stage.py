@@ -1,8 +1,12 @@
 """The stage directory: typed Arrow IPC batches of valid events, quarantine JSONL of rejects.
 
-A tailer batch N writes `stage/<type>/b<N>.arrow` for each event type it saw and
-`quarantine/b<N>.jsonl` for its rejects, then moves the checkpoint's batch watermark to N.
-Files above the watermark are leftovers of a crash: never read, deleted by the next tailer.
+A tailer batch N of stream S writes `stage/<type>/b<N>-<S>.arrow` for each event type it
+saw and `quarantine/b<N>-<S>.jsonl` for its rejects, then moves the checkpoint's watermark
+to (S, N). Files of S above the watermark are leftovers of a crash: never read, deleted by
+the next tailer. Files of another stream were committed under a checkpoint since replaced
+(deleted, restored from a backup, found damaged). A stream is the batches' identity: its
+numbers never repeat one the lake holds, whatever happens to the checkpoint.
+(Homes from before streams have files `b<N>.arrow` of stream "".)
 
 Files only: typing events into frames is `pipeline.frames`, so a process that only moves
 files (the tailer while workers type its lines) never loads Polars.
@@ -15,22 +19,48 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-_BATCH_FILE = re.compile(r"^b(?P<batch>[0-9]{12})\.(?:arrow|jsonl)$")
+_BATCH_FILE = re.compile(
+    r"^b(?P<batch>[0-9]{12})(?:-(?P<stream>[0-9a-f]{1,64}))?\.(?:arrow|jsonl)$")
 
 
-def batch_name(batch: int, suffix: str) -> str:
-    """File name of a batch: b000000000042.arrow."""
-    return f"b{batch:012d}.{suffix}"
+class BatchId(NamedTuple):
+    """A tailer batch: its stream and its number in the stream."""
+
+    stream: str
+    number: int
 
 
-def batch_number(path: Path) -> int | None:
-    """The batch number in a stage or quarantine file name, None for anything else."""
+class Committed(Protocol):
+    """A watermark: `stream` and the highest committed `batch` number in it."""
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def batch(self) -> int: ...
+
+
+def batch_name(batch: BatchId, suffix: str) -> str:
+    """File name of a batch: b000000000042-<stream>.arrow (b000000000042.arrow for "")."""
+    stream = f"-{batch.stream}" if batch.stream else ""
+    return f"b{batch.number:012d}{stream}.{suffix}"
+
+
+def batch_id(path: Path) -> BatchId | None:
+    """The batch of a stage or quarantine file name, None for anything else."""
     match = _BATCH_FILE.match(path.name)
-    return int(match["batch"]) if match else None
+    return BatchId(match["stream"] or "", int(match["batch"])) if match else None
+
+
+def is_committed(batch: BatchId, watermark: Committed | None) -> bool:
+    """Whether a batch file is committed under `watermark` (all are, without one)."""
+    if watermark is None or batch.stream != watermark.stream:
+        return True
+    return batch.number <= watermark.batch
 
 
 @dataclass
@@ -98,7 +128,7 @@ def write_synced(path: Path, write: Callable[[Any], None]) -> Path:
     return tmp
 
 
-def write_stage_bytes(stage_dir: Path, batch: int, event_type: str, ipc: bytes) -> Path:
+def write_stage_bytes(stage_dir: Path, batch: BatchId, event_type: str, ipc: bytes) -> Path:
     """Write one type's Arrow IPC bytes of a batch durably (the caller fsyncs the directory)."""
     path = stage_dir / event_type / batch_name(batch, "arrow")
     write_atomic(path, lambda handle: handle.write(ipc))
@@ -118,7 +148,8 @@ def part_path(stage_dir: Path, event_type: str, name: str) -> Path:
     return temp_path(directory / f"part-{name}")
 
 
-def write_quarantine(quarantine_dir: Path, batch: int, records: list[dict[str, Any]]) -> Path:
+def write_quarantine(quarantine_dir: Path, batch: BatchId,
+                     records: list[dict[str, Any]]) -> Path:
     """Write a batch's rejected-line records durably (the caller fsyncs the directory)."""
     path = quarantine_dir / batch_name(batch, "jsonl")
     body = b"".join(orjson.dumps(r) + b"\n" for r in records)
@@ -129,41 +160,52 @@ def write_quarantine(quarantine_dir: Path, batch: int, records: list[dict[str, A
 # ---------------------------------------------------------------- reading the stage
 
 
-def batch_files(directory: Path, suffix: str, up_to: int | None = None,
-                after: int = 0) -> list[tuple[int, Path]]:
-    """(batch, path) of committed batch files in a directory, ascending."""
+def all_batch_files(directory: Path, suffix: str) -> list[tuple[BatchId, Path]]:
+    """(batch, path) of every batch file in a directory, by stream, then number."""
     if not directory.is_dir():
         return []
     found = []
     for path in directory.glob(f"b*.{suffix}"):
-        number = batch_number(path)
-        if number is not None and number > after and (up_to is None or number <= up_to):
-            found.append((number, path))
+        batch = batch_id(path)
+        if batch is not None:
+            found.append((batch, path))
     return sorted(found)
 
 
-def staged_files(stage_dir: Path, event_type: str, up_to: int,
-                 after: int = 0) -> list[tuple[int, Path]]:
-    """Committed stage files of one type (batches in `after < b <= up_to`), ascending."""
-    return batch_files(stage_dir / event_type, "arrow", up_to=up_to, after=after)
+def batch_files(directory: Path, suffix: str,
+                watermark: Committed | None = None) -> list[tuple[BatchId, Path]]:
+    """(batch, path) of the committed batch files in a directory, by stream, then number."""
+    return [(batch, path) for batch, path in all_batch_files(directory, suffix)
+            if is_committed(batch, watermark)]
 
 
-def remove_orphans(directories: Iterable[Path], above: int) -> list[Path]:
-    """Delete batch files newer than the committed watermark, and temp files (a crash's)."""
+def staged_files(stage_dir: Path, event_type: str,
+                 watermark: Committed | None) -> list[tuple[BatchId, Path]]:
+    """Committed stage files of one type, by stream, then number."""
+    return batch_files(stage_dir / event_type, "arrow", watermark)
+
+
+def remove_orphans(directories: Iterable[Path], watermark: Committed) -> list[Path]:
+    """Delete the watermark stream's batch files above it, and temp files (a crash's)."""
     removed = []
     for directory in directories:
         for suffix in ("arrow", "jsonl"):
-            for _, path in batch_files(directory, suffix, after=above):
-                path.unlink(missing_ok=True)
-                removed.append(path)
+            for batch, path in all_batch_files(directory, suffix):
+                if not is_committed(batch, watermark):
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
         for tmp in directory.glob(".*.tmp") if directory.is_dir() else ():
             tmp.unlink(missing_ok=True)
     return removed
 
 
-def iter_quarantine(quarantine_dir: Path, up_to: int | None = None) -> Iterator[dict[str, Any]]:
-    """Every quarantine record of committed batches."""
-    for _, path in batch_files(quarantine_dir, "jsonl", up_to=up_to):
+def iter_quarantine(quarantine_dir: Path,
+                    watermark: Committed | None = None) -> Iterator[dict[str, Any]]:
+    """Every quarantine record of committed batches (a damaged line is skipped)."""
+    for _, path in batch_files(quarantine_dir, "jsonl", watermark):
         with open(path, "rb") as handle:
             for line in handle:
-                yield orjson.loads(line)
+                try:
+                    yield orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue

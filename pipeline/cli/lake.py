@@ -14,6 +14,7 @@ from pipeline.compactor import (
     vacuum_lake,
 )
 from pipeline.config import Home
+from pipeline.errors import LakeError, display_path, safe_text
 
 
 def _summary(verb: str, result: CompactionResult) -> str:
@@ -50,12 +51,32 @@ def compact(home: Home, lock_timeout: float | None, optimize: bool, target_mb: i
         result = run_compaction(home, lock_timeout=lock_timeout, progress=progress,
                                 rows_per_commit=rows_per_commit)
     click.echo(_summary("compact", result))
+    _render_repairs(result)
     if optimize:
         merged = optimize_lake(home, target_mb, lock_timeout)
         click.echo("optimize: " + _per_table(merged, "files merged"))
     if vacuum:
         removed = vacuum_lake(home, retention_hours, lock_timeout)
         click.echo("vacuum: " + _per_table(removed, "files deleted"))
+
+
+def _render_repairs(result: CompactionResult) -> None:
+    """What compaction set right on its way, and what it could not: LakeError for that."""
+    for restaged in result.restaged:
+        click.echo(f"damaged stage file set aside as {display_path(restaged.set_aside)}; "
+                   f"{restaged.events:,} events staged again from the logs", err=True)
+    if result.unwritable:
+        click.echo(f"{len(result.unwritable):,} row(s) the lake cannot hold were quarantined "
+                   f"(first: {safe_text(result.unwritable[0].source)} at byte "
+                   f"{result.unwritable[0].offset:,}: {result.unwritable[0].message})", err=True)
+    if result.uncommitted_files_removed:
+        click.echo(f"removed {result.uncommitted_files_removed:,} file(s) of a compaction "
+                   "killed while writing", err=True)
+    if result.lost:
+        raise LakeError(f"events of {len(result.lost)} damaged stage file(s) could not be "
+                        f"read again: {result.lost[0]}",
+                        hint="the damaged files are kept under quarantine/damaged/; "
+                             "everything else was compacted")
 
 
 def _per_table(counts: dict[str, int], what: str) -> str:

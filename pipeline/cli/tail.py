@@ -10,7 +10,9 @@ import click
 
 from pipeline.cli.options import new_home_option, progress_bar
 from pipeline.config import Home
-from pipeline.tailer import PollResult, Tailer, follow
+from pipeline.errors import SourceError, display_path
+from pipeline.follow import follow
+from pipeline.tailer import PollResult, Tailer
 
 
 @click.command()
@@ -40,6 +42,19 @@ def tail(home: Home, once: bool, quiet: bool) -> None:
             result = follow(tailer, on_status=notify)
     if not quiet:
         click.echo(_summary(result, time.monotonic() - started))
+    if once and result.unreadable:
+        raise _unreadable(result.unreadable)
+
+
+def _unreadable(unreadable: dict[str, str]) -> SourceError:
+    path, why = sorted(unreadable.items())[0]
+    more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+    return SourceError(f"{why}{more}; everything else was read",
+                       path=path,
+                       hint="make it readable by the user running tally; the next run reads "
+                            "it from where it stopped" if len(unreadable) == 1 else
+                            "make them readable by the user running tally: "
+                            + ", ".join(display_path(p) for p in sorted(unreadable)[:5]))
 
 
 def _stop_on_signals(tailer: Tailer) -> None:

@@ -1,0 +1,460 @@
+"""Which file is which: discovery under logs/ and file identity across renames, rotation,
+truncation, copies and re-creation.
+
+A file is known by a fingerprint of its first line. Two files may share one (a copy, a
+log rotated by copy-and-truncate, or a log deleted and written anew with the same first
+line), so an identity is proven, never assumed:
+
+- the same inode with the same birth time is the same file (an inode number reused by a
+  new file has another birth time);
+- where the file system keeps no birth time, or the inode differs (a move across
+  devices, a restore), the file must hold the same bytes up to the offset read: a CRC-32
+  of everything read is kept per file, with the CRCs at the last few commits;
+- anything else is a new file under an identity of its own, so the event ids derived
+  from identity and offset never collide with the old file's.
+
+Vector and Filebeat take a file for the one they know when its first bytes (Vector's
+checksum, Filebeat's fingerprint) or its device and inode (both, by default) match: a
+log deleted and written anew with the same first line, or on a reused inode, is read
+from the old offset. The birth time and the CRC of the whole prefix rule that out here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fnmatch
+import hashlib
+import os
+import stat
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pipeline.checkpoint import FileState
+from pipeline.config import Home
+from pipeline.errors import display_path
+
+FINGERPRINT_BYTES = 4096
+MARKER_BYTES = 64
+FORGET_AFTER_SECONDS = 7 * 86400
+CRC_READ_BYTES = 8 << 20
+
+Notify = Callable[[str], None]
+
+
+def fingerprint_of(fd: int) -> str | None:
+    """Hash of the first line (or first 4 KiB); None until the first line is complete."""
+    head = os.pread(fd, FINGERPRINT_BYTES, 0)
+    newline = head.find(b"\n")
+    if newline >= 0:
+        head = head[: newline + 1]
+    elif len(head) < FINGERPRINT_BYTES:
+        return None
+    return hashlib.sha256(head).hexdigest()[:32]
+
+
+def base_fingerprint(identity: str) -> str:
+    """The first-line fingerprint an identity starts with."""
+    return identity.partition("@")[0]
+
+
+def derived_id_prefix(identity: str) -> str:
+    """The start of the event_id given to a line without one: `<identity hash>-<offset>`."""
+    if "@" in identity:  # a file sharing its first line with another: hash the whole identity
+        identity = hashlib.sha256(identity.encode()).hexdigest()
+    return identity[:16] + "-"
+
+
+def marker_at(fd: int, offset: int) -> str:
+    """Hash of the bytes just before `offset`: detects a file rewritten under the checkpoint."""
+    start = max(0, offset - MARKER_BYTES)
+    return hashlib.sha256(os.pread(fd, offset - start, start)).hexdigest()[:16]
+
+
+def crc_of(fd: int, end: int, start: int = 0, crc: int = 0) -> int | None:
+    """CRC-32 of the bytes [start, end) continuing `crc`; None if the file is shorter."""
+    position = start
+    while position < end:
+        chunk = os.pread(fd, min(CRC_READ_BYTES, end - position), position)
+        if not chunk:
+            return None
+        crc = zlib.crc32(chunk, crc)
+        position += len(chunk)
+    return crc
+
+
+# ---------------------------------------------------------------- birth time (statx)
+
+_AT_EMPTY_PATH = 0x1000
+_STATX_BTIME = 0x800
+
+
+class _Timestamp(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_uint32),
+                ("reserved", ctypes.c_int32)]
+
+
+class _Statx(ctypes.Structure):
+    # struct statx of linux/stat.h, up to the birth time and the spare room after it.
+    _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32),
+                ("attributes", ctypes.c_uint64), ("nlink", ctypes.c_uint32),
+                ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("mode", ctypes.c_uint16),
+                ("pad", ctypes.c_uint16), ("ino", ctypes.c_uint64), ("size", ctypes.c_uint64),
+                ("blocks", ctypes.c_uint64), ("attributes_mask", ctypes.c_uint64),
+                ("atime", _Timestamp), ("btime", _Timestamp), ("ctime", _Timestamp),
+                ("mtime", _Timestamp), ("spare", ctypes.c_uint64 * 32)]
+
+
+def _load_statx() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function: Callable[..., int] = ctypes.CDLL(None, use_errno=True).statx
+    except (OSError, AttributeError):  # a libc without statx (glibc < 2.28, musl < 1.2.5)
+        return None
+    return function
+
+
+_statx = _load_statx()
+
+
+def birth_time(fd: int) -> int:
+    """When the open file was created (ns since the epoch); 0 where the system cannot say.
+
+    Python 3.11 has no os.statx, so statx(2) is called through ctypes.
+    """
+    if _statx is None:
+        return 0
+    found = _Statx()
+    if _statx(fd, b"", _AT_EMPTY_PATH, _STATX_BTIME, ctypes.byref(found)) != 0:
+        return 0
+    if not found.mask & _STATX_BTIME:
+        return 0
+    return int(found.btime.tv_sec) * 1_000_000_000 + int(found.btime.tv_nsec)
+
+
+# ---------------------------------------------------------------- the followed files
+
+
+@dataclass
+class OpenFile:
+    """A followed file: its descriptor stays open through renames and deletion."""
+
+    fd: int
+    state: FileState
+    path: str
+    seen: bool = True
+    checked: tuple[int, int] | None = None  # (size, mtime_ns) when last checked for rewrites
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A known identity sharing the new file's first line."""
+
+    key: str
+    state: FileState
+    handle: OpenFile | None
+
+
+class FileSet:
+    """The files under logs/ that are followed, each under its proven identity."""
+
+    def __init__(self, home: Home, known: Callable[[], dict[str, FileState]],
+                 notify: Notify) -> None:
+        self.home = home
+        self.known = known  # the committed checkpoint's file states, as of now
+        self.notify = notify
+        self.open: dict[str, OpenFile] = {}
+        self.live: set[tuple[int, int]] = set()  # (dev, ino) of every file the last scan saw
+        self.unreadable: dict[str, str] = {}  # path -> why, for the files and directories
+        self._logs_real = os.path.realpath(home.logs)
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------ discovery
+
+    def discover(self) -> list[str]:
+        """Paths under logs/ matching the include patterns, symlinks kept inside logs/.
+
+        Files whose inode the checkpoint knows come first, so the original of a copy is
+        followed before the copy is looked at.
+        """
+        found: list[str] = []
+        for directory, _dirs, names in os.walk(self.home.logs, followlinks=False,
+                                               onerror=self._unreadable_directory):
+            for name in names:
+                path = os.path.join(directory, name)
+                if self.wanted(path):
+                    found.append(path)
+        inodes = {(s.dev, s.ino) for s in self.known().values()}
+        self.live = _inodes(found)
+        return sorted(found, key=lambda p: (_inode(p) not in inodes, p))
+
+    def _unreadable_directory(self, error: OSError) -> None:
+        path = str(error.filename)
+        self.unreadable[path] = f"cannot list directory ({error.strerror})"
+        self.warn_once(path, f"{display_path(path)}: cannot list directory "
+                             f"({error.strerror}); its logs are not read")
+
+    def wanted(self, path: str) -> bool:
+        """Whether `path` matches the include patterns and stays inside logs/."""
+        name = os.path.basename(path)
+        if not any(fnmatch.fnmatch(name, pattern) for pattern in self.home.include):
+            return False
+        real = os.path.realpath(path)
+        if real != self._logs_real and not real.startswith(self._logs_real + os.sep):
+            self.warn_once(path, f"{display_path(path)}: symlink leads outside the logs "
+                                 "directory; skipped")
+            return False
+        return True
+
+    def relative(self, path: str) -> str:
+        """`path` relative to the logs directory, as the checkpoint keeps it."""
+        try:
+            return os.path.relpath(path, self.home.logs)
+        except ValueError:
+            return path
+
+    def warn_once(self, key: str, message: str) -> None:
+        """Tell `message` unless it was told for `key` already."""
+        if key not in self._warned:
+            self._warned.add(key)
+            self.notify(message)
+
+    # ------------------------------------------------------------ following
+
+    def follow(self, path: str) -> str | None:
+        """Open `path` unless it is followed already; the identity newly opened, if any."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        for handle in self.open.values():
+            if (handle.state.dev, handle.state.ino) == (st.st_dev, st.st_ino):
+                handle.seen = True  # an open descriptor pins its inode: no reuse possible
+                if not os.path.islink(path):  # an alias does not rename the file
+                    handle.path = path
+                    handle.state.path = self.relative(path)
+                return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            self.unreadable[path] = f"cannot open ({exc.strerror})"
+            self.warn_once(path, f"{display_path(path)}: cannot open ({exc.strerror}); "
+                                 "will retry")
+            return None
+        identity = self._open_as(path, fd)
+        if identity is None:
+            os.close(fd)  # not readable yet, or a copy of a file already followed
+        return identity
+
+    def _open_as(self, path: str, fd: int) -> str | None:
+        try:
+            st = os.fstat(fd)  # what was opened, not what was stat'ed a moment before
+            fingerprint = fingerprint_of(fd) if stat.S_ISREG(st.st_mode) else None
+        except OSError as exc:
+            self.unreadable[path] = f"cannot read ({exc.strerror})"
+            self.warn_once(path, f"{display_path(path)}: cannot read ({exc.strerror}); "
+                                 "will retry")
+            return None
+        self.unreadable.pop(path, None)
+        if fingerprint is None:
+            return None
+        btime = birth_time(fd)
+        resolved = self._resolve(fingerprint, fd, st, btime, self.relative(path))
+        if resolved is None or resolved[0] in self.open:
+            return None
+        identity, state = resolved
+        self._warned.discard(path)
+        state.dev, state.ino, state.btime, state.path = st.st_dev, st.st_ino, btime, \
+            self.relative(path)
+        state.last_seen = time.time()
+        self.open[identity] = OpenFile(fd, state, path)
+        return identity
+
+    def _resolve(self, fingerprint: str, fd: int, st: os.stat_result, btime: int,
+                 relative: str) -> tuple[str, FileState] | None:
+        """The identity of a newly opened file and the state to resume from; None to leave
+        it alone (a copy of a followed file, or one whose original is yet to be followed)."""
+        candidates = self._candidates(fingerprint)
+        for candidate in candidates:
+            if _same_inode(candidate.state, st, btime) and (
+                    (candidate.state.btime and btime) or self._holds(fd, st, candidate.state)):
+                return candidate.key, self._resumed(fd, st, candidate.state)
+        for candidate in candidates:
+            verdict = self._copy_verdict(fd, st, candidate, relative)
+            if verdict == "followed-copy":
+                return None
+            if verdict == "moved":
+                return candidate.key, _with(candidate.state, candidate.state.offset)
+            if verdict == "old-copy":
+                return candidate.key, self._skipped_copy(fd, st, candidate.state)
+            if verdict == "defer":
+                return None
+        key = self._new_key(fingerprint, st, btime)
+        return key, FileState(key, relative, st.st_dev, st.st_ino, first_path=relative,
+                              btime=btime, crc=0)
+
+    def _candidates(self, fingerprint: str) -> list[_Candidate]:
+        found = {key: _Candidate(key, handle.state, handle)
+                 for key, handle in self.open.items() if base_fingerprint(key) == fingerprint}
+        for key, state in self.known().items():
+            if key not in found and base_fingerprint(key) == fingerprint:
+                found[key] = _Candidate(key, state, None)
+        return list(found.values())
+
+    def _holds(self, fd: int, st: os.stat_result, state: FileState) -> bool:
+        """Whether the file holds the bytes read of `state` (its CRC, or for a state from
+        before CRCs were kept, the marker)."""
+        if st.st_size < state.offset:
+            return False
+        if state.crc is None:
+            return marker_at(fd, state.offset) == state.marker
+        return crc_of(fd, state.offset) == state.crc
+
+    def _copy_verdict(self, fd: int, st: os.stat_result, candidate: _Candidate,
+                      relative: str) -> str:
+        """What a file of another inode is to a known identity with the same first line:
+        "followed-copy", "moved", "old-copy", "defer" or "other"."""
+        state, handle = candidate.state, candidate.handle
+        if handle is not None:  # the original is followed: is this a copy of it?
+            if fingerprint_of(handle.fd) != base_fingerprint(candidate.key):
+                return "other"  # the original was rewritten: this one is decided on its own
+            size = min(st.st_size, state.offset)
+            same = crc_of(fd, size) == crc_of(handle.fd, size)
+            return "followed-copy" if same else "other"
+        if _inode_of(state) in self.live and _inode_of(state) not in self._open_inodes():
+            return "defer"  # the original is there, not opened yet: it goes first
+        if self._holds(fd, st, state):
+            return "moved"  # the same bytes under another inode: moved, copied, restored
+        if st.st_size < state.offset and self._earlier_copy(fd, st, state, relative):
+            return "old-copy"
+        return "other"
+
+    def _earlier_copy(self, fd: int, st: os.stat_result, state: FileState,
+                      relative: str) -> bool:
+        """Whether a file shorter than what was read of `state` is a copy taken earlier
+        (copy-and-truncate rotation), by the CRC at the last commit it reaches."""
+        if state.crc is None:  # a state from before CRCs: the marker's heuristic
+            return True
+        reached = [(offset, crc) for offset, crc in state.crcs if offset <= st.st_size]
+        if reached:
+            offset, crc = reached[-1]
+            return crc_of(fd, offset) == crc
+        # No commit point to compare with: a copy has a name of its own; a file written
+        # anew under the old name is new.
+        return relative != state.path
+
+    def _open_inodes(self) -> set[tuple[int, int]]:
+        return {(h.state.dev, h.state.ino) for h in self.open.values()}
+
+    def _new_key(self, fingerprint: str, st: os.stat_result, btime: int) -> str:
+        """An identity no known state has: the fingerprint, else made unique by inode and
+        birth time, so that derived event ids of the old file are never reused."""
+        taken = set(self.known()) | set(self.open)
+        keys = [fingerprint, f"{fingerprint}@{st.st_dev}:{st.st_ino}"]
+        if btime:
+            keys.append(f"{fingerprint}@{st.st_dev}:{st.st_ino}:{btime}")
+        for key in keys:
+            if key not in taken:
+                return key
+        generation = 2
+        while f"{keys[-1]}#{generation}" in taken:
+            generation += 1
+        return f"{keys[-1]}#{generation}"
+
+    def _resumed(self, fd: int, st: os.stat_result, state: FileState) -> FileState:
+        """The state of a file proven to be the same, at a verified offset."""
+        size = st.st_size
+        if size >= state.offset and marker_at(fd, state.offset) == state.marker:
+            resumed = _with(state, state.offset)
+            if resumed.crc is None:  # a state from before CRCs: from now on it has one
+                resumed.crc = crc_of(fd, state.offset)
+            return resumed
+        # Same file, rewritten in place beyond its first line: that line was read already.
+        first_line_end = os.pread(fd, FINGERPRINT_BYTES, 0).find(b"\n") + 1
+        self.notify(f"{display_path(state.path)}: content changed under the checkpoint; "
+                    "resuming after line 1")
+        offset = min(first_line_end, state.offset)
+        return _with(state, offset, marker_at(fd, offset), crc_of(fd, offset))
+
+    def _skipped_copy(self, fd: int, st: os.stat_result, state: FileState) -> FileState:
+        """An earlier copy of a file read further: all of it was read already."""
+        return _with(state, st.st_size, marker_at(fd, st.st_size), crc_of(fd, st.st_size))
+
+    # ------------------------------------------------------------ leaving files
+
+    def close(self, identity: str) -> OpenFile:
+        """Stop following a file; its handle."""
+        handle = self.open.pop(identity)
+        with contextlib.suppress(OSError):
+            os.close(handle.fd)
+        return handle
+
+    def close_all(self) -> None:
+        """Close every followed file."""
+        for identity in list(self.open):
+            self.close(identity)
+
+    def still_named(self, state: FileState) -> bool:
+        """Whether the name the file was first seen under still leads to it (not rotated)."""
+        try:
+            st = os.stat(os.path.join(self.home.logs, state.first_path or state.path))
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (state.dev, state.ino)
+
+    def stale(self, files: dict[str, FileState]) -> list[str]:
+        """Identities not followed and not seen for FORGET_AFTER_SECONDS."""
+        cutoff = time.time() - FORGET_AFTER_SECONDS
+        return [key for key, state in files.items()
+                if key not in self.open and state.last_seen < cutoff]
+
+    def unread(self) -> list[int]:
+        """Each followed file's bytes not yet consumed."""
+        unread = []
+        for handle in self.open.values():
+            with contextlib.suppress(OSError):
+                unread.append(max(0, os.fstat(handle.fd).st_size - handle.state.offset))
+        return unread
+
+
+def _with(state: FileState, offset: int, marker: str | None = None,
+          crc: int | None = None) -> FileState:
+    """A copy of `state`, moved to `offset` with that offset's marker and CRC if given."""
+    copy = replace(state, crcs=list(state.crcs))
+    if marker is not None:
+        copy.offset, copy.marker, copy.crc = offset, marker, crc
+    return copy
+
+
+def _same_inode(state: FileState, st: os.stat_result, btime: int) -> bool:
+    if (state.dev, state.ino) != (st.st_dev, st.st_ino):
+        return False
+    return not (state.btime and btime and state.btime != btime)
+
+
+def _inode_of(state: FileState) -> tuple[int, int]:
+    return state.dev, state.ino
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _inodes(paths: Iterable[str]) -> set[tuple[int, int]]:
+    return {inode for path in paths if (inode := _inode(path)) is not None}
+
+
+def display(path: str | Path) -> str:
+    """A log path for messages (non-UTF-8 bytes escaped)."""
+    return display_path(path)

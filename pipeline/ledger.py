@@ -1,0 +1,152 @@
+"""Which stage batches the lake holds, and which table versions compaction made.
+
+Each Delta commit of a compaction records `Transaction(app_id(S), N)` for every stream S
+it holds batches of, N the highest. Stage batches of S numbered up to N are in that table.
+A stream's numbers never fall behind what the lake holds: a tailer that finds its
+checkpoint behind the lake (restored from a backup, replaced after damage) starts a new
+stream (see `Tailer`). So that the tailer need not load deltalake (its threads would keep
+it from forking its workers), compaction writes the highest batch of each stream to
+`lake/_tally_batches.json` before each commit: never below what the tables hold.
+
+Compaction also records, in `state/lake.json`, the version each table had after its last
+commit. A table found at an older version lost commits (files deleted under `_delta_log/`):
+its events are gone from the lake although the stage no longer holds them, which is said
+loudly instead of compacting on top.
+
+deltalake is imported only when a table is opened, so a tailer over a home without a lake
+never loads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from pipeline.config import Home
+from pipeline.errors import DamagedFile, LakeError, display_path
+from pipeline.stage import fsync_dir, write_atomic
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
+# The Delta app id under which compaction records the highest tailer batch of a stream.
+APP_ID = "tally-stage"
+VERSIONS_FILE = "lake.json"
+HIGH_WATER_FILE = "_tally_batches.json"
+REBUILD_HINT = ("`tally rebuild` replays the logs into a fresh lake (it refuses if the logs "
+                "no longer hold every event the lake held)")
+
+
+def app_id(stream: str) -> str:
+    """The Delta app id of a stream's batches ("tally-stage" for homes older than streams)."""
+    return f"{APP_ID}-{stream}" if stream else APP_ID
+
+
+def table_path(home: Home, event_type: str) -> Path:
+    """Where the Delta table of an event type lives."""
+    return home.lake / event_type
+
+
+def table_dirs(home: Home) -> list[Path]:
+    """The directories under lake/ that hold a Delta table."""
+    if not home.lake.is_dir():
+        return []
+    return sorted(p for p in home.lake.iterdir() if (p / "_delta_log").is_dir())
+
+
+def open_table(path: Path) -> DeltaTable | None:
+    """The Delta table at `path`, or None when there is none yet; DamagedFile if its log
+    cannot be read."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError, TableNotFoundError
+
+    try:
+        return DeltaTable(str(path))
+    except TableNotFoundError:
+        return None
+    except (DeltaError, OSError) as exc:
+        detail = (str(exc).splitlines() or ["unreadable"])[0]
+        if "gap" in detail:
+            detail = "a commit file is missing from its _delta_log (the versions have a gap)"
+        raise DamagedFile("lake table", path, detail[:300], hint=REBUILD_HINT) from exc
+
+
+def stream_batch(table: DeltaTable | None, stream: str) -> int:
+    """The highest batch of `stream` already committed into a table (0 for none)."""
+    if table is None:
+        return 0
+    version = table.transaction_version(app_id(stream))
+    return int(version) if version is not None else 0
+
+
+def lake_high_water(home: Home, stream: str) -> int:
+    """At least the highest batch of `stream` that any table of the lake holds."""
+    return _high_water(home).get(app_id(stream), 0)
+
+
+def raise_high_water(home: Home, batches: dict[str, int]) -> None:
+    """Before a commit: record the highest batch of each stream (by app id) it may hold."""
+    known = _high_water(home)
+    merged = {app: max(known.get(app, 0), batch) for app, batch in batches.items()}
+    if all(known.get(app) == batch for app, batch in merged.items()):
+        return
+    body = orjson.dumps({**known, **merged}, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    home.lake.mkdir(parents=True, exist_ok=True)
+    write_atomic(home.lake / HIGH_WATER_FILE, lambda handle: handle.write(body))
+    fsync_dir(home.lake)
+
+
+def _high_water(home: Home) -> dict[str, int]:
+    try:
+        body = orjson.loads((home.lake / HIGH_WATER_FILE).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return {}
+    if not isinstance(body, dict):
+        return {}
+    return {str(k): v for k, v in body.items() if isinstance(v, int)}
+
+
+# ---------------------------------------------------------------- table versions made
+
+
+def recorded_versions(home: Home) -> dict[str, int]:
+    """The version of each table after compaction's last change to it."""
+    try:
+        body = orjson.loads((home.state / VERSIONS_FILE).read_bytes())
+    except FileNotFoundError:
+        return {}
+    except orjson.JSONDecodeError:
+        return {}  # only a check's input: a damaged record checks nothing, and is rewritten
+    return {str(k): int(v) for k, v in body.items()} if isinstance(body, dict) else {}
+
+
+def record_versions(home: Home, versions: dict[str, int]) -> None:
+    """Remember tables' versions after a change compaction made."""
+    merged = {**recorded_versions(home), **versions}
+    body = orjson.dumps(merged, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    write_atomic(home.state / VERSIONS_FILE, lambda handle: handle.write(body))
+
+
+def lost_commits(home: Home, event_type: str, table: DeltaTable | None) -> str | None:
+    """What is wrong if a table is older than compaction left it, else None."""
+    made = recorded_versions(home).get(event_type)
+    if made is None:
+        return None
+    if table is None:
+        return (f"lake table {event_type} is missing, but compaction committed version "
+                f"{made} of it")
+    if table.version() < made:
+        return (f"lake table {event_type} is at version {table.version()}, but compaction "
+                f"committed version {made}: commits were lost from "
+                f"{display_path(table_path(home, event_type) / '_delta_log')}")
+    return None
+
+
+def check_not_behind(home: Home, event_type: str, table: DeltaTable | None) -> None:
+    """LakeError if a table lost commits compaction made (see `lost_commits`)."""
+    problem = lost_commits(home, event_type, table)
+    if problem is not None:
+        raise LakeError(problem + "; the events of those commits are gone from the lake",
+                        hint=REBUILD_HINT)

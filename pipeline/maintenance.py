@@ -1,0 +1,177 @@
+"""Keeping the lake's files in order: optimize, vacuum, files of writes that never
+committed, and what delta-rs prints when it panics.
+
+delta-rs writes a commit's Parquet files before the commit. A write that fails (disk
+full) or is killed leaves them behind, unreferenced; they are deleted here as soon as no
+commit can claim them: after a failed write at once, after a kill on the next run (files
+newer than the table's last commit). Both hold the compaction lock, so no write of this
+home is under way meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from deltalake import DeltaTable
+
+from pipeline.checkpoint import ProcessLock
+from pipeline.config import Home
+from pipeline.errors import UsageError
+from pipeline.ledger import open_table, record_versions, table_dirs
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[list[str]]:
+    """Hold back what native code writes to stderr (a Rust panic's report) while the block
+    runs. If the block fails, the text is handed over in the list (for the error's
+    message) instead of reaching the user; if it succeeds, it is written out as it was."""
+    captured: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr to redirect
+        yield captured
+        return
+    with tempfile.TemporaryFile() as holder:
+        os.dup2(holder.fileno(), 2)
+        failed = False
+        try:
+            yield captured
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            holder.seek(0)
+            text = holder.read().decode("utf-8", "replace")
+            if failed:
+                captured.append(text)
+            elif text:
+                sys.stderr.write(text)
+
+
+def panic_summary(text: str) -> str:
+    """The line of a Rust panic's report that says what went wrong."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "os error" in line or "No space" in line or "Permission denied" in line:
+            return line
+    return next((line for line in lines if not line.startswith("note:")), "")
+
+
+def local_path(uri: str) -> Path:
+    """A file:// URI (or plain path) of a table file as a local path."""
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
+
+
+def remove_uncommitted_files(table_dir: Path, since_ns: int) -> int:
+    """Delete Parquet files under a table written after `since_ns` (a time no commit since
+    made) that the table does not reference. Returns how many."""
+    table = open_table(table_dir)
+    referenced = set() if table is None else {local_path(u) for u in table.file_uris()}
+    removed = 0
+    for directory, _dirs, names in os.walk(table_dir):
+        if "_delta_log" in Path(directory).parts:
+            continue
+        for name in names:
+            path = Path(directory) / name
+            if not name.endswith(".parquet") or path in referenced:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime_ns > since_ns:
+                    path.unlink()
+                    removed += 1
+    return removed
+
+
+def last_commit_ns(table: DeltaTable | None) -> int:
+    """When the table's latest commit was made (ns), 0 for no table."""
+    if table is None:
+        return 0
+    history = table.history(1)
+    return int(history[0].get("timestamp", 0)) * 1_000_000 if history else 0
+
+
+def remove_files_of_killed_writes(home: Home) -> int:
+    """Delete the Parquet files of compactions killed while writing (newer than the last
+    commit of their table, and referenced by none)."""
+    return sum(remove_uncommitted_files(path, last_commit_ns(open_table(path)))
+               for path in table_dirs(home))
+
+
+# ---------------------------------------------------------------- optimize and vacuum
+
+
+def compaction_lock(home: Home, timeout: float | None) -> ProcessLock:
+    """The compaction lock, waited for up to `timeout` (default: the config's)."""
+    wait = home.compactor.lock_timeout if timeout is None else timeout
+    return ProcessLock(home.state / "compact.lock", "compaction").acquire(wait)
+
+
+def tables(home: Home) -> list[tuple[str, DeltaTable]]:
+    """(event type, table) of every table in the lake."""
+    found: list[tuple[str, DeltaTable]] = []
+    for path in table_dirs(home):
+        table = open_table(path)
+        if table is not None:
+            found.append((path.name, table))
+    return found
+
+
+def optimize_lake(home: Home, target_mb: int | None = None,
+                  lock_timeout: float | None = None) -> dict[str, int]:
+    """Merge small files per partition up to the target size; files removed per table."""
+    target = (target_mb or home.compactor.target_file_mb) << 20
+    merged = {}
+    with compaction_lock(home, lock_timeout):
+        for event_type, table in tables(home):
+            metrics = table.optimize.compact(target_size=target)
+            merged[event_type] = int(metrics.get("numFilesRemoved", 0))
+            record_versions(home, {event_type: table.version()})
+    return merged
+
+
+def vacuum_lake(home: Home, retention_hours: float | None = None,
+                lock_timeout: float | None = None) -> dict[str, int]:
+    """Delete files no table version newer than the retention still references; the files
+    actually deleted per table.
+
+    A full vacuum: files no commit ever referenced (left by a compaction killed while
+    writing) go too. It holds the compaction lock, so a short retention can never delete
+    the not-yet-committed files of a running compaction.
+    """
+    hours = home.compactor.vacuum_retention_hours if retention_hours is None else retention_hours
+    if hours < 0:
+        raise UsageError("retention must be zero or more hours")
+    removed = {}
+    with compaction_lock(home, lock_timeout):
+        for event_type, table in tables(home):
+            removed[event_type] = _vacuum(table, math.ceil(hours))  # never keep less than asked
+            record_versions(home, {event_type: table.version()})
+    return removed
+
+
+def _vacuum(table: DeltaTable, hours: int) -> int:
+    """Vacuum one table; count the files that existed and are gone (delta-rs lists what it
+    meant to delete, present or not)."""
+    root = local_path(table.table_uri)
+    listed = table.vacuum(retention_hours=hours, dry_run=True,
+                          enforce_retention_duration=False, full=True)
+    present = [path for path in (_under(root, name) for name in listed) if path.exists()]
+    table.vacuum(retention_hours=hours, dry_run=False, enforce_retention_duration=False,
+                 full=True)
+    return sum(1 for path in present if not path.exists())
+
+
+def _under(root: Path, name: str) -> Path:
+    path = local_path(name)
+    return path if path.is_absolute() else root / path
