@@ -129,14 +129,14 @@ class Validator:
         if type(event_type) is not str or type(version) is not int:
             return False
         fast = self._fast_valid.get((event_type, version))
-        return fast is not None and fast(obj) and calendar_ok(obj["ts"])
+        return fast is not None and fast(obj) and timestamp_ok(obj["ts"])
 
     def accepts_all(self, objects: list[Any]) -> bool:
         """Whether every parsed object passes the fast schemas (one call for many objects).
 
-        `fast_accepts` of each, but for two things: the caller checks days 29-31
-        (`calendar_ok`), and a float `schema_version` such as 1.0 passes here (the
-        reference accepts it too).
+        `fast_accepts` of each, but for two things: the caller checks days 29-31 and
+        the UTC year (`timestamp_ok`), and a float `schema_version` such as 1.0 passes
+        here (the reference accepts it too).
         """
         return bool(self._all_valid(objects))
 
@@ -184,9 +184,17 @@ class Validator:
         if validator is None:
             return self._unknown(event_type, version)
         error = _best_match(validator.iter_errors(obj))
-        if error is None:
-            return Event(event_type, int(version), obj)
-        return describe_error(error, event_type)
+        if error is not None:
+            return describe_error(error, event_type)
+        # The date-time format allows any offset; the lake's times are UTC years 1-9999.
+        utc = utc_outside_years(obj["ts"])
+        if utc is not None:
+            return Rejection("ts_out_of_range",
+                             f"ts {obj['ts']} is {utc} in UTC, outside years 1-9999",
+                             pointer="/ts", expected="a time in UTC years 1-9999",
+                             found=_short(obj["ts"]),
+                             hint="give the time in UTC (Z) or with a smaller offset")
+        return Event(event_type, int(version), obj)
 
     def _envelope_error(self, obj: dict[str, Any]) -> Rejection | None:
         # Only what decides the schema is checked here; the type schema checks the rest.
@@ -218,7 +226,7 @@ class Validator:
 
 
 # What the fast path checks of `ts` instead of pattern + format: stricter (real months,
-# hours, minutes and offsets), cheaper, and a calendar check for days 29-31 after it.
+# hours, minutes and offsets), cheaper, and `timestamp_ok` (days 29-31, UTC year) after it.
 FAST_TIMESTAMP = {
     "type": "string",
     "pattern": r"^([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-(0[1-9]|1[0-2])"
@@ -269,15 +277,43 @@ def _allows_huge_numbers(spec: Any) -> bool:
                if key not in ("const", "enum", "default", "examples"))
 
 
-def calendar_ok(ts: str) -> bool:
-    """Days 29-31 exist in the timestamp's month (the fast pattern checked the rest)."""
-    if ts[8:10] <= "28":
+def timestamp_ok(ts: str) -> bool:
+    """Days 29-31 exist in the timestamp's month and its UTC time is in years 1-9999 (the
+    fast pattern checked the rest)."""
+    # Only years 1 and 9999 can leave the range, by their offset: whole-string compares
+    # tell them apart without a slice.
+    if ts[8:10] <= "28" and "0002" <= ts < "9999":
         return True
     try:
         datetime.fromisoformat(ts)
     except ValueError:
         return False
-    return True
+    return utc_outside_years(ts) is None
+
+
+def utc_outside_years(ts: str) -> str | None:
+    """The UTC time of a valid RFC 3339 timestamp if it falls outside years 1-9999, else None.
+
+    `2025-...+14:00` is fine; `0001-01-01T00:00:00+14:00` is 0000-12-31T10:00:00 in UTC,
+    which no Python datetime (the lake's) can hold.
+    """
+    if "0002" <= ts < "9999" or ts.endswith("Z"):
+        return None
+    try:
+        local = datetime.fromisoformat(ts)
+    except ValueError:
+        return None  # not a date-time: the schema's call
+    offset = local.utcoffset()
+    if offset is None:
+        return None
+    # datetime holds years 1-9999 only, so the sum is taken 400 years inside: a whole cycle
+    # of the proleptic Gregorian calendar, with the same leap days.
+    shift = 400 if local.year < 5000 else -400
+    utc = local.replace(year=local.year + shift, tzinfo=None) - offset
+    year = utc.year - shift
+    if 1 <= year <= 9999:
+        return None
+    return f"{year:04d}-{utc:%m-%dT%H:%M:%S}{ts[19:-6]}"  # the fraction as written
 
 
 def parse_strict(line: bytes) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ TS_TYPE = pl.Datetime("us", "UTC")
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 SOURCE_COLUMNS: dict[str, pl.DataType] = {"_source": pl.String(), "_offset": pl.Int64()}
 _GOOD = "__timestamps_ok"
+# The lake's times are Python datetimes: UTC years 1-9999. Parsing floors to the
+# microsecond, so a time passes these bounds exactly when its UTC year is in range.
+_TS_BOUNDS = (datetime(1, 1, 1, tzinfo=UTC),
+              datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
 # A typing query's key: the columns present, and the format of each timestamp (None: TS_FORMAT).
 _Columns = tuple[frozenset[str], tuple[str | None, ...]]
 # Polars parses a format of fixed fields and literals in ~100 ns a value; one with `%.f` or
@@ -124,7 +129,8 @@ class FrameBuilder:
     def from_decoded(self, decoded: DecodedColumns, starts: list[int], source: str,
                      id_prefix: str) -> tuple[pl.DataFrame, list[int]]:
         """The typed frame of decoded columns, less the rows whose timestamps fail the
-        check (FAST_TIMESTAMP and the calendar); those rows' line indexes come back."""
+        check (FAST_TIMESTAMP, the calendar and the UTC years); those rows' line indexes
+        come back."""
         job = self.prepare(decoded, starts, source, id_prefix)
         return job.finish(job.query().collect(engine="in-memory"))
 
@@ -168,7 +174,8 @@ class FrameBuilder:
                 pl.col("_offset"),
                 pl.all_horizontal(True, *(
                     pl.col(n).is_null() | (pl.col(n).str.contains(FAST_TIMESTAMP["pattern"])
-                                           & parsed[n].is_not_null())
+                                           & parsed[n].is_not_null()
+                                           & parsed[n].is_between(*_TS_BOUNDS))
                     for n in self._timestamps if n in present)).alias(_GOOD),
             ]
         derived = pl.lit(id_prefix) + pl.col("_offset").cast(pl.String)

@@ -5,9 +5,10 @@ one the reference accepts too, with the same values: the compiler takes only key
 whose msgspec meaning is the same or stricter (an integer written 5.0 is refused here and
 accepted by the reference, so it takes the slower path and is still staged), and leaves
 a type it cannot express whole to the other paths. Two checks msgspec cannot make are
-the caller's or run here per row: the shape and calendar of the envelope's timestamps
-(decoded as plain strings; the caller checks their column), and the value type of each
-key of an object that declares some keys and types the rest (`CompiledType.row_checks`).
+the caller's or run here per row: the shape, calendar and UTC year of the envelope's
+timestamps (decoded as plain strings; the caller checks their column), and the value type
+of each key of an object that declares some keys and types the rest
+(`CompiledType.row_checks`).
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def compile_type(event_type: str, flat: Mapping[str, Any], schemas: SchemaSet) -
             if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
                 raise NotCompilable(f"field name {name!r}")
             # The envelope's timestamp decodes as a string; the caller checks its column
-            # (FAST_TIMESTAMP and the calendar, stricter than the schema).
+            # (FAST_TIMESTAMP, the calendar and the UTC year; stricter than the schema).
             kind, check = (str, None) if spec == timestamp else _property(spec)
             if "anyOf" in spec:
                 as_text.append(name)

@@ -256,6 +256,19 @@ def test_validate_reports_each_bad_line(runner: CliRunner, tmp_path: Path) -> No
     assert "at /agent" in result.output and "at /nmae" in result.output
 
 
+def test_validate_reports_a_time_outside_the_utc_years(runner: CliRunner,
+                                                       tmp_path: Path) -> None:
+    path = tmp_path / "far.jsonl"
+    year_zero = VALID_LINE.replace(b"2025-03-01T00:00:00Z", b"0001-01-01T00:00:00+14:00")
+    path.write_bytes(year_zero + b"\n" + VALID_LINE + b"\n")
+    result = run(runner, "validate", str(path))
+    assert result.exit_code == 1
+    assert f"{path}:1: ts_out_of_range at /ts: ts 0001-01-01T00:00:00+14:00 is " \
+           "0000-12-31T10:00:00 in UTC, outside years 1-9999\n" in result.output
+    assert f"{path}:2:" not in result.output
+    assert "2 lines" in result.output and "1 invalid" in result.output
+
+
 def test_validate_several_files(runner: CliRunner, tmp_path: Path) -> None:
     good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
     good.write_bytes(VALID_LINE + b"\n")

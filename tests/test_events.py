@@ -3,6 +3,7 @@ and every valid event round-trips."""
 
 from __future__ import annotations
 
+import calendar
 import copy
 import json
 import re
@@ -101,7 +102,52 @@ def reference_valid(line: bytes) -> bool:
         return False
     # a float version such as 1.0 hashes like 1 and selects that schema, as the reference would
     validator = REFERENCE.get((event_type, version))  # type: ignore[arg-type]
-    return validator is not None and validator.is_valid(obj)
+    return validator is not None and validator.is_valid(obj) and utc_seconds(obj["ts"]) in LAKE
+
+
+# The lake's times, in seconds since 1970 UTC: years 1-9999 (what a Python datetime holds).
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 on the proleptic Gregorian calendar, for any year (H. Hinnant)."""
+    year -= month <= 2
+    era, year_of_era = divmod(year, 400)
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146097 + day_of_era - 719468
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    """The inverse of _days_from_civil."""
+    era, day_of_era = divmod(days + 719468, 146097)
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36524
+                   - day_of_era // 146096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    shifted_month = (5 * day_of_year + 2) // 153
+    day = day_of_year - (153 * shifted_month + 2) // 5 + 1
+    month = shifted_month + 3 if shifted_month < 10 else shifted_month - 9
+    return year_of_era + era * 400 + (month <= 2), month, day
+
+
+LAKE = range(_days_from_civil(1, 1, 1) * 86400, _days_from_civil(10000, 1, 1) * 86400)
+_STAMP = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?(Z|([+-])(\d\d):(\d\d))")
+
+
+def utc_seconds(ts: str) -> int:
+    """The whole seconds of a timestamp's UTC instant (its fraction cannot cross a bound)."""
+    match = _STAMP.fullmatch(ts)
+    assert match, ts
+    year, month, day, hour, minute, second = map(int, match.groups()[:6])
+    offset = 0 if match[8] == "Z" else (int(match[10]) * 60 + int(match[11])) * 60
+    return (_days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+            - (offset if match[9] == "+" else -offset))
+
+
+def utc_text(ts: str) -> str:
+    """The UTC time of a timestamp as the rejection words it: fraction as written, no zone."""
+    days, seconds = divmod(utc_seconds(ts), 86400)
+    year, month, day = _civil_from_days(days)
+    fraction = _STAMP.fullmatch(ts)[7] or ""  # type: ignore[index]
+    return (f"{year:04d}-{month:02d}-{day:02d}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}"
+            f":{seconds % 60:02d}{fraction}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,6 +226,12 @@ TIMESTAMPS = [
     "2025-03-01T12:00:00.1234567891Z", "2025-13-01T00:00:00Z", "2025-03-01T12:00:00.Z",
     "0000-01-01T00:00:00Z", "2025-03-01T12:00:00Z\n", "2025-04-31T00:00:00Z", "",
     "20250301T120000Z",
+    # valid RFC 3339 whose UTC instant is outside years 1-9999 (and neighbours inside)
+    "0001-01-01T00:00:00+14:00", "0001-01-01T13:59:59.999999999+14:00",
+    "0001-01-01T14:00:00+14:00", "0001-01-01T00:00:59.9999999+00:01",
+    "0001-01-01T00:00:00-23:59", "9999-12-31T23:00:00-05:00", "9999-12-31T23:59:59-00:01",
+    "9999-12-31T23:59:59.999999999Z", "9999-12-31T23:59:59+00:00", "9999-12-31T00:00:00-23:59",
+    "9999-12-30T23:59:59-00:01", "0001-01-02T00:00:00+23:59", "0001-02-29T00:00:00-01:00",
 ]
 
 
@@ -337,7 +389,7 @@ def build_corpus() -> list[bytes]:
 
 REASONS = {"empty_line", "bom", "nul_byte", "invalid_utf8", "too_deep", "number_too_large",
            "invalid_json", "not_object", "missing_field", "unknown_field", "schema_violation",
-           "unknown_event_type", "unknown_schema_version"}
+           "unknown_event_type", "unknown_schema_version", "ts_out_of_range"}
 CORPUS = build_corpus()
 VERDICTS = [reference_valid(line) for line in CORPUS]
 
@@ -411,6 +463,97 @@ def test_year_zero_is_rejected() -> None:
     assert isinstance(validator.validate(_swap("metric", "ts", "0001-06-01T00:00:00Z")), Event)
 
 
+# --------------------------------------------------------------------------------------------
+# Timestamps whose UTC instant the lake cannot hold
+# --------------------------------------------------------------------------------------------
+
+EDGES = [
+    ("0001-01-01T00:00:00Z", True),
+    ("0001-01-01T00:00:00+00:01", False),
+    ("0001-01-01T00:00:00-14:00", True),
+    ("9999-12-31T23:59:59Z", True),
+    ("9999-12-31T23:59:59-00:01", False),
+    ("9999-12-31T10:00:00+14:00", True),
+]
+
+
+def _usage_at(ts: str) -> dict[str, Any]:
+    return {"event_type": "agent_token_usage", "ts": ts, "agent": "a", "input_tokens": 1}
+
+
+@pytest.mark.parametrize(("ts", "valid"), EDGES, ids=[ts for ts, _ in EDGES])
+def test_utc_years_edges(ts: str, valid: bool) -> None:
+    validator = Validator()
+    event = _usage_at(ts)
+    for result in (validator.validate(orjson.dumps(event)), validator.validate_object(event)):
+        if valid:
+            assert isinstance(result, Event) and result.data == event
+        else:
+            assert isinstance(result, Rejection)
+            assert (result.reason, result.pointer) == ("ts_out_of_range", "/ts")
+    # a valid edge stays on the fast path (Go's zero time is 0001-01-01T00:00:00Z)
+    assert _fast_alone(validator, orjson.dumps(event)) is valid
+
+
+@pytest.mark.parametrize(("ts", "utc"), [
+    ("0001-01-01T00:00:00+14:00", "0000-12-31T10:00:00"),
+    ("9999-12-31T23:00:00-05:00", "10000-01-01T04:00:00"),
+    ("9999-12-31T23:59:59.5-00:01", "10000-01-01T00:00:59.5"),
+    ("0001-01-01T00:00:00.000000001+00:01", "0000-12-31T23:59:00.000000001"),
+])
+def test_out_of_range_rejection_words_the_utc_time(ts: str, utc: str) -> None:
+    result = Validator().validate(orjson.dumps(_usage_at(ts)))
+    assert isinstance(result, Rejection)
+    assert result.message == f"ts {ts} is {utc} in UTC, outside years 1-9999"
+    assert result.describe() == f"ts_out_of_range at /ts: {result.message}"
+    assert result.found == json.dumps(ts)
+    assert "UTC" in result.hint and "smaller offset" in result.hint
+
+
+@st.composite
+def edge_year_timestamps(draw: st.DrawFn) -> str:
+    """Timestamps of years 1, 2, 9998 and 9999; half of them on the day an offset may take
+    out of range, mostly with an offset that way."""
+    year = draw(st.sampled_from([1, 2, 9998, 9999]))
+    hour = draw(st.integers(0, 23))
+    minutes = draw(st.integers(-1439, 1439))  # the offset, up to 23:59 either way
+    if draw(st.booleans()):  # the first or last day of the years 1-9999
+        year = 1 if year < 5000 else 9999
+        month, day = (1, 1) if year == 1 else (12, 31)
+        if draw(st.integers(0, 3)):  # the hour near that edge, an offset towards it
+            hour = draw(st.sampled_from([0, 1] if year == 1 else [22, 23]))
+            minutes = abs(minutes) if year == 1 else -abs(minutes)
+    else:
+        month = draw(st.integers(1, 12))
+        day = draw(st.integers(1, calendar.monthrange(year, month)[1]))
+    minute, second = draw(st.tuples(st.integers(0, 59), st.integers(0, 59)))
+    fraction = draw(st.sampled_from(["", ".5", ".999999999", ".000001"]))
+    offset = "Z" if minutes == 0 and draw(st.booleans()) else (
+        f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}")
+    return (f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
+            f"{fraction}{offset}")
+
+
+EDGE_VALIDATOR = Validator()
+
+
+@settings(max_examples=400, deadline=None)
+@given(ts=edge_year_timestamps())
+def test_ts_out_of_range_exactly_when_the_utc_year_is(ts: str) -> None:
+    validator = EDGE_VALIDATOR
+    inside = utc_seconds(ts) in LAKE
+    event = _usage_at(ts)
+    line = orjson.dumps(event)
+    for result in (validator.validate(line), validator.validate_object(event)):
+        if inside:
+            assert isinstance(result, Event), result
+        else:
+            assert isinstance(result, Rejection)
+            assert (result.reason, result.pointer) == ("ts_out_of_range", "/ts")
+            assert result.message == f"ts {ts} is {utc_text(ts)} in UTC, outside years 1-9999"
+    assert _fast_alone(validator, line) is inside
+
+
 @pytest.mark.parametrize(("spec", "huge"), [
     ({"type": "number", "minimum": 0, "maximum": 100}, False),
     ({"type": "number", "minimum": 0, "maximum": 1e300}, True),
@@ -464,6 +607,8 @@ REJECTIONS: list[tuple[str, bytes, str, str]] = [
     ("string count", _swap("agent_token_usage", "output_tokens", "5"), "schema_violation",
      "/output_tokens"),
     ("bad timestamp", _swap("tool_call", "ts", "2025-02-30T00:00:00Z"), "schema_violation",
+     "/ts"),
+    ("year 0 in UTC", _swap("tool_call", "ts", "0001-01-01T00:00:00+14:00"), "ts_out_of_range",
      "/ts"),
     ("bad status", _swap("task_progress", "status", "done"), "schema_violation", "/status"),
     ("nested count", _swap("task_progress", "tokens_used", {"prompt": -5}),

@@ -12,9 +12,12 @@ from typing import Any
 import orjson
 import polars as pl
 import pytest
+from conftest import event, make_home
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_events import LAKE, edge_year_timestamps, utc_seconds
 
+from pipeline.compactor import run_compaction
 from pipeline.events import Event, Validator
 from pipeline.frames import (
     SOURCE_COLUMNS,
@@ -30,12 +33,15 @@ from pipeline.frames import (
     stage_schema,
     write_stage_frame,
 )
+from pipeline.lake import scan_events
 from pipeline.schemas import load_schemas
 from pipeline.stage import (
     batch_name,
+    iter_quarantine,
     staged_files,
 )
 from pipeline.structs import StructDecoder
+from pipeline.tailer import Tailer
 
 SCHEMAS = load_schemas()
 
@@ -214,12 +220,25 @@ def test_decoded_timestamps_are_typed_as_ts_format_parses_them(stamps: list[str]
     "2025-08-01T00:00:7.100Z",
     " 2025-08-01T00:00:07.100Z",
     "2025-08-01T00:00:60.100Z",
+    "0001-01-01T00:00:00+14:00",  # valid RFC 3339, but year 0 in UTC
+    "9999-12-31T23:59:59-00:01",  # year 10000 in UTC
+    "0001-01-01T00:00:59.9999999+00:01",  # 0000-12-31T23:59:59.9999999 in UTC
 ])
 def test_a_bad_timestamp_in_a_fast_shaped_block_fails_alone(bad: str) -> None:
     frame, failed = type_tool_calls("2025-08-01T00:00:07.100Z", bad, "2025-08-01T00:00:08.250Z")
     assert failed == [1]
     assert frame["ts"].to_list() == polars_parse(["2025-08-01T00:00:07.100Z",
                                                   "2025-08-01T00:00:08.250Z"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stamps=st.lists(edge_year_timestamps(), min_size=1, max_size=6))
+def test_decoded_timestamps_outside_the_utc_years_fail(stamps: list[str]) -> None:
+    """The typing query's check fails a time exactly when its UTC year is outside 1-9999."""
+    frame, failed = type_tool_calls(*stamps)
+    assert failed == [i for i, ts in enumerate(stamps) if utc_seconds(ts) not in LAKE]
+    assert frame["ts"].to_list() == polars_parse(
+        [ts for ts in stamps if utc_seconds(ts) in LAKE])
 
 
 @pytest.mark.parametrize(("first", "expected"), [
@@ -333,3 +352,39 @@ def test_concat_ipc_joins_bytes_and_files_in_order(tmp_path: Path) -> None:
     part.write_bytes(ipc_bytes(second))
     joined = pl.read_ipc(io.BytesIO(concat_ipc([ipc_bytes(first), part, ipc_bytes(first)])))
     assert joined.equals(pl.concat([first, second, first]))
+
+
+# --------------------------------------------------------------------------------------------
+# end to end: a time the lake cannot hold is quarantined, never staged
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("valid_lines", [6, 2500], ids=["checker", "decoded"])
+def test_a_time_outside_the_utc_years_is_quarantined_and_compaction_succeeds(
+        tmp_path: Path, valid_lines: int) -> None:
+    """Before, such a line was staged and every compaction failed on it (issue 18)."""
+    home = make_home(tmp_path / "home")
+    others = [
+        {"event_type": "tool_call", "ts": "2025-03-01T12:00:00Z", "agent": "a", "tool": "t"},
+        {"event_type": "metric", "ts": "0001-01-01T00:00:00Z", "agent": "a", "name": "n"},
+        {"event_type": "task_progress", "ts": "9999-12-31T10:00:00+14:00", "agent": "a",
+         "task": "T-1"},
+    ]
+    usages = [event(ts="0001-01-01T00:00:00-14:00" if i % 2 else "2025-03-01T12:00:00+14:00")
+              for i in range(valid_lines)]
+    year_zero = event(ts="0001-01-01T00:00:00+14:00")
+    lines = [orjson.dumps(e) + b"\n" for e in [*usages[:3], *others, year_zero, *usages[3:]]]
+    (home.logs / "a.jsonl").write_bytes(b"".join(lines))
+    with Tailer(home) as tailer:
+        tailer.poll()
+    run_compaction(home)
+    lake = scan_events(home, "agent_token_usage")
+    assert lake is not None
+    assert sorted(lake.collect()["event_id"]) == sorted(e["event_id"] for e in usages)
+    for other in others:
+        assert scan_events(home, other["event_type"]).collect().height == 1  # type: ignore[union-attr]
+    [record] = iter_quarantine(home.quarantine)
+    assert (record["reason"], record["pointer"]) == ("ts_out_of_range", "/ts")
+    assert record["offset"] == sum(map(len, lines[:6]))
+    assert record["length"] == len(lines[6]) - 1
+    assert record["message"] == ("ts 0001-01-01T00:00:00+14:00 is 0000-12-31T10:00:00 in UTC, "
+                                 "outside years 1-9999")

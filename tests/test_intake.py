@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_events import CORPUS, EVENTS
 
-from pipeline.events import Event, Rejection, Validator, calendar_ok
+from pipeline.events import Event, Rejection, Validator, timestamp_ok
 from pipeline.frames import nested_fields
 from pipeline.intake import (
     CHUNK_LINES,
@@ -110,6 +110,10 @@ TRICKY = [
     ("leap_day", usage(ts="2024-02-29T00:00:00Z"), "valid"),
     ("no_leap_day", usage(ts="2025-02-29T00:00:00Z"), "schema_violation"),
     ("april_31", usage(ts="2025-04-31T00:00:00Z"), "schema_violation"),
+    ("utc_year_0", usage(ts="0001-01-01T00:00:00+14:00"), "ts_out_of_range"),
+    ("utc_year_10000", usage(ts="9999-12-31T23:59:59-00:01"), "ts_out_of_range"),
+    ("year_1_utc", usage(ts="0001-01-01T00:00:00Z"), "valid"),
+    ("year_9999_east", usage(ts="9999-12-31T23:59:59+14:00"), "valid"),
     ("no_event_id", usage(event_id=None), "valid"),
     ("duplicate_key", b'{"event_type":"agent_token_usage","event_type":"tool_call","ts":"'
      + TS.encode() + b'","agent":"a","tool":"x"}', "valid"),
@@ -196,6 +200,34 @@ def test_valid_blocks_never_take_the_line_path(monkeypatch: pytest.MonkeyPatch) 
     assert len(staged) == len(valid) and not rejected
 
 
+def test_a_timestamp_outside_the_utc_years_fails_its_chunk_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk holding one is checked line by line and loses only that line; a chunk of
+    valid years 1 and 9999 (Go's zero time is 0001-01-01T00:00:00Z) stays fast."""
+    checked_alone: list[bytes] = []
+    real_validate = VALIDATOR.validate
+
+    def validate(line: bytes) -> Event | Rejection:
+        checked_alone.append(line)
+        return real_validate(line)
+
+    monkeypatch.setattr(VALIDATOR, "validate", validate)
+    edges = ["0001-01-01T00:00:00Z", "0001-01-01T00:00:00-14:00", "9999-12-31T23:59:59Z",
+             "9999-12-31T10:00:00+14:00", "2025-01-31T00:00:00+14:00"]
+    lines = [usage(event_id=f"e{i}", ts=edges[i % len(edges)]) for i in range(2 * CHUNK_LINES)]
+    lines[CHUNK_LINES + 7] = usage(event_id="year-0", ts="0001-01-01T00:00:00+00:01")
+    block = check_lines(lines)
+    staged, rejected = found(block)
+    assert len(staged) == 2 * CHUNK_LINES - 1
+    offset = sum(len(line) + 1 for line in lines[:CHUNK_LINES + 7])
+    assert rejected == {offset: "ts_out_of_range"}
+    [record] = block.rejected
+    assert (record["pointer"], record["message"]) == (
+        "/ts", "ts 0001-01-01T00:00:00+00:01 is 0000-12-31T23:59:00 in UTC, "
+        "outside years 1-9999")
+    assert checked_alone == lines[CHUNK_LINES:]  # the second chunk only
+
+
 def test_accepts_all_is_the_fast_verdict_of_each() -> None:
     parsed = []
     for line in CORPUS:
@@ -208,9 +240,9 @@ def test_accepts_all_is_the_fast_verdict_of_each() -> None:
         version = obj.get("schema_version", 1) if isinstance(obj, dict) else None
         if isinstance(version, float):
             continue  # 1.0 passes here and goes to the reference there; both accept it
-        calendar = isinstance(obj, dict) and isinstance(obj.get("ts"), str) and calendar_ok(
+        stamp_ok = isinstance(obj, dict) and isinstance(obj.get("ts"), str) and timestamp_ok(
             obj["ts"])  # the caller's check, after the schema's
-        assert (VALIDATOR.accepts_all([obj]) and calendar) == VALIDATOR.fast_accepts(obj), obj
+        assert (VALIDATOR.accepts_all([obj]) and stamp_ok) == VALIDATOR.fast_accepts(obj), obj
     assert VALIDATOR.accepts_all([]) is True
 
 

@@ -20,7 +20,7 @@ from test_intake import TRICKY, sample_lines
 
 from pipeline import structs
 from pipeline.events import Event, Validator
-from pipeline.frames import BlockStager, FrameBuilder, TypingJob
+from pipeline.frames import DECODE_FROM_LINES, BlockStager, FrameBuilder, TypingJob
 from pipeline.schemas import load_schemas
 from pipeline.stage import StagedBlock
 from pipeline.structs import DecodedChunk, NotCompilable, StructDecoder, compile_type
@@ -137,6 +137,8 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=300))
 values = st.one_of(
     scalars, st.just(TS), st.just("2025-02-30T00:00:00Z"), st.just("2025-01-01t00:00:00z"),
+    st.sampled_from(["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-00:01",  # UTC year
+                     "0001-01-01T00:00:00Z", "9999-12-31T23:59:59+00:01"]),  # 0, 10000; not
     st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
                  | st.dictionaries(st.sampled_from(["prompt", "model", "x", ""]), inner,
                                    max_size=3), max_leaves=6))
@@ -224,6 +226,62 @@ def test_long_valid_line_is_quarantined_not_decoded() -> None:
     fast, _ = stage_both(lines, limit=150)
     assert [r["reason"] for r in fast.rejected] == ["line_too_long", "invalid_json"]
     assert_same_staging(lines, limit=150)
+
+
+def test_a_timestamp_outside_the_utc_years_goes_to_the_checker(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = [orjson.dumps({"event_type": "tool_call", "ts": ts, "agent": "a", "tool": "x"})
+             for ts in [TS, "0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00Z",
+                        "9999-12-31T23:00:00-05:00", "9999-12-31T23:59:59Z"]]
+    assert decoded_lines(lines) == 5  # msgspec has no opinion on the UTC year
+    checked = lines_checked(monkeypatch)
+    fast, _ = stage_both(lines)
+    assert checked == [lines[1], lines[3]]  # the typing query's check failed them
+    assert fast.counts == {"tool_call": 3}
+    assert [(r["reason"], r["offset"]) for r in fast.rejected] == [
+        ("ts_out_of_range", sum(len(line) + 1 for line in lines[:i])) for i in (1, 3)]
+    assert_same_staging(lines)
+
+
+def test_a_catch_up_block_quarantines_timestamps_outside_the_utc_years(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block long enough to decode (the stager's default): lines of every type, some at
+    UTC year 0 or 10000, stage as the checker's path stages them."""
+    stager = BlockStager(VALIDATOR)  # decodes from DECODE_FROM_LINES lines
+    assert stager.decoder is not None
+    decoded: list[int] = []
+    real_decode = stager.decoder.decode
+
+    def decode(lines: list[bytes]) -> DecodedChunk:
+        decoded.append(len(lines))
+        return real_decode(lines)
+
+    monkeypatch.setattr(stager.decoder, "decode", decode)
+    out = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-00:01",
+           "0001-01-01T00:00:59.9999999+00:01"]
+    kinds = [orjson.loads(line) for line in sample_lines()[:50]]
+    lines, bad = [], []
+    for i in range(DECODE_FROM_LINES + 500):
+        event = kinds[i % len(kinds)] | {"event_id": f"e{i}"}
+        if i % 97 == 5:
+            event["ts"] = out[len(bad) % len(out)]
+            bad.append(i)
+        lines.append(orjson.dumps(event))
+    block = b"".join(line + b"\n" for line in lines)
+    staged = stager.stage(block, 0, "a.jsonl", PREFIX, 1 << 20)
+    reference = CHECKER_ONLY.stage(block, 0, "a.jsonl", PREFIX, 1 << 20)
+    assert decoded == [len(lines)]
+    starts = [sum(len(line) + 1 for line in lines[:i]) for i in bad]
+    assert [(r["reason"], r["pointer"], r["offset"]) for r in staged.rejected] == [
+        ("ts_out_of_range", "/ts", start) for start in starts]
+    assert sum(staged.counts.values()) == len(lines) - len(bad)
+    assert len(staged.counts) >= 4
+    assert staged.counts == reference.counts
+    for event_type, ipc in reference.frames.items():
+        assert_frame_equal(pl.read_ipc(io.BytesIO(staged.frames[event_type])),
+                           pl.read_ipc(io.BytesIO(ipc)))
+    assert [_without_time(r) for r in staged.rejected] == [
+        _without_time(r) for r in reference.rejected]
 
 
 def test_a_timestamp_the_calendar_refuses_goes_to_the_checker() -> None:

@@ -94,6 +94,7 @@ def test_event_ids_are_time_ordered(tmp_path: Path) -> None:
     (usage(input_tokens=-1), "schema_violation", "/input_tokens"),
     (usage(inputtokens=1), "unknown_field", "/inputtokens"),
     (usage(ts="yesterday"), "schema_violation", "/ts"),
+    (usage(ts="0001-01-01T00:00:00+14:00"), "ts_out_of_range", "/ts"),  # year 0 in UTC
     ({"event_type": "nope", "agent": "a"}, "unknown_event_type", "/event_type"),
     ({"event_type": "task_progress", "agent": "a"}, "missing_field", "/task"),
 ])
