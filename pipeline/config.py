@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, display_path
 
 HOME_ENV = "TALLY_HOME"
 DEFAULT_HOME = Path(".tally")
@@ -17,6 +20,7 @@ SUBDIRS = ("logs", "stage", "quarantine", "state", "lake")
 
 CONFIG_TEMPLATE = """\
 # tally configuration. Every setting is optional; the values shown are the defaults.
+# An unknown section or key, or a value out of its range, is an error naming it.
 
 [paths]
 # logs = "logs"              # watched input directory, relative to the home
@@ -56,39 +60,101 @@ CONFIG_TEMPLATE = """\
 
 # Line-checking worker processes pay off only with a second core to run on.
 DEFAULT_WORKERS = 0 if (os.cpu_count() or 1) < 2 else min(os.cpu_count() or 1, 4)
+BOUNDS = "bounds"  # dataclass field metadata key: the values a numeric setting accepts
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting accepts: `least`/`most` inclusive, `above` exclusive."""
+
+    least: float | None = None
+    most: float | None = None
+    above: float | None = None
+
+    def refusal(self, value: float) -> str | None:
+        """Why `value` is out of range, or None when it is accepted."""
+        low_ok = ((self.least is None or value >= self.least)
+                  and (self.above is None or value > self.above))
+        if low_ok and (self.most is None or value <= self.most):
+            return None
+        return f"must be {self.describe()}, got {value!r}"
+
+    def describe(self) -> str:
+        """The range in words: "between 1 and 4", "at least 0", "greater than 0"."""
+        if self.least is not None and self.most is not None:
+            return f"between {_shown(self.least)} and {_shown(self.most)}"
+        low = (f"at least {_shown(self.least)}" if self.least is not None
+               else f"greater than {_shown(self.above)}" if self.above is not None else "")
+        high = f"at most {_shown(self.most)}" if self.most is not None else ""
+        return " and ".join(part for part in (low, high) if part)
+
+
+def _shown(number: float | None) -> str:
+    return str(int(number)) if number is not None and float(number).is_integer() else str(number)
+
+
+def _setting(default: T, least: float | None = None, most: float | None = None,
+             above: float | None = None) -> T:
+    """A dataclass field for a numeric setting, with the range config.toml may give it."""
+    return field(default=default, metadata={BOUNDS: Bounds(least, most, above)})
 
 
 @dataclass(frozen=True)
 class TailerSettings:
     """Limits and intervals of the tailer."""
 
-    max_line_bytes: int = 1 << 20
-    rescan_seconds: float = 1.0
-    idle_seconds: float = 30.0
-    batch_lines: int = 10_000
-    status_interval: float = 10.0
-    workers: int = DEFAULT_WORKERS
-    parallel_min_bytes: int = 64 << 20
+    # Below 128 bytes even the shortest valid event would be quarantined.
+    max_line_bytes: int = _setting(1 << 20, least=128, most=1 << 30)
+    rescan_seconds: float = _setting(1.0, above=0)
+    idle_seconds: float = _setting(30.0, above=0)
+    batch_lines: int = _setting(10_000, least=1, most=10_000_000)
+    status_interval: float = _setting(10.0, above=0)
+    workers: int = _setting(DEFAULT_WORKERS, least=0, most=4)
+    parallel_min_bytes: int = _setting(64 << 20, least=0)
 
 
 @dataclass(frozen=True)
 class CompactorSettings:
     """Locking and file sizing of compaction."""
 
-    lock_timeout: float = 60.0
-    target_file_mb: int = 128
-    vacuum_retention_hours: float = 168.0
+    lock_timeout: float = _setting(60.0, least=0)
+    target_file_mb: int = _setting(128, least=1, most=100_000)
+    vacuum_retention_hours: float = _setting(168.0, least=0)
 
 
 @dataclass(frozen=True)
 class BudgetSettings:
     """Token and cost budgets; `agents` holds per-agent overrides of the same keys."""
 
-    daily_tokens: int = 150_000
-    weekly_tokens: int = 1_000_000
-    daily_cost_usd: float = 10.0
-    warning_ratio: float = 0.8
+    daily_tokens: int = _setting(150_000, least=0)
+    weekly_tokens: int = _setting(1_000_000, least=0)
+    daily_cost_usd: float = _setting(10.0, least=0)
+    warning_ratio: float = _setting(0.8, above=0, most=1)
     agents: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+# [pricing."model"] keys; pipeline.pricing applies them. Rates are USD per million tokens.
+PRICE_RATE_NAMES = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
+LONG_CONTEXT_PREFIX = "long_context_"
+LONG_CONTEXT_THRESHOLD = f"{LONG_CONTEXT_PREFIX}threshold"
+PRICE_KEYS = (*PRICE_RATE_NAMES, LONG_CONTEXT_THRESHOLD,
+              *(f"{LONG_CONTEXT_PREFIX}{name}" for name in PRICE_RATE_NAMES))
+RATE_BOUNDS = Bounds(least=0)
+SECTIONS = ("paths", "tailer", "compactor", "budgets", "pricing")
+PATHS_KEYS = ("logs", "include")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def setting_fields(cls: type[Any]) -> dict[str, Field[Any]]:
+    """The numeric settings of a settings class, by name (those with `Bounds`)."""
+    return {f.name: f for f in fields(cls) if BOUNDS in f.metadata}
+
+
+def setting_bounds(cls: type[Any], name: str) -> Bounds:
+    """The range config.toml (and a command-line override) may give one setting."""
+    bounds = setting_fields(cls)[name].metadata[BOUNDS]
+    assert isinstance(bounds, Bounds)
+    return bounds
 
 
 @dataclass(frozen=True)
@@ -102,6 +168,7 @@ class Home:
     compactor: CompactorSettings = CompactorSettings()
     budgets: BudgetSettings = BudgetSettings()
     pricing: dict[str, dict[str, float]] = field(default_factory=dict)
+    logs_configured: bool = False  # [paths] logs was set in config.toml (see require_logs_dir)
 
     @property
     def config_path(self) -> Path:
@@ -161,25 +228,45 @@ def load_home(home: str | Path | None = None) -> Home:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(str(exc), path=config_path,
                               hint="fix the TOML syntax, or move the file away") from exc
+    for key in raw:
+        if key not in SECTIONS:
+            raise _unknown_section(key, config_path)
     paths = _table(raw, "paths", config_path)
-    logs = root / str(paths.get("logs", "logs"))
-    include = paths.get("include", Home.include)
-    if not (isinstance(include, list | tuple) and all(isinstance(p, str) for p in include)):
-        raise ConfigError("must be a list of glob patterns", path=config_path,
-                          field="paths.include")
+    _known_keys(paths, PATHS_KEYS, "paths", config_path)
     budgets = _table(raw, "budgets", config_path)
     agents = _agents(_table(budgets, "agents", config_path, "budgets"), config_path)
     return Home(
         root=root,
-        logs=logs,
-        include=tuple(include),
+        logs=root / _logs(paths, config_path),
+        include=_include(paths, config_path),
         tailer=_settings(TailerSettings, _table(raw, "tailer", config_path), "tailer", config_path),
         compactor=_settings(CompactorSettings, _table(raw, "compactor", config_path),
                             "compactor", config_path),
         budgets=_settings(BudgetSettings, {k: v for k, v in budgets.items() if k != "agents"},
-                          "budgets", config_path, agents=agents),
+                          "budgets", config_path, ("agents",), agents=agents),
         pricing=_pricing(_table(raw, "pricing", config_path), config_path),
+        logs_configured="logs" in paths,
     )
+
+
+def require_logs_dir(home: Home) -> None:
+    """ConfigError unless the logs directory exists, or is the default one (which is created)."""
+    logs, present = home.logs, home.logs.exists()
+    if logs.is_dir() or not (present or home.logs_configured):
+        return
+    if present:
+        problem, hint = "is not a directory", "move it away, or set [paths] logs to a directory"
+    else:
+        problem = "does not exist"
+        hint = f"create it (mkdir -p {display_path(logs)}) or fix [paths] logs"
+    raise ConfigError(f"the logs directory {display_path(logs)} {problem}",
+                      path=home.config_path, field="paths.logs", hint=hint)
+
+
+def dotted(*parts: str) -> str:
+    """A TOML dotted key, quoting the parts that are not bare keys (`pricing."gpt-4.1"`)."""
+    return ".".join(p if _BARE_KEY.fullmatch(p) else '"' + p.replace('"', '\\"') + '"'
+                    for p in parts)
 
 
 def _table(raw: dict[str, Any], key: str, path: Path, parent: str = "") -> dict[str, Any]:
@@ -190,31 +277,80 @@ def _table(raw: dict[str, Any], key: str, path: Path, parent: str = "") -> dict[
     return value
 
 
+def _unknown(kind: str, name: str, valid: tuple[str, ...] | list[str], path: Path,
+             field_name: str) -> ConfigError:
+    """An unknown key: a close match if there is one, and every valid name."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    prefix = f"did you mean {close[0]!r}? " if close else ""
+    return ConfigError(f"unknown {kind}", path=path, field=field_name,
+                       hint=f"{prefix}{kind}s: {', '.join(valid)}")
+
+
+def _unknown_section(key: str, path: Path) -> ConfigError:
+    owners = [section for section, cls in _SETTING_SECTIONS.items() if key in setting_fields(cls)]
+    owners += ["paths"] if key in PATHS_KEYS else []
+    if owners:
+        return ConfigError("unknown section", path=path, field=dotted(key),
+                           hint=f"{key} belongs under [{owners[0]}]")
+    return _unknown("section", key, SECTIONS, path, dotted(key))
+
+
+def _known_keys(values: dict[str, Any], valid: tuple[str, ...] | list[str], section: str,
+                path: Path) -> None:
+    for key in values:
+        if key not in valid:
+            raise _unknown("setting", key, valid, path, f"{section}.{dotted(key)}")
+
+
+def _logs(paths: dict[str, Any], path: Path) -> str:
+    logs = paths.get("logs", "logs")
+    if not isinstance(logs, str) or not logs or "\0" in logs:
+        raise ConfigError(f"must be a directory name (relative to the home, or absolute), "
+                          f"got {logs!r}", path=path, field="paths.logs")
+    return logs
+
+
+def _include(paths: dict[str, Any], path: Path) -> tuple[str, ...]:
+    include = paths.get("include", Home.include)
+    if not (isinstance(include, list | tuple) and include
+            and all(isinstance(p, str) and p for p in include)):
+        raise ConfigError(f"must be a non-empty list of glob patterns, got {include!r}",
+                          path=path, field="paths.include",
+                          hint='for example include = ["*.jsonl"]')
+    return tuple(include)
+
+
 def _settings(cls: type[T], values: dict[str, Any], section: str, path: Path,
-                 **extra: Any) -> T:
-    defaults = cls()
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if not hasattr(defaults, key):
-            raise ConfigError("unknown setting", path=path, field=f"{section}.{key}",
-                              hint="see the commented template written by `tally init`")
-        expected = type(getattr(defaults, key))
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"must be a number, got {value!r}", path=path,
-                              field=f"{section}.{key}")
-        if expected is int and not float(value).is_integer():
-            raise ConfigError(f"must be a whole number, got {value!r}", path=path,
-                              field=f"{section}.{key}")
-        kwargs[key] = expected(value)
+              also_valid: tuple[str, ...] = (), **extra: Any) -> T:
+    known = setting_fields(cls)
+    _known_keys(values, [*known, *also_valid], section, path)
+    kwargs = {key: checked_number(value, type(known[key].default), known[key].metadata[BOUNDS],
+                                  path, f"{section}.{key}")
+              for key, value in values.items()}
     return cls(**kwargs, **extra)
+
+
+def checked_number(value: Any, kind: type[Any], bounds: Bounds, path: Path,
+                   name: str) -> Any:
+    """`value` as `kind` (int or float) if it is a finite number within `bounds`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"must be a number, got {value!r}", path=path, field=name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"must be a finite number, got {value!r}", path=path, field=name)
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"must be a whole number, got {value!r}", path=path, field=name)
+    refusal = bounds.refusal(value)
+    if refusal is not None:
+        raise ConfigError(refusal, path=path, field=name)
+    return kind(value)
 
 
 def _agents(values: dict[str, Any], path: Path) -> dict[str, dict[str, float]]:
     """Per-agent budget tables, checked key by key like [budgets] itself."""
     agents: dict[str, dict[str, float]] = {}
     for agent, table in values.items():
-        section = f"budgets.agents.{agent}"
-        if not isinstance(table, dict) or "agents" in table:
+        section = dotted("budgets", "agents", agent)
+        if not isinstance(table, dict):
             raise ConfigError("must be a table of budget settings", path=path, field=section,
                               hint=f"write it as [{section}]")
         checked = _settings(BudgetSettings, table, section, path)
@@ -225,10 +361,17 @@ def _agents(values: dict[str, Any], path: Path) -> dict[str, dict[str, float]]:
 def _pricing(values: dict[str, Any], path: Path) -> dict[str, dict[str, float]]:
     pricing: dict[str, dict[str, float]] = {}
     for model, rates in values.items():
-        if not isinstance(rates, dict) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in rates.values()
-        ):
+        section = dotted("pricing", model)
+        if not isinstance(rates, dict):
             raise ConfigError("must map rate names to numbers (USD per million tokens)",
-                              path=path, field=f"pricing.{model}")
-        pricing[model] = {k: float(v) for k, v in rates.items()}
+                              path=path, field=section, hint=f"write it as [{section}]")
+        _known_keys(rates, PRICE_KEYS, section, path)
+        pricing[model] = {
+            key: float(checked_number(value, int if key == LONG_CONTEXT_THRESHOLD else float,
+                                      RATE_BOUNDS, path, f"{section}.{key}"))
+            for key, value in rates.items()}
     return pricing
+
+
+_SETTING_SECTIONS: dict[str, type[Any]] = {
+    "tailer": TailerSettings, "compactor": CompactorSettings, "budgets": BudgetSettings}

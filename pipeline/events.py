@@ -56,6 +56,13 @@ class Rejection:
         at = f" at {self.pointer}" if self.pointer else ""
         return f"{self.reason}{at}: {self.message}"
 
+    @classmethod
+    def line_too_long(cls, length: int, limit: int) -> Rejection:
+        """A line of `length` bytes (newline not counted) past [tailer] max_line_bytes."""
+        return cls("line_too_long", f"line of {length:,} bytes exceeds the {limit:,}-byte limit",
+                   expected=f"<= {limit}", found=str(length),
+                   hint="shorten the event, or raise [tailer] max_line_bytes in config.toml")
+
 
 class _BadJson(Exception):
     def __init__(self, reason: str, message: str) -> None:

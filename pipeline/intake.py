@@ -99,9 +99,7 @@ def quarantine_record(source: str, offset: int, line: bytes, rejection: Rejectio
 def too_long_record(source: str, offset: int, head: bytes, length: int,
                     limit: int) -> dict[str, Any]:
     """The quarantine record of a line past the size limit, from its first bytes."""
-    rejection = Rejection("line_too_long", f"line of {length:,} bytes exceeds the {limit:,}-byte "
-                          "limit", expected=f"<= {limit}", found=str(length))
-    return quarantine_record(source, offset, head, rejection, length)
+    return quarantine_record(source, offset, head, Rejection.line_too_long(length, limit), length)
 
 
 def split_block(block: bytes, position: int) -> tuple[list[bytes], list[int]]:

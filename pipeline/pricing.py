@@ -18,14 +18,13 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.config import Home
+from pipeline.config import LONG_CONTEXT_PREFIX, PRICE_KEYS, PRICE_RATE_NAMES, Home
 from pipeline.errors import ConfigError, PricingError
 
 PRICING_FILE = Path(__file__).parent / "pricing.json"
-RATE_NAMES = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
-LONG_PREFIX = "long_context_"
-OVERRIDE_KEYS = frozenset({*RATE_NAMES, f"{LONG_PREFIX}threshold",
-                           *(f"{LONG_PREFIX}{name}" for name in RATE_NAMES)})
+RATE_NAMES = PRICE_RATE_NAMES  # config.py checks config.toml's keys against these
+LONG_PREFIX = LONG_CONTEXT_PREFIX
+OVERRIDE_KEYS = frozenset(PRICE_KEYS)
 PER_TOKEN = 1e-6  # rates are per million tokens
 
 _PROVIDER_PREFIX = r"^[A-Za-z0-9_.-]+/"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -13,7 +14,8 @@ from typing import Any
 import orjson
 from ulid import ULID
 
-from pipeline.errors import InvalidEvent, UnsafeName, UsageError
+from pipeline.config import TailerSettings
+from pipeline.errors import InvalidEvent, StorageError, UnsafeName, UsageError, storage_error
 from pipeline.events import Event, Rejection, Validator
 from pipeline.schemas import SchemaSet
 
@@ -31,6 +33,8 @@ ALIASES = {
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
+
+DEFAULT_MAX_LINE_BYTES = TailerSettings().max_line_bytes
 
 _validator: Validator | None = None
 
@@ -66,22 +70,45 @@ def encode_event(event: Mapping[str, Any], validator: Validator | None = None) -
 
 
 def append_line(path: Path, line: bytes) -> None:
-    """Append one whole line with a single write call on an O_APPEND descriptor."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    """Append one whole line with a single write call on an O_APPEND descriptor.
+
+    StorageError (disk full, read-only, no permission, a short write) names the file.
+    """
     try:
-        written = os.write(fd, line)
-    finally:
-        os.close(fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _append_failure(exc, path) from exc
     if written != len(line):  # only a full disk or a signal can do this; say so loudly
-        raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
+        raise StorageError(f"cannot append to the log: wrote {written} of {len(line)} bytes",
+                           path=path, hint="the log may now end with a partial line; check "
+                           "free space, then run `tally validate` on it")
 
 
-def append_event(path: str | Path, event: Mapping[str, Any],
-                 validator: Validator | None = None) -> dict[str, Any]:
-    """Validate an event, fill event_id/ts, append it to a JSONL file; return what was written."""
+def _append_failure(exc: OSError, path: Path) -> StorageError:
+    error = storage_error(exc, "append to the log", path)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the shared hint speaks of the tailer
+        error.hint = "free space on that file system, then log the event again (it was not written)"
+    return error
+
+
+def append_event(path: str | Path, event: Mapping[str, Any], validator: Validator | None = None,
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> dict[str, Any]:
+    """Validate an event, fill event_id/ts, append it to a JSONL file; return what was written.
+
+    An event whose line (newline not counted) is longer than `max_line_bytes`, which the
+    tailer would quarantine, is refused with InvalidEvent and nothing is written.
+    """
     full = complete_event(event)
-    append_line(Path(path), encode_event(full, validator))
+    line = encode_event(full, validator)
+    if len(line) - 1 > max_line_bytes:
+        refusal = Rejection.line_too_long(len(line) - 1, max_line_bytes)
+        raise InvalidEvent(refusal.reason, refusal.message, hint=refusal.hint)
+    append_line(Path(path), line)
     return full
 
 

@@ -20,6 +20,7 @@ from pipeline.config import Home, init_home, load_home
 
 _ids = itertools.count(1)
 TS = "2025-03-01T12:00:00Z"
+SCALAR_CHARS = 4000  # under the schemas' 4096-character limit of a string in metric `data`
 
 
 def event(**overrides: Any) -> dict[str, Any]:
@@ -35,6 +36,23 @@ def event(**overrides: Any) -> dict[str, Any]:
     body.update(overrides)
     body.setdefault("event_id", f"evt-{next(_ids):08d}")  # last: lines differ at their end too
     return {k: v for k, v in body.items() if v is not None}
+
+
+def sized_event(length: int) -> dict[str, Any]:
+    """A valid metric event whose compact JSON is exactly `length` bytes (at least ~110)."""
+    data = {"k0": ""}
+    body = event(event_type="metric", name="pad", input_tokens=None, output_tokens=None,
+                 data=data)
+    while (short := length - len(orjson.dumps(body))) != 0:
+        last = list(data)[-1]
+        if short < 0:  # a new key overshot; k0 is full by then
+            data["k0"] = data["k0"][:short]
+        elif len(data[last]) + short <= SCALAR_CHARS:
+            data[last] += "x" * short
+        else:
+            data[last] += "x" * (SCALAR_CHARS - len(data[last]))
+            data[f"k{len(data)}"] = ""
+    return body
 
 
 def event_line(**overrides: Any) -> bytes:

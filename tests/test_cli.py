@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -13,9 +14,19 @@ import click
 import orjson
 import pytest
 from click.testing import CliRunner, Result
+from conftest import make_home, sized_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.cli import main
-from pipeline.config import CONFIG_TEMPLATE
+from pipeline.cli.options import setting_type
+from pipeline.config import (
+    CONFIG_TEMPLATE,
+    CompactorSettings,
+    TailerSettings,
+    setting_bounds,
+    setting_fields,
+)
 from pipeline.errors import InvalidEvent, UnknownEventType, UnsafeName
 from pipeline.events import Event, Validator
 
@@ -434,3 +445,137 @@ def test_commands_reading_a_home_refuse_a_missing_one(tmp_path: Path,
     assert f"no tally home at {missing}" in result.stderr
     assert "tally init" in result.stderr
     assert not missing.exists()
+
+
+
+# --------------------------------------------------------------------------------------------
+# hygiene: config errors, option ranges, the line limit, a full disk
+# --------------------------------------------------------------------------------------------
+
+def assert_one_error(result: Result, code: int, start: str) -> None:
+    """Exit `code`, stderr one `error:` line starting with `start` and at most a hint line."""
+    assert result.exit_code == code, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"error: {start}"), result.stderr
+    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("  hint: ")), lines
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("config", "field"), [
+    ("[tailor]\nbatch_lines = 5\n", "tailor: unknown section"),
+    ("[tailer]\nworkers = 1000\n", "tailer.workers: must be between 0 and 4, got 1000"),
+    ("[tailer]\nmax_line_bytes = 0\n", "tailer.max_line_bytes: must be between"),
+])
+@pytest.mark.parametrize("command", [["status"], ["validate", "FILE"], ["log", "metric",
+                                     "--agent", "a", "name=n"], ["tail", "--once"]])
+def test_a_bad_config_is_one_line_and_exit_3(runner: CliRunner, tmp_path: Path, config: str,
+                                             field: str, command: list[str]) -> None:
+    home = make_home(tmp_path / "home", config="# placeholder\n")
+    (home.root / "config.toml").write_text(config, encoding="utf-8")
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(VALID_LINE + b"\n")
+    args = [str(good) if word == "FILE" else word for word in command]
+    result = run(runner, *args, "--home", str(home.root))
+    assert_one_error(result, 3, f"{home.root / 'config.toml'}: {field}")
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["compact", "--lock-timeout", "-5"], "--lock-timeout"),
+    (["compact", "--lock-timeout", "nan"], "--lock-timeout"),
+    (["compact", "--lock-timeout", "inf"], "--lock-timeout"),
+    (["compact", "--target-mb", "0"], "--target-mb"),
+    (["compact", "--target-mb", "100001"], "--target-mb"),
+    (["compact", "--retention-hours", "-1"], "--retention-hours"),
+    (["compact", "--rows-per-commit", "0"], "--rows-per-commit"),
+    (["validate", "--max-errors", "-1", "FILE"], "--max-errors"),
+    (["schema", "show", "metric", "--version", "0"], "--version"),
+])
+def test_out_of_range_options_are_usage_errors(runner: CliRunner, tmp_path: Path,
+                                               args: list[str], option: str) -> None:
+    make_home(tmp_path / "home")
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(VALID_LINE + b"\n")
+    home = ["--home", str(tmp_path / "home")] if args[0] == "compact" else []
+    result = run(runner, *[str(good) if a == "FILE" else a for a in args], *home)
+    assert result.exit_code == 2, result.output
+    assert f"Error: Invalid value for '{option}': " in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_in_range_option_values_are_taken(runner: CliRunner, tmp_path: Path) -> None:
+    make_home(tmp_path / "home")
+    result = run(runner, "compact", "--lock-timeout", "0", "--optimize", "--target-mb", "1",
+                 "--vacuum", "--retention-hours", "0", "--home", str(tmp_path / "home"))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("compact: 0 events")
+
+
+OVERRIDDEN = [(CompactorSettings, "lock_timeout"), (CompactorSettings, "target_file_mb"),
+              (CompactorSettings, "vacuum_retention_hours")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(which=st.sampled_from(OVERRIDDEN + [(TailerSettings, name)
+                                           for name in setting_fields(TailerSettings)]),
+       value=st.one_of(st.integers(-10, 10), st.integers(), st.floats(),
+                       st.sampled_from([100_000, 100_001, 1 << 30, (1 << 30) + 1])))
+def test_an_option_takes_exactly_what_config_toml_takes(which: tuple[type, str],
+                                                        value: float) -> None:
+    cls, name = which
+    kind = type(getattr(cls(), name))
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # on the command line, whole numbers are typed as such
+    in_config = (math.isfinite(value) and (kind is float or float(value).is_integer())
+                 and setting_bounds(cls, name).refusal(value) is None)
+    try:
+        setting_type(cls, name).convert(str(value), None, None)
+        taken = True
+    except click.BadParameter:
+        taken = False
+    assert taken == in_config
+
+
+def test_validate_uses_the_homes_line_limit(runner: CliRunner, tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home", "[tailer]\nmax_line_bytes = 1024\n")
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(orjson.dumps(sized_event(1024)) + b"\n"
+                     + orjson.dumps(sized_event(1025)) + b"\n")
+    for args, env in ((["--home", str(home.root)], None), ([], {"TALLY_HOME": str(home.root)})):
+        result = run(runner, "validate", "--format", "json", str(path), *args, env=env)
+        assert result.exit_code == 1, result.output
+        report = json.loads(result.stdout)
+        assert [(e["line"], e["reason"], e["message"]) for e in report["errors"]] == \
+            [(2, "line_too_long", "line of 1,025 bytes exceeds the 1,024-byte limit")]
+    result = run(runner, "validate", str(path))  # no home here: the default 1 MiB
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / ".tally").exists()
+
+
+def test_validate_without_a_home_uses_the_default_limit(runner: CliRunner,
+                                                         tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(orjson.dumps(sized_event(2_000_000)) + b"\n")
+    result = run(runner, "validate", str(path), "--home", str(tmp_path / "absent"))
+    assert result.exit_code == 1
+    assert result.stdout == (f"{path}:1: line_too_long: line of 2,000,000 bytes exceeds the "
+                             "1,048,576-byte limit\n")
+
+
+def test_log_uses_the_homes_line_limit(runner: CliRunner, tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home", "[tailer]\nmax_line_bytes = 1024\n")
+    pad = "x" * 1100
+    result = run(runner, "log", "metric", "--agent", "a", "name=n", f'data={{"p": "{pad}"}}',
+                 "--home", str(home.root))
+    assert_one_error(result, 1, "line of 1,")
+    assert "exceeds the 1,024-byte limit" in result.stderr
+    assert "max_line_bytes" in result.stderr
+    assert files_under(home.logs) == []
+    ok = run(runner, "log", "metric", "--agent", "a", "name=n", "--home", str(home.root))
+    assert ok.exit_code == 0, ok.output
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="/dev/full is Linux only")
+def test_log_to_a_full_device_is_exit_74(runner: CliRunner) -> None:
+    result = run(runner, "log", "metric", "--agent", "a", "name=n", "--to", "/dev/full")
+    assert_one_error(result, 74, "/dev/full: cannot append to the log: No space left on device")
+    assert result.stdout == ""

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from pipeline.config import (
+    BOUNDS,
     CONFIG_TEMPLATE,
+    PRICE_KEYS,
     BudgetSettings,
     CompactorSettings,
+    Home,
     TailerSettings,
     init_home,
     load_home,
+    require_logs_dir,
 )
 from pipeline.errors import ConfigError
+from pipeline.pricing import load_pricing
 
 LAYOUT = ("logs", "stage", "quarantine", "state", "lake")  # DESIGN.md, "Home directory"
 OLD = 946_684_800  # 2000-01-01, an mtime no rewrite could keep
@@ -220,7 +229,7 @@ def test_non_utf8_config_is_a_config_error(tmp_path: Path) -> None:
     ('[budgets.agents.claude]\ndaily_tokens = "lots"\n', "budgets.agents.claude.daily_tokens"),
     ("[budgets.agents.claude]\ndaily_tokenz = 5\n", "budgets.agents.claude.daily_tokenz"),
     ("[budgets.agents]\nclaude = 5\n", "budgets.agents.claude"),
-    ('[pricing."my-model"]\ninput = "cheap"\n', "pricing.my-model"),
+    ('[pricing."my-model"]\ninput = "cheap"\n', "pricing.my-model.input"),
     ('[pricing]\n"my-model" = 3\n', "pricing.my-model"),
     ("pricing = 1\n", "pricing"),
     ('[paths]\ninclude = "*.jsonl"\n', "paths.include"),
@@ -233,3 +242,291 @@ def test_wrong_types_name_file_and_field(tmp_path: Path, text: str, field: str) 
     assert info.value.path == path
     assert info.value.field == field
     assert f"{path}: {field}:" in str(info.value)
+
+
+
+# --------------------------------------------------------------------------------------------
+# unknown sections and keys
+# --------------------------------------------------------------------------------------------
+
+def load_error(home: Path, text: str) -> ConfigError:
+    write_config(home, text)
+    with pytest.raises(ConfigError) as info:
+        load_home(home)
+    return info.value
+
+
+@pytest.mark.parametrize(("text", "field", "close"), [
+    ("[tailor]\nbatch_lines = 5\n", "tailor", "tailer"),
+    ("[compacter]\n", "compacter", "compactor"),
+    ("[budget]\ndaily_tokens = 5\n", "budget", "budgets"),
+    ('[prices."m"]\ninput = 1\n', "prices", "pricing"),
+    ("[path]\nlogs = 'x'\n", "path", "paths"),
+])
+def test_unknown_section_suggests_the_close_one(tmp_path: Path, text: str, field: str,
+                                               close: str) -> None:
+    error = load_error(tmp_path, text)
+    assert (error.path, error.field) == (tmp_path / "config.toml", field)
+    assert error.message == f"{tmp_path / 'config.toml'}: {field}: unknown section"
+    assert error.hint == (f"did you mean {close!r}? "
+                          "sections: paths, tailer, compactor, budgets, pricing")
+
+
+def test_unknown_section_with_nothing_close_lists_the_sections(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "[zzz]\n")
+    assert error.field == "zzz"
+    assert error.hint == "sections: paths, tailer, compactor, budgets, pricing"
+
+
+def test_a_setting_outside_its_section_says_where_it_belongs(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "max_line_bytes = 4096\n[tailer]\n")
+    assert error.field == "max_line_bytes"
+    assert error.hint == "max_line_bytes belongs under [tailer]"
+    assert load_error(tmp_path, 'logs = "x"\n').hint == "logs belongs under [paths]"
+
+
+@pytest.mark.parametrize(("text", "field", "close"), [
+    ('[paths]\nlog = "x"\n', "paths.log", "logs"),
+    ('[paths]\nincludes = ["*"]\n', "paths.includes", "include"),
+    ("[tailer]\nmax_line_byte = 4096\n", "tailer.max_line_byte", "max_line_bytes"),
+    ("[tailer]\nworker = 1\n", "tailer.worker", "workers"),
+    ("[compactor]\nlock_timout = 1\n", "compactor.lock_timout", "lock_timeout"),
+    ("[budgets]\ndaily_token = 1\n", "budgets.daily_token", "daily_tokens"),
+    ("[budgets]\nagent = {}\n", "budgets.agent", "agents"),
+    ("[budgets.agents.claude]\nwarning_ratoi = 0.5\n", "budgets.agents.claude.warning_ratoi",
+     "warning_ratio"),
+    ('[pricing."my-model"]\ninptu = 1\n', "pricing.my-model.inptu", "input"),
+    ('[pricing."gpt-4.1"]\ncache_wrte = 1\n', 'pricing."gpt-4.1".cache_wrte', "cache_write"),
+    ('[pricing."m"]\nlong_context_treshold = 1\n', "pricing.m.long_context_treshold",
+     "long_context_threshold"),
+])
+def test_unknown_key_names_the_dotted_field_and_suggests(tmp_path: Path, text: str, field: str,
+                                                        close: str) -> None:
+    error = load_error(tmp_path, text)
+    assert error.field == field
+    assert error.message == f"{tmp_path / 'config.toml'}: {field}: unknown setting"
+    assert error.hint is not None
+    assert error.hint.startswith(f"did you mean {close!r}? settings: ")
+
+
+def test_unknown_key_with_nothing_close_lists_every_setting(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "[compactor]\nzzz = 1\n")
+    assert error.hint == "settings: lock_timeout, target_file_mb, vacuum_retention_hours"
+    error = load_error(tmp_path, "[budgets]\nweekly_cost_usd = 5\n")  # not a setting (yet)
+    assert error.field == "budgets.weekly_cost_usd"
+    assert error.hint is not None and error.hint.endswith(
+        "settings: daily_tokens, weekly_tokens, daily_cost_usd, warning_ratio, agents")
+    error = load_error(tmp_path, "[budgets.agents.claude]\nagents = {}\n")
+    assert error.field == "budgets.agents.claude.agents"
+
+
+def test_every_price_key_config_accepts_is_one_pricing_applies(tmp_path: Path) -> None:
+    text = '[pricing."my-model"]\n' + "".join(f"{key} = 2\n" for key in PRICE_KEYS)
+    write_config(tmp_path, text)
+    home = load_home(tmp_path)
+    assert set(home.pricing["my-model"]) == set(PRICE_KEYS)
+    price = load_pricing(home.pricing).models["my-model"]
+    assert price.long_context is not None and price.long_context.threshold == 2
+
+
+# --------------------------------------------------------------------------------------------
+# ranges
+# --------------------------------------------------------------------------------------------
+
+# section.key -> (kind, low, low inclusive, high); written out again here, not read from
+# config.py, so that a changed range fails a test.
+RANGES: dict[str, tuple[type, float, bool, float]] = {
+    "tailer.max_line_bytes": (int, 128, True, 1 << 30),
+    "tailer.rescan_seconds": (float, 0, False, math.inf),
+    "tailer.idle_seconds": (float, 0, False, math.inf),
+    "tailer.batch_lines": (int, 1, True, 10_000_000),
+    "tailer.status_interval": (float, 0, False, math.inf),
+    "tailer.workers": (int, 0, True, 4),
+    "tailer.parallel_min_bytes": (int, 0, True, math.inf),
+    "compactor.lock_timeout": (float, 0, True, math.inf),
+    "compactor.target_file_mb": (int, 1, True, 100_000),
+    "compactor.vacuum_retention_hours": (float, 0, True, math.inf),
+    "budgets.daily_tokens": (int, 0, True, math.inf),
+    "budgets.weekly_tokens": (int, 0, True, math.inf),
+    "budgets.daily_cost_usd": (float, 0, True, math.inf),
+    "budgets.warning_ratio": (float, 0, False, 1),
+    "budgets.agents.claude.daily_tokens": (int, 0, True, math.inf),
+    "budgets.agents.claude.warning_ratio": (float, 0, False, 1),
+    "pricing.m.input": (float, 0, True, math.inf),
+    "pricing.m.cache_write_1h": (float, 0, True, math.inf),
+    "pricing.m.long_context_output": (float, 0, True, math.inf),
+    "pricing.m.long_context_threshold": (int, 0, True, math.inf),
+}
+
+
+def setting_text(name: str, value: float) -> str:
+    """config.toml setting one value; the other keys a priced model needs come along."""
+    section, key = name.rsplit(".", 1)
+    number = repr(value) if isinstance(value, float) else str(value)
+    others = "input = 1\noutput = 2\n" if section == "pricing.m" and key not in (
+        "input", "output") else ""
+    return f"[{section}]\n{others}{key} = {number}\n"
+
+
+def accepted(name: str, value: float) -> bool:
+    kind, low, inclusive, high = RANGES[name]
+    if not math.isfinite(value) or (kind is int and not float(value).is_integer()):
+        return False
+    return (value >= low if inclusive else value > low) and value <= high
+
+
+def loaded(home: Home, name: str) -> float:
+    parts = name.split(".")
+    if parts[0] == "pricing":
+        return home.pricing["m"][parts[-1]]
+    if parts[1] == "agents":
+        return home.budgets.agents["claude"][parts[-1]]
+    value: float = getattr(getattr(home, parts[0]), parts[-1])
+    return value
+
+
+def test_the_ranges_cover_every_numeric_setting() -> None:
+    for cls, section in ((TailerSettings, "tailer"), (CompactorSettings, "compactor"),
+                         (BudgetSettings, "budgets")):
+        names = {f.name for f in fields(cls) if f.name != "agents"}
+        assert names == {f.name for f in fields(cls) if BOUNDS in f.metadata}
+        assert {f"{section}.{n}" for n in names} <= set(RANGES)
+        defaults = cls()
+        for name in names:  # the defaults lie in their own ranges
+            assert accepted(f"{section}.{name}", getattr(defaults, name)), name
+
+
+numbers = st.one_of(
+    st.integers(min_value=-(2 ** 62), max_value=2 ** 62),
+    st.integers(min_value=-3, max_value=12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=-2, max_value=2),
+    st.sampled_from([0, 1, 4, 5, 127, 128, 1 << 30, (1 << 30) + 1, 10_000_000, 10_000_001,
+                     100_000, 100_001, 0.0, -0.0, 1.0, 1.5, 5e-324]),
+)
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(sorted(RANGES)), value=numbers)
+@example(name="tailer.max_line_bytes", value=0)
+@example(name="tailer.batch_lines", value=-1)
+@example(name="tailer.workers", value=1000)
+@example(name="tailer.rescan_seconds", value=math.nan)
+@example(name="budgets.warning_ratio", value=1.0000001)
+@example(name="budgets.daily_cost_usd", value=2 ** 61 + 1)
+def test_a_value_is_accepted_exactly_when_in_range(tmp_path: Path, name: str,
+                                                   value: float) -> None:
+    path = write_config(tmp_path, setting_text(name, value))
+    if accepted(name, value):
+        kind = float if name.startswith("pricing.") else RANGES[name][0]  # pricing keeps floats
+        got = loaded(load_home(tmp_path), name)
+        assert (got, type(got)) == (kind(value), kind)
+        return
+    with pytest.raises(ConfigError) as info:
+        load_home(tmp_path)
+    assert (info.value.path, info.value.field) == (path, name)
+
+
+def edges(name: str) -> list[float]:
+    """The values either side of each bound of a setting."""
+    kind, low, _, high = RANGES[name]
+    step = 1 if kind is int else 1e-9
+    around = [low - step, low, low + step]
+    if math.isfinite(high):
+        around += [high - step, high, high + step]
+    return [kind(value) for value in around]
+
+
+@pytest.mark.parametrize("name", sorted(RANGES))
+def test_the_edges_of_each_range(tmp_path: Path, name: str) -> None:
+    verdicts = []
+    for value in edges(name):
+        write_config(tmp_path, setting_text(name, value))
+        try:
+            load_home(tmp_path)
+            verdicts.append(True)
+        except ConfigError as error:
+            assert error.field == name
+            verdicts.append(False)
+    assert verdicts == [accepted(name, value) for value in edges(name)]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("tailer.max_line_bytes", 0, "must be between 128 and 1073741824, got 0"),
+    ("tailer.batch_lines", -5, "must be between 1 and 10000000, got -5"),
+    ("tailer.workers", 1000, "must be between 0 and 4, got 1000"),
+    ("tailer.rescan_seconds", 0, "must be greater than 0, got 0"),
+    ("tailer.idle_seconds", math.inf, "must be a finite number, got inf"),
+    ("tailer.status_interval", math.nan, "must be a finite number, got nan"),
+    ("tailer.parallel_min_bytes", -1, "must be at least 0, got -1"),
+    ("compactor.lock_timeout", -5.0, "must be at least 0, got -5.0"),
+    ("compactor.target_file_mb", 100_001, "must be between 1 and 100000, got 100001"),
+    ("budgets.warning_ratio", 0, "must be greater than 0 and at most 1, got 0"),
+    ("budgets.warning_ratio", 1.5, "must be greater than 0 and at most 1, got 1.5"),
+    ("budgets.agents.claude.daily_tokens", -1, "must be at least 0, got -1"),
+    ("pricing.m.input", -0.5, "must be at least 0, got -0.5"),
+    ("pricing.m.long_context_threshold", 1.5, "must be a whole number, got 1.5"),
+])
+def test_out_of_range_message(tmp_path: Path, name: str, value: float, message: str) -> None:
+    error = load_error(tmp_path, setting_text(name, value))
+    assert error.message == f"{tmp_path / 'config.toml'}: {name}: {message}"
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ('[paths]\nlogs = ""\n', "paths.logs"),
+    ("[paths]\nlogs = 5\n", "paths.logs"),
+    ('[paths]\nlogs = ["a"]\n', "paths.logs"),
+    ('[paths]\nlogs = "a\\u0000b"\n', "paths.logs"),
+    ("[paths]\ninclude = []\n", "paths.include"),
+    ('[paths]\ninclude = ["*.jsonl", ""]\n', "paths.include"),
+])
+def test_paths_must_name_something(tmp_path: Path, text: str, field: str) -> None:
+    assert load_error(tmp_path, text).field == field
+
+
+# --------------------------------------------------------------------------------------------
+# the logs directory
+# --------------------------------------------------------------------------------------------
+
+def test_logs_configured_records_whether_config_named_the_logs(tmp_path: Path) -> None:
+    assert load_home(tmp_path / "none").logs_configured is False
+    write_config(tmp_path / "default", "[tailer]\nbatch_lines = 5\n")
+    assert load_home(tmp_path / "default").logs_configured is False
+    write_config(tmp_path / "set", '[paths]\nlogs = "in"\n')
+    home = load_home(tmp_path / "set")
+    assert (home.logs_configured, home.logs) == (True, tmp_path / "set" / "in")
+
+
+def test_a_missing_default_logs_directory_is_fine(tmp_path: Path) -> None:
+    home = load_home(tmp_path / "home")
+    require_logs_dir(home)  # the tailer creates it
+    assert not home.logs.exists()
+
+
+@pytest.mark.parametrize("logs", ["incoming", "/nonexistent/tally-logs"])
+def test_a_missing_configured_logs_directory_is_an_error(tmp_path: Path, logs: str) -> None:
+    write_config(tmp_path, f'[paths]\nlogs = "{logs}"\n')
+    home = load_home(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        require_logs_dir(home)
+    shown = tmp_path / logs
+    assert (info.value.path, info.value.field) == (tmp_path / "config.toml", "paths.logs")
+    assert info.value.message == (f"{tmp_path / 'config.toml'}: paths.logs: the logs directory "
+                                  f"{shown} does not exist")
+    assert info.value.hint == f"create it (mkdir -p {shown}) or fix [paths] logs"
+    assert info.value.exit_code == 3
+    if logs == "incoming":
+        shown.mkdir()
+        require_logs_dir(home)  # once it exists, all is well
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_a_logs_path_that_is_a_file_is_an_error(tmp_path: Path, configured: bool) -> None:
+    write_config(tmp_path, '[paths]\nlogs = "logs"\n' if configured else "")
+    (tmp_path / "logs").write_text("not a directory\n")
+    with pytest.raises(ConfigError) as info:
+        require_logs_dir(load_home(tmp_path))
+    assert info.value.field == "paths.logs"
+    assert info.value.message.endswith(f"the logs directory {tmp_path / 'logs'} is not a "
+                                       "directory")

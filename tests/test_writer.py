@@ -12,12 +12,15 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import sized_event
 from ulid import ULID
 
-from pipeline.errors import InvalidEvent, UnsafeName, UsageError
+import pipeline.writer as writer
+from pipeline.config import TailerSettings
+from pipeline.errors import InvalidEvent, StorageError, UnsafeName, UsageError
 from pipeline.events import Event, Validator
 from pipeline.schemas import load_schemas
-from pipeline.writer import append_event, build_event, default_log_path
+from pipeline.writer import append_event, append_line, build_event, default_log_path, encode_event
 
 ULID_TEXT = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
@@ -112,6 +115,70 @@ def test_invalid_event_raises_and_writes_nothing(tmp_path: Path, event: dict[str
     with pytest.raises(InvalidEvent):
         append_event(existing, event)
     assert existing.read_bytes() == b"keep\n"
+
+
+def line_length(event: dict[str, Any]) -> int:
+    """The bytes of an event's line as the tailer counts them: without the newline."""
+    return len(encode_event(event)) - 1
+
+
+@pytest.mark.parametrize("limit", [200, 5000, TailerSettings().max_line_bytes])
+def test_append_refuses_a_line_past_the_limit_and_writes_nothing(tmp_path: Path,
+                                                                 limit: int) -> None:
+    path = tmp_path / "a.jsonl"
+    exact, over = sized_event(limit), sized_event(limit + 1)
+    assert (line_length(exact), line_length(over)) == (limit, limit + 1)
+    append_event(path, exact, max_line_bytes=limit)
+    before = path.read_bytes()
+    assert len(before) == limit + 1
+    with pytest.raises(InvalidEvent) as info:
+        append_event(path, over, max_line_bytes=limit)
+    assert info.value.reason == "line_too_long"
+    assert info.value.message == f"line of {limit + 1:,} bytes exceeds the {limit:,}-byte limit"
+    assert info.value.hint == "shorten the event, or raise [tailer] max_line_bytes in config.toml"
+    assert info.value.exit_code == 1
+    assert path.read_bytes() == before
+
+
+def test_append_default_limit_is_the_tailers_one_mib(tmp_path: Path) -> None:
+    assert writer.DEFAULT_MAX_LINE_BYTES == TailerSettings().max_line_bytes == 1 << 20
+    path = tmp_path / "a.jsonl"
+    with pytest.raises(InvalidEvent) as info:
+        append_event(path, sized_event(2_000_000))
+    assert info.value.reason == "line_too_long"
+    assert not path.exists()
+    append_event(path, sized_event(1 << 20))
+    assert len(path.read_bytes()) == (1 << 20) + 1
+
+
+def test_append_line_to_a_full_device_is_a_storage_error() -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("/dev/full is Linux only")
+    with pytest.raises(StorageError) as info:
+        append_line(Path("/dev/full"), b"{}\n")
+    assert info.value.exit_code == 74
+    assert info.value.message == "/dev/full: cannot append to the log: No space left on device"
+    assert info.value.hint == ("free space on that file system, then log the event again "
+                               "(it was not written)")
+
+
+def test_append_line_where_no_file_can_be_is_a_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a directory\n")
+    with pytest.raises(StorageError) as info:
+        append_line(blocker / "a.jsonl", b"{}\n")
+    assert info.value.message.startswith(f"{blocker / 'a.jsonl'}: cannot append to the log: ")
+
+
+def test_a_short_write_is_a_storage_error(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = writer.os.write
+    monkeypatch.setattr(writer.os, "write", lambda fd, data: real_write(fd, data[:3]))
+    path = tmp_path / "a.jsonl"
+    with pytest.raises(StorageError) as info:
+        append_line(path, b'{"a": 1}\n')
+    assert info.value.message == f"{path}: cannot append to the log: wrote 3 of 9 bytes"
+    assert info.value.exit_code == 74
 
 
 # --------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def schema_list(fmt: str) -> None:
 
 @schema.command("show")
 @click.argument("event_type")
-@click.option("--version", "version", type=int, default=None,
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
               help="schema version (default: latest)")
 def schema_show(event_type: str, version: int | None) -> None:
     """Print the JSON Schema of EVENT_TYPE.
@@ -133,7 +133,7 @@ def log(home: Home, event_type: str, fields: tuple[str, ...], agent: str | None,
     if event["agent"] is None:
         raise UsageError("no agent given", hint="pass --agent NAME or set TALLY_AGENT")
     target = to_file or default_log_path(home.logs, event["agent"])
-    written = append_event(target, event, shared_validator())
+    written = append_event(target, event, shared_validator(), home.tailer.max_line_bytes)
     if not quiet:
         click.echo(f"{target}: {written['event_type']} {written['event_id']}")
 
@@ -142,17 +142,22 @@ def log(home: Home, event_type: str, fields: tuple[str, ...], agent: str | None,
 @click.argument("files", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @format_option("text", "json", default="text")
-@click.option("--max-errors", type=int, default=1000, show_default=True,
+@click.option("--max-errors", type=click.IntRange(min=0), default=1000, show_default=True,
               help="stop listing errors after this many (counting goes on)")
-def validate(files: tuple[Path, ...], fmt: str, max_errors: int) -> None:
+@new_home_option
+def validate(home: Home, files: tuple[Path, ...], fmt: str, max_errors: int) -> None:
     """Check every line of FILES against the schemas; exit 1 if any line is invalid.
+
+    A line longer than the home's [tailer] max_line_bytes is invalid (line_too_long), as
+    the tailer would quarantine it; without a home, the default limit of 1 MiB applies.
 
     \b
     Examples:
       tally validate sample_logs/*.jsonl
       tally validate --format json logs/claude.jsonl | jq '.errors[0]'
     """
-    reports = validate_files(files, shared_validator(), max_errors=max_errors)
+    reports = validate_files(files, shared_validator(), max_errors=max_errors,
+                             max_line_bytes=home.tailer.max_line_bytes)
     if fmt == "json":
         echo_json(_validation_json(reports))
     else:

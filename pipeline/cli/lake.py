@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli.options import home_option, progress_bar
+from pipeline.cli.options import home_option, progress_bar, setting_type
 from pipeline.compactor import (
     ROWS_PER_COMMIT,
     CompactionResult,
@@ -13,7 +13,7 @@ from pipeline.compactor import (
     run_rebuild,
     vacuum_lake,
 )
-from pipeline.config import Home
+from pipeline.config import CompactorSettings, Home
 from pipeline.errors import LakeError, display_path, safe_text
 
 
@@ -24,13 +24,14 @@ def _summary(verb: str, result: CompactionResult) -> str:
 
 
 @click.command()
-@click.option("--lock-timeout", type=float, default=None,
+@click.option("--lock-timeout", type=setting_type(CompactorSettings, "lock_timeout"), default=None,
               help="seconds to wait for a running compaction [default: from config, 60]")
 @click.option("--optimize", is_flag=True, help="then merge small files per partition")
-@click.option("--target-mb", type=int, default=None,
+@click.option("--target-mb", type=setting_type(CompactorSettings, "target_file_mb"), default=None,
               help="target file size for --optimize [default: from config, 128]")
 @click.option("--vacuum", is_flag=True, help="then delete files no longer referenced")
-@click.option("--retention-hours", type=float, default=None,
+@click.option("--retention-hours", default=None,
+              type=setting_type(CompactorSettings, "vacuum_retention_hours"),
               help="keep unreferenced files younger than this [default: from config, 168]")
 @click.option("--rows-per-commit", type=click.IntRange(min=1), default=ROWS_PER_COMMIT,
               hidden=True, help="events per Delta commit (tests use small values)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pipeline.config import Home, load_home
+from pipeline.config import Home, load_home, setting_bounds
 from pipeline.errors import (
     HomeNotFound,
     InternalError,
@@ -68,6 +69,28 @@ home_option = _home_decorator(must_exist=True)
 
 new_home_option = _home_decorator(must_exist=False)
 """--home DIR (or TALLY_HOME) that the command may create, or checks itself."""
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, which no range check catches."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+def setting_type(settings: type[Any], name: str) -> click.ParamType[Any, Any]:
+    """The click type of an option overriding a config.toml setting: its kind and range."""
+    bounds = setting_bounds(settings, name)
+    low = bounds.least if bounds.above is None else bounds.above
+    if isinstance(getattr(settings(), name), int):
+        return click.IntRange(None if low is None else int(low),
+                              None if bounds.most is None else int(bounds.most),
+                              min_open=bounds.above is not None)
+    return FiniteFloatRange(low, bounds.most, min_open=bounds.above is not None)
 
 
 def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:
