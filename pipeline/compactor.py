@@ -13,20 +13,18 @@ take are quarantined with their origin while the rest is committed (pipeline.poi
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 from deltalake import CommitProperties, Transaction, WriterProperties, write_deltalake
 
-from pipeline.checkpoint import ProcessLock, read_watermark
+from pipeline.checkpoint import read_watermark
 from pipeline.config import Home
 from pipeline.errors import LakeError, StorageError, is_storage_failure
 from pipeline.events import Validator
@@ -413,39 +411,3 @@ def _remove(home: Home, event_type: str, files: list[Path]) -> None:
     for file in files:
         file.unlink(missing_ok=True)
     fsync_dir(home.stage / event_type)
-
-
-# ---------------------------------------------------------------- rebuild
-
-
-def run_rebuild(home: Home, progress: Progress | None = None,
-                notify: Callable[[str], None] | None = None) -> CompactionResult:
-    """Replay the raw logs into a fresh lake beside the current one, then swap it in."""
-    from pipeline.tailer import Tailer
-
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    scratch = home.root / f".rebuild-{stamp}"
-    fresh = Home(root=scratch, logs=home.logs, include=home.include, tailer=home.tailer,
-                 compactor=home.compactor, budgets=home.budgets, pricing=home.pricing)
-    with ProcessLock(home.state / "tailer.lock", "tailer").acquire(0), \
-            ProcessLock(home.state / "compact.lock", "compaction").acquire(
-                home.compactor.lock_timeout):
-        with Tailer(fresh, notify=notify) as tailer:
-            tailer.poll()
-        result = run_compaction(fresh, progress=progress)
-        _swap(home, fresh, stamp)
-    shutil.rmtree(scratch, ignore_errors=True)
-    return result
-
-
-def _swap(home: Home, fresh: Home, stamp: str) -> None:
-    # Each directory moves with two renames; the old one is kept until all are in place.
-    retired = home.root / f".replaced-{stamp}"
-    retired.mkdir()
-    for name in ("lake", "stage", "quarantine", "state"):
-        current, replacement = home.root / name, fresh.root / name
-        if current.exists():
-            current.rename(retired / name)
-        replacement.rename(current)
-    fsync_dir(home.root)
-    shutil.rmtree(retired, ignore_errors=True)

@@ -37,7 +37,6 @@ from pipeline.compactor import (
     add_partition_date,
     optimize_lake,
     run_compaction,
-    run_rebuild,
     vacuum_lake,
 )
 from pipeline.config import Home, init_home, load_home
@@ -638,48 +637,6 @@ def test_optimize_merges_small_files_and_vacuum_deletes_the_replaced(home: Home)
     assert optimize_lake(home)[USAGE] == 2
 
 
-def test_rebuild_equals_the_incremental_lake(home: Home) -> None:
-    from bench.generate import write_log
-
-    for cycle in range(4):
-        write_log(home.logs / f"gen-{cycle}.jsonl", 700, seed=cycle, days=3, invalid_ratio=0.02)
-        append(home, "manual.jsonl", [usage(f"dup-{cycle}", "2025-08-02T10:00:00Z")] * 2)
-        tail(home)
-        run_compaction(home, rows_per_commit=300)
-    types = sorted(p.name for p in home.lake.iterdir())
-    assert len(types) >= 4
-    order = ["event_id", "_source", "_offset"]
-    incremental = {t: lake(home, t).sort(order) for t in types}
-    readers = {t: events(home, t) for t in types}
-    quarantined = [line for p in sorted(home.quarantine.glob("*.jsonl"))
-                   for line in p.read_bytes().splitlines()]
-    assert len(quarantined) > 0
-
-    result = run_rebuild(home)
-
-    assert result.events == sum(f.height for f in incremental.values()) == 4 * 702 - len(
-        quarantined)
-    assert sorted(p.name for p in home.lake.iterdir()) == types
-    assert not list(home.root.glob(".rebuild-*")) and not list(home.root.glob(".replaced-*"))
-    for event_type in types:
-        rebuilt = lake(home, event_type).sort(order)
-        assert rebuilt.columns == incremental[event_type].columns
-        assert rebuilt.equals(incremental[event_type]), event_type  # every column, every row
-        assert events(home, event_type).equals(readers[event_type]), event_type
-    rebuilt_quarantine = [line for p in sorted(home.quarantine.glob("*.jsonl"))
-                          for line in p.read_bytes().splitlines()]
-    strip = [(r["source"], r["offset"], r["reason"]) for r in map(orjson.loads, quarantined)]
-    assert sorted(strip) == sorted((r["source"], r["offset"], r["reason"])
-                                   for r in map(orjson.loads, rebuilt_quarantine))
-
-    # The rebuilt checkpoint and lake agree: new lines land exactly once, old ones stay once.
-    append(home, "manual.jsonl", [usage("after-rebuild", "2025-08-03T10:00:00Z")])
-    assert tail(home).staged == 1
-    assert run_compaction(home).events == 1
-    ids = lake(home)["event_id"].to_list()
-    assert ids.count("after-rebuild") == 1 and ids.count("dup-0") == 2
-
-
 # ------------------------------------------------------------------------------- lock and CLI
 
 
@@ -765,22 +722,10 @@ def test_cli_compact_shows_progress_on_a_terminal(home: Home) -> None:
 
 
 def test_cli_help_has_examples() -> None:
-    for command in ("compact", "rebuild"):
-        result = invoke(command, "--help")
-        assert result.exit_code == 0
-        assert re.search(r"Examples?:\n\s+tally " + command, result.output), result.output
+    result = invoke("compact", "--help")
+    assert result.exit_code == 0
+    assert re.search(r"Examples?:\n\s+tally compact", result.output), result.output
     assert "--rows-per-commit" not in invoke("compact", "--help").output  # hidden test knob
-
-
-def test_cli_rebuild_reports_the_lake(home: Home) -> None:
-    append(home, "a.jsonl", day_events("a", ["2025-08-01"], 7))
-    tail(home)
-    run_compaction(home)
-    result = invoke("rebuild", "--home", str(home.root))
-    assert result.exit_code == 0, result.output
-    assert re.search(r"^rebuild: 7 events", result.output, re.MULTILINE), result.output
-    assert f"lake: {home.lake}" in result.output
-    assert sorted(lake(home)["event_id"]) == sorted(f"a-2025-08-01-{i}" for i in range(7))
 
 
 def test_staged_files_above_the_watermark_are_not_compacted(home: Home) -> None:

@@ -10,11 +10,11 @@ from pipeline.compactor import (
     CompactionResult,
     optimize_lake,
     run_compaction,
-    run_rebuild,
     vacuum_lake,
 )
 from pipeline.config import CompactorSettings, Home
 from pipeline.errors import LakeError, display_path, safe_text
+from pipeline.rebuild import changes, run_rebuild
 
 
 def _summary(verb: str, result: CompactionResult) -> str:
@@ -87,19 +87,35 @@ def _per_table(counts: dict[str, int], what: str) -> str:
 
 
 @click.command()
+@click.option("--force", is_flag=True,
+              help="swap in the rebuilt lake even if it holds fewer events; the old lake, "
+                   "stage, quarantine and state are kept in <home>/rebuild-backup-<time>/")
 @home_option
-def rebuild(home: Home) -> None:
+def rebuild(home: Home, force: bool) -> None:
     """Replay the raw logs into a fresh lake beside the current one, then swap it in.
 
     Stop `tally tail` first: rebuild takes its lock. Stage, quarantine and checkpoints
     are rebuilt too, so the tailer resumes from the replayed position.
 
+    Refuses (exit 6, nothing changed) if the fresh lake would hold fewer events of any
+    type than the current one, as after old logs were pruned. Safe to kill: the next
+    rebuild first finishes or undoes an interrupted one.
+
     \b
-    Example:
+    Examples:
       tally rebuild --home ~/.tally
+      tally rebuild --force   # even if smaller; the old lake is kept as a backup
     """
     with progress_bar("rebuilding") as progress:
-        result = run_rebuild(home, progress=progress,
+        result = run_rebuild(home, force=force, progress=progress,
                              notify=lambda message: click.echo(message, err=True))
-    click.echo(_summary("rebuild", result))
+    for line in result.recovered:
+        click.echo(f"recovered: {line}", err=True)
+    click.echo(_summary("rebuild", result.compaction))
     click.echo(f"lake: {home.lake}")
+    changed = changes(result.before, result.after) if result.before else []
+    if changed:
+        click.echo("changed: " + ", ".join(changed))
+    if result.backup is not None:
+        click.echo(f"the previous lake is kept in {display_path(result.backup)}; delete it "
+                   "when you no longer need it")

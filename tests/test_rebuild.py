@@ -1,0 +1,551 @@
+"""pipeline.rebuild: replaying the logs into a fresh home, never smaller, safe to kill.
+
+Homes are real: lines appended under logs/, staged by the real `Tailer`, compacted into
+real Delta tables. A kill during the swap is simulated in-process by making the fault hook
+raise (nothing of the rebuild runs after it, as after SIGKILL); the slow tests SIGKILL a
+real `tally rebuild` through the `TALLY_FAULT` hook instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from conftest import make_home
+from deltalake import DeltaTable
+
+from bench.generate import write_log
+from pipeline import rebuild
+from pipeline.checkpoint import ProcessLock
+from pipeline.cli import main
+from pipeline.compactor import run_compaction
+from pipeline.config import Home
+from pipeline.errors import LockTimeout, WouldLoseData
+from pipeline.lake import scan_events, table_path
+from pipeline.rebuild import (
+    PARTS,
+    interrupted_rebuild,
+    inventory,
+    recover_interrupted_rebuild,
+    run_rebuild,
+)
+from pipeline.tailer import PollResult, Tailer
+
+TALLY = str(Path(sys.executable).with_name("tally"))
+USAGE = "agent_token_usage"
+PROGRESS = "task_progress"
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TALLY_HOME", "TALLY_DEBUG", "TALLY_FAULT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def usage(event_id: str, ts: str = "2025-08-01T10:00:00Z", **extra: Any) -> dict[str, Any]:
+    return {"event_type": USAGE, "event_id": event_id, "ts": ts, "agent": "claude",
+            "input_tokens": 100, "output_tokens": 10, **extra}
+
+
+def append(home: Home, name: str, events: list[dict[str, Any]], invalid: int = 0) -> None:
+    home.logs.mkdir(parents=True, exist_ok=True)
+    with open(home.logs / name, "ab") as handle:
+        for event in events:
+            handle.write(orjson.dumps(event) + b"\n")
+        handle.write(b"not json\n" * invalid)
+
+
+def tail(home: Home) -> PollResult:
+    with Tailer(home) as tailer:
+        return tailer.poll()
+
+
+def count(home: Home, event_type: str = USAGE) -> int:
+    """Events of a type as every reader sees them: lake + stage, each once."""
+    frame = scan_events(home, event_type)
+    return 0 if frame is None else int(frame.select(pl.len()).collect().item())
+
+
+def lake(home: Home, event_type: str = USAGE) -> pl.DataFrame:
+    """The raw table, one row per stored row."""
+    return pl.read_delta(str(table_path(home, event_type)))
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
+
+
+def leftovers(home: Home) -> list[str]:
+    return sorted(p.name for p in home.root.iterdir() if p.name.startswith(
+        (".rebuild-", ".replaced-", "rebuild-backup-")))
+
+
+def backups(home: Home) -> list[Path]:
+    return sorted(home.root.glob("rebuild-backup-*"))
+
+
+def part_ids(root: Path) -> dict[str, int]:
+    """The inode of each part: a rename keeps it, so it tells old directories from new."""
+    return {name: os.stat(root / name).st_ino for name in PARTS}
+
+
+def report(home: Home) -> Any:
+    result = invoke("report", "--by", "agent,day", "--format", "json", "--home", str(home.root))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    return make_home(tmp_path / "home")
+
+
+def pruned_home(home: Home) -> Home:
+    """1,000 events (and 100 rejected lines) in the lake from 100 logs, then 99 logs gone."""
+    for n in range(100):
+        append(home, f"agent-{n:03d}.jsonl", [usage(f"e{n}-{i}") for i in range(10)],
+               invalid=1)
+    assert tail(home).staged == 1000
+    assert run_compaction(home).events == 1000
+    for n in range(1, 100):
+        (home.logs / f"agent-{n:03d}.jsonl").unlink()
+    return home
+
+
+PRUNED = ("rebuild would leave fewer events: agent_token_usage 1,000 -> 10, "
+          "quarantined lines 100 -> 1")
+
+
+# ------------------------------------------------------------------------------- rebuild
+
+
+def test_rebuild_equals_the_incremental_lake(home: Home) -> None:
+    for cycle in range(4):
+        write_log(home.logs / f"gen-{cycle}.jsonl", 700, seed=cycle, days=3, invalid_ratio=0.02)
+        append(home, "manual.jsonl", [usage(f"dup-{cycle}", "2025-08-02T10:00:00Z")] * 2)
+        tail(home)
+        run_compaction(home, rows_per_commit=300)
+    types = sorted(p.name for p in home.lake.iterdir())
+    assert len(types) >= 4
+    order = ["event_id", "_source", "_offset"]
+    incremental = {t: lake(home, t).sort(order) for t in types}
+    readers = {t: scan_events(home, t).collect().sort("event_id")  # type: ignore[union-attr]
+               for t in types}
+    quarantined = [line for p in sorted(home.quarantine.glob("*.jsonl"))
+                   for line in p.read_bytes().splitlines()]
+    assert len(quarantined) > 0
+
+    result = run_rebuild(home)
+
+    assert result.compaction.events == sum(f.height for f in incremental.values()) == (
+        4 * 702 - len(quarantined))
+    assert result.before == result.after and result.backup is None and result.recovered == []
+    assert sorted(p.name for p in home.lake.iterdir()) == types
+    assert leftovers(home) == []
+    for event_type in types:
+        rebuilt = lake(home, event_type).sort(order)
+        assert rebuilt.columns == incremental[event_type].columns
+        assert rebuilt.equals(incremental[event_type]), event_type  # every column, every row
+        again = scan_events(home, event_type).collect().sort("event_id")  # type: ignore[union-attr]
+        assert again.equals(readers[event_type]), event_type
+    rebuilt_quarantine = [line for p in sorted(home.quarantine.glob("*.jsonl"))
+                          for line in p.read_bytes().splitlines()]
+    strip = [(r["source"], r["offset"], r["reason"]) for r in map(orjson.loads, quarantined)]
+    assert sorted(strip) == sorted((r["source"], r["offset"], r["reason"])
+                                   for r in map(orjson.loads, rebuilt_quarantine))
+
+    # The rebuilt checkpoint and lake agree: new lines land exactly once, old ones stay once.
+    append(home, "manual.jsonl", [usage("after-rebuild", "2025-08-03T10:00:00Z")])
+    assert tail(home).staged == 1
+    assert run_compaction(home).events == 1
+    ids = lake(home)["event_id"].to_list()
+    assert ids.count("after-rebuild") == 1 and ids.count("dup-0") == 2
+
+
+def test_cli_rebuild_reports_the_lake_and_leaves_nothing_behind(home: Home) -> None:
+    append(home, "a.jsonl", [usage(f"a-{i}") for i in range(7)])
+    tail(home)
+    run_compaction(home)
+    before = part_ids(home.root)
+    result = invoke("rebuild", "--home", str(home.root))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^rebuild: 7 events", result.stdout, re.MULTILINE), result.output
+    assert f"lake: {home.lake}" in result.stdout
+    assert "changed:" not in result.output and "kept in" not in result.output
+    assert sorted(lake(home)["event_id"]) == sorted(f"a-{i}" for i in range(7))
+    assert leftovers(home) == []
+    assert all(part_ids(home.root)[n] != before[n] for n in PARTS)  # all four replaced
+
+
+def test_cli_rebuild_help_has_examples_of_both_forms() -> None:
+    result = invoke("rebuild", "--help")
+    assert result.exit_code == 0
+    assert re.search(r"Examples:\n\s+tally rebuild --home .*\n\s+tally rebuild --force",
+                     result.output), result.output
+    assert "--force" in result.output and "rebuild-backup-" in result.output
+
+
+def test_a_rebuild_of_an_empty_home_swaps_in_empty_parts(home: Home) -> None:
+    result = run_rebuild(home)
+    assert result.compaction.events == 0 and result.after.events == {}
+    assert all((home.root / name).is_dir() for name in PARTS) and leftovers(home) == []
+
+
+# ------------------------------------------------------------------------------- refusal
+
+
+def test_rebuild_after_pruned_logs_refuses_and_changes_nothing(home: Home) -> None:
+    pruned_home(home)
+    before = part_ids(home.root)
+    with pytest.raises(WouldLoseData) as refused:
+        run_rebuild(home)
+    assert refused.value.message == PRUNED
+    assert refused.value.exit_code == 6
+    assert "old logs pruned?" in str(refused.value.hint)
+    assert f"--force to replace the lake anyway, the old lake is then kept in " \
+           f"{home.root}/rebuild-backup-<time>/" in str(refused.value.hint)
+    assert count(home) == 1000 and lake(home).height == 1000
+    assert part_ids(home.root) == before and leftovers(home) == []
+
+
+def test_cli_rebuild_refusal_is_one_line_and_exit_6(home: Home) -> None:
+    pruned_home(home)
+    result = invoke("rebuild", "--home", str(home.root))
+    assert result.exit_code == 6, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"error: {PRUNED}"
+    assert len(lines) == 2 and lines[1].startswith("  hint: the logs no longer hold every event")
+    assert "nothing was changed" in lines[1] and "--force" in lines[1]
+    assert result.stdout == "" and count(home) == 1000 and leftovers(home) == []
+
+
+def test_staged_events_count_towards_the_refusal(home: Home) -> None:
+    append(home, "a.jsonl", [usage(f"a-{i}") for i in range(20)])
+    append(home, "b.jsonl", [usage(f"b-{i}") for i in range(3)])
+    tail(home)  # staged, never compacted
+    (home.logs / "a.jsonl").unlink()
+    with pytest.raises(WouldLoseData) as refused:
+        run_rebuild(home)
+    assert refused.value.message == "rebuild would leave fewer events: agent_token_usage 23 -> 3"
+    assert count(home) == 23 and leftovers(home) == []
+
+
+def test_more_events_and_fewer_rejects_are_not_refused(home: Home) -> None:
+    """Fixing rejected lines in a log and rebuilding is what rebuild is for."""
+    append(home, "a.jsonl", [usage(f"a-{i}") for i in range(5)], invalid=2)
+    tail(home)
+    run_compaction(home)
+    fixed = [usage(f"a-{i}") for i in range(5)] + [usage("fixed-1"), usage("fixed-2")]
+    (home.logs / "a.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in fixed))
+    result = invoke("rebuild", "--home", str(home.root))
+    assert result.exit_code == 0, result.output
+    assert "changed: agent_token_usage 5 -> 7, quarantined lines 2 -> 0" in result.stdout
+    assert count(home) == 7 and backups(home) == [] and leftovers(home) == []
+
+
+def test_cli_rebuild_force_replaces_the_lake_and_keeps_the_old_one(home: Home) -> None:
+    pruned_home(home)
+    before = part_ids(home.root)
+    result = invoke("rebuild", "--force", "--home", str(home.root))
+    assert result.exit_code == 0, result.output
+    assert count(home) == 10 and lake(home).height == 10
+    (backup,) = backups(home)
+    assert leftovers(home) == [backup.name]
+    assert sorted(p.name for p in backup.iterdir()) == sorted(PARTS)
+    assert part_ids(backup) == before  # the old directories themselves, moved
+    assert DeltaTable(str(backup / "lake" / USAGE)).to_pyarrow_table().num_rows == 1000
+    kept = Home(root=backup, logs=home.logs)
+    assert count(kept) == 1000 and inventory(kept).quarantined == 100
+    assert "changed: agent_token_usage 1,000 -> 10, quarantined lines 100 -> 1" in result.stdout
+    assert (f"the previous lake is kept in {backup}; delete it when you no longer need it"
+            in result.stdout)
+    # The new home goes on: one new line lands once.
+    append(home, "agent-000.jsonl", [usage("later")])
+    assert tail(home).staged == 1 and run_compaction(home).events == 1 and count(home) == 11
+
+
+def test_an_uncountable_lake_is_refused_unless_forced(home: Home) -> None:
+    append(home, "a.jsonl", [usage(f"a-{i}") for i in range(4)])
+    tail(home)  # staged only
+    (stage_file,) = (home.stage / USAGE).glob("b*.arrow")
+    stage_file.write_bytes(b"garbage, not Arrow IPC")
+    with pytest.raises(WouldLoseData, match=r"^cannot count the events of the current lake"):
+        run_rebuild(home)
+    assert leftovers(home) == [] and stage_file.read_bytes().startswith(b"garbage")
+    result = run_rebuild(home, force=True)
+    assert result.before is None and count(home) == 4
+    assert result.backup is not None and (result.backup / "stage" / USAGE / stage_file.name
+                                          ).read_bytes().startswith(b"garbage")
+
+
+# ------------------------------------------------------------------------------- locks
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: raised by the fault hook, caught by nothing in tally."""
+
+
+def kill_at(monkeypatch: pytest.MonkeyPatch, point: str, nth: int = 1) -> None:
+    hits: Counter[str] = Counter()
+
+    def fault(reached: str) -> None:
+        hits[reached] += 1
+        if reached == point and hits[reached] == nth:
+            raise Killed(f"{point}:{nth}")
+
+    monkeypatch.setattr(rebuild, "_fault", fault)
+
+
+def test_rebuild_refuses_while_a_tailer_runs(home: Home) -> None:
+    append(home, "a.jsonl", [usage("a")])
+    with Tailer(home), pytest.raises(LockTimeout, match="another tailer is running"):
+        run_rebuild(home)
+    assert leftovers(home) == []
+
+
+def probe_locks(home: Home, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Once every part is swapped (state/ is the fresh one), try to take its two locks."""
+    taken: list[str] = []
+
+    def probe(point: str) -> None:
+        if point == "before_cleanup":
+            for name in ("tailer.lock", "compact.lock"):
+                with pytest.raises(LockTimeout):
+                    ProcessLock(home.state / name, name).acquire(0)
+                taken.append(name)
+
+    monkeypatch.setattr(rebuild, "_fault", probe)
+    return taken
+
+
+def test_the_fresh_state_locks_are_held_during_the_swap(
+        home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After state/ is swapped, a tailer or compaction must still find its locks taken."""
+    append(home, "a.jsonl", [usage(f"a-{i}") for i in range(3)])
+    tail(home)
+    taken = probe_locks(home, monkeypatch)
+    run_rebuild(home)
+    assert taken == ["tailer.lock", "compact.lock"]
+    ProcessLock(home.state / "tailer.lock", "tailer").acquire(0).release()  # released after
+
+
+@pytest.mark.parametrize("nth", [1, 6, 7])
+def test_a_recovery_holds_the_locks_of_the_state_it_swaps_in(
+        home: Home, monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
+    append(home, "a.jsonl", [usage(f"a-{i}") for i in range(3)])
+    tail(home)
+    kill_at(monkeypatch, "mid_swap", nth)
+    with pytest.raises(Killed):
+        run_rebuild(home)
+    taken = probe_locks(home, monkeypatch)
+    assert len(recover_interrupted_rebuild(home)) == 1
+    assert taken == ["tailer.lock", "compact.lock"]
+    ProcessLock(home.state / "tailer.lock", "tailer").acquire(0).release()
+
+
+# ------------------------------------------------------------------------------- recovery
+
+
+def busy_home(home: Home) -> Home:
+    """Lake, stage (staged, not compacted) and quarantine all hold something."""
+    write_log(home.logs / "gen.jsonl", 400, seed=7, days=3, invalid_ratio=0.05)
+    tail(home)
+    run_compaction(home)
+    append(home, "late.jsonl", [usage(f"late-{i}") for i in range(30)], invalid=2)
+    assert tail(home).staged == 30
+    return home
+
+
+def assert_consistent(home: Home, totals: Any, old: dict[str, int], *, new: bool) -> None:
+    """No leftovers; every part old or every part new; the same totals before and after a
+    tail and a compaction."""
+    assert [p.name for p in interrupted_rebuild(home)] == []
+    now = part_ids(home.root)
+    if new:
+        assert all(now[name] != old[name] for name in PARTS), (now, old)
+    else:
+        assert now == old
+    assert report(home) == totals
+    assert tail(home).staged == 0
+    run_compaction(home)
+    assert report(home) == totals
+
+
+SWAP_KILLS = [("before_swap", 1), *(("mid_swap", n) for n in range(1, 8)),
+              ("before_cleanup", 1), ("mid_cleanup", 1), ("mid_cleanup", 4)]
+
+
+@pytest.mark.parametrize(("point", "nth"), SWAP_KILLS)
+def test_a_swap_killed_anywhere_is_rolled_forward(
+        home: Home, monkeypatch: pytest.MonkeyPatch, point: str, nth: int) -> None:
+    busy_home(home)
+    totals, old = report(home), part_ids(home.root)
+    kill_at(monkeypatch, point, nth)
+    with pytest.raises(Killed):
+        run_rebuild(home)
+    assert any(p.name.startswith(".rebuild-") for p in interrupted_rebuild(home))
+    monkeypatch.undo()
+    done = recover_interrupted_rebuild(home)
+    assert len(done) == 1 and re.match(r"finished the rebuild \S+ that was interrupted "
+                                       r"while swapping in its lake$", done[0]), done
+    assert backups(home) == []
+    assert_consistent(home, totals, old, new=True)
+
+
+@pytest.mark.parametrize(("point", "nth"), [("mid_swap", 3), ("before_cleanup", 1)])
+def test_a_forced_swap_killed_keeps_its_backup(
+        home: Home, monkeypatch: pytest.MonkeyPatch, point: str, nth: int) -> None:
+    busy_home(home)
+    totals, old = report(home), part_ids(home.root)
+    kill_at(monkeypatch, point, nth)
+    with pytest.raises(Killed):
+        run_rebuild(home, force=True)
+    monkeypatch.undo()
+    (done,) = recover_interrupted_rebuild(home)
+    (backup,) = backups(home)
+    assert done.endswith(f"; the previous lake is kept in {backup}")
+    assert part_ids(backup) == old
+    assert_consistent(home, totals, old, new=True)
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    (("mid_swap", 1), ("mid_swap", 1)),
+    (("mid_swap", 4), ("mid_swap", 2)),
+    (("mid_swap", 7), ("mid_swap", 1)),  # the kill left no state/: the locks make a new one
+    (("before_swap", 1), ("before_cleanup", 1)),
+    (("mid_swap", 5), ("mid_cleanup", 2)),
+])
+def test_a_recovery_killed_is_finished_by_the_next(
+        home: Home, monkeypatch: pytest.MonkeyPatch, first: tuple[str, int],
+        second: tuple[str, int]) -> None:
+    busy_home(home)
+    totals, old = report(home), part_ids(home.root)
+    kill_at(monkeypatch, *first)
+    with pytest.raises(Killed):
+        run_rebuild(home)
+    kill_at(monkeypatch, *second)
+    with pytest.raises(Killed):
+        recover_interrupted_rebuild(home)
+    monkeypatch.undo()
+    assert len(recover_interrupted_rebuild(home)) >= 1
+    assert_consistent(home, totals, old, new=True)
+
+
+def test_a_rebuild_first_finishes_an_interrupted_one(
+        home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    busy_home(home)
+    totals = report(home)
+    kill_at(monkeypatch, "mid_swap", 4)
+    with pytest.raises(Killed):
+        run_rebuild(home)
+    monkeypatch.undo()
+    result = invoke("rebuild", "--home", str(home.root))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^recovered: finished the rebuild \S+ that was interrupted",
+                     result.stderr, re.MULTILINE), result.output
+    assert leftovers(home) == [] and report(home) == totals
+
+
+def test_an_unfinished_build_is_deleted_and_the_home_left_as_it_was(home: Home) -> None:
+    busy_home(home)
+    totals, old = report(home), part_ids(home.root)
+    scratch = home.root / ".rebuild-20250101T000000Z"
+    shutil.copytree(home.lake, scratch / "lake")  # a build killed before its journal
+    (scratch / "state").mkdir()
+    (done,) = recover_interrupted_rebuild(home)
+    assert done == f"removed {scratch}: a rebuild interrupted before its swap " \
+                   "(nothing of it was in use)"
+    assert_consistent(home, totals, old, new=False)
+
+
+def test_old_parts_of_a_finished_swap_are_deleted_and_backups_never_touched(
+        home: Home) -> None:
+    busy_home(home)
+    retired = home.root / ".replaced-20250101T000000Z"
+    shutil.copytree(home.lake, retired / "lake")
+    backup = home.root / "rebuild-backup-20240101T000000Z"
+    shutil.copytree(home.lake, backup / "lake")
+    (done,) = recover_interrupted_rebuild(home)
+    assert done == f"removed {retired}: the old lake of a finished rebuild"
+    assert not retired.exists() and backups(home) == [backup]
+    assert recover_interrupted_rebuild(home) == []
+
+
+def test_old_parts_the_home_lacks_are_kept(home: Home) -> None:
+    busy_home(home)
+    retired = home.root / ".replaced-20250101T000000Z"
+    retired.mkdir()
+    home.quarantine.rename(retired / "quarantine")
+    (done,) = recover_interrupted_rebuild(home)
+    assert done == f"kept {retired}: the home has no quarantine of its own"
+    assert (retired / "quarantine").is_dir()
+
+
+def test_recovery_waits_for_no_lock_when_there_is_nothing_to_do(home: Home) -> None:
+    with Tailer(home):
+        assert recover_interrupted_rebuild(home) == []
+        (home.root / ".rebuild-20250101T000000Z").mkdir()
+        with pytest.raises(LockTimeout, match="another tailer is running"):
+            recover_interrupted_rebuild(home)
+    assert len(recover_interrupted_rebuild(home)) == 1
+
+
+# ------------------------------------------------------------------------------- SIGKILL
+
+
+def tally_rebuild(home: Home, fault: str | None = None,
+                  *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TALLY_FAULT"}
+    if fault is not None:
+        env["TALLY_FAULT"] = fault
+    return subprocess.run([TALLY, "rebuild", "--home", str(home.root), *extra], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fault", "swapped"), [
+    ("compact:before_write", False),  # inside the build: no journal yet
+    ("rebuild:before_swap", True),
+    ("rebuild:mid_swap:3", True),
+    ("rebuild:mid_swap:7", True),
+    ("rebuild:before_cleanup", True),
+    ("rebuild:mid_cleanup:2", True),
+])
+def test_sigkilled_rebuild_leaves_a_home_wholly_old_or_wholly_new(
+        home: Home, fault: str, swapped: bool) -> None:
+    busy_home(home)
+    totals, old = report(home), part_ids(home.root)
+    killed = tally_rebuild(home, fault)
+    assert killed.returncode == -9, killed.stderr
+    assert interrupted_rebuild(home) != []
+    recover_interrupted_rebuild(home)
+    assert_consistent(home, totals, old, new=swapped)
+
+
+@pytest.mark.slow
+def test_sigkilled_recovery_is_finished_by_the_next_rebuild(home: Home) -> None:
+    busy_home(home)
+    totals = report(home)
+    assert tally_rebuild(home, "rebuild:mid_swap:4", "--force").returncode == -9
+    assert tally_rebuild(home, "rebuild:mid_swap:1").returncode == -9  # inside the recovery
+    finished = tally_rebuild(home)
+    assert finished.returncode == 0, finished.stderr
+    assert "recovered: finished the rebuild" in finished.stderr
+    assert "the previous lake is kept in" in finished.stderr  # the first run's --force
+    assert len(backups(home)) == 1 and [p.name for p in interrupted_rebuild(home)] == []
+    assert report(home) == totals
+    assert tail(home).staged == 0
