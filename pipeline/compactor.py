@@ -25,7 +25,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, Transaction, WriterProperties, write_deltalake
 
 from pipeline.checkpoint import read_watermark
-from pipeline.config import Home
+from pipeline.config import FAULT_ENV, Home
 from pipeline.errors import LakeError, StorageError, is_storage_failure
 from pipeline.events import Validator
 from pipeline.frames import scan_stage_files
@@ -51,6 +51,7 @@ from pipeline.maintenance import (
 from pipeline.poison import Unwritable, quarantine_unwritable, scratch_probe, split_writable
 from pipeline.recovery import Restaged, restage
 from pipeline.stage import BatchId, all_batch_files, fsync_dir, staged_files
+from pipeline.swap import recover_interrupted_rebuild
 
 # Rows per Delta commit: peak RSS grows with it (2M events: 1.07 GB at 1M rows, 570 MB at
 # 250k; 10M events: 1.28 GB vs 0.70 GB) while CPU time stays the same. Reading the next
@@ -60,7 +61,6 @@ Progress = Callable[[int, int], None]
 # Test hook for the kill tests: TALLY_FAULT=compact:<point>:<n> SIGKILLs this process the
 # n-th time (default 1st) it reaches <point>: `before_write` (just before a Delta write) or
 # `after_commit` (a commit done, its stage files not yet removed). Never set in production.
-FAULT_ENV = "TALLY_FAULT"
 _fault_hits: dict[str, int] = {}
 __all__ = ["CompactionResult", "optimize_lake", "run_compaction", "vacuum_lake"]
 
@@ -79,6 +79,7 @@ class CompactionResult:
     restaged: list[Restaged] = field(default_factory=list)
     unwritable: list[Unwritable] = field(default_factory=list)
     uncommitted_files_removed: int = 0
+    recovered: list[str] = field(default_factory=list)  # what an interrupted rebuild left
 
     @property
     def rate(self) -> float:
@@ -101,7 +102,7 @@ def run_compaction(home: Home, *, lock_timeout: float | None = None,
                    rows_per_commit: int = ROWS_PER_COMMIT) -> CompactionResult:
     """Move every committed stage batch into the lake; safe to kill and re-run at any point."""
     started = time.monotonic()
-    result = CompactionResult()
+    result = CompactionResult(recovered=recover_interrupted_rebuild(home, lock_timeout))
     with compaction_lock(home, lock_timeout):
         try:
             result.uncommitted_files_removed = remove_files_of_killed_writes(home)

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from pipeline.errors import ConfigError, display_path
 
 HOME_ENV = "TALLY_HOME"
+# Test hook of the kill tests, read by compaction and rebuild: never set in production.
+FAULT_ENV = "TALLY_FAULT"
 DEFAULT_HOME = Path(".tally")
 T = TypeVar("T")
 SUBDIRS = ("logs", "stage", "quarantine", "state", "lake")

@@ -20,6 +20,7 @@ from pipeline.errors import DamagedFile, display_path
 from pipeline.ledger import lake_high_water, lost_commits, open_table, stream_batch, table_path
 from pipeline.recovery import DAMAGED_DIR
 from pipeline.stage import all_batch_files, is_committed
+from pipeline.swap import interrupted_rebuild
 
 READ_ATTEMPTS = 5
 
@@ -67,6 +68,9 @@ def tail_status(home: Home) -> TailStatus:
                         "next `tally tail` goes on under a new stream and reads the lines "
                         "after the checkpoint again")
     waiting = _waiting(home, checkpoint.watermark, problems)
+    for leftover in interrupted_rebuild(home):
+        problems.append(f"{display_path(leftover)} is left by an interrupted rebuild; the next "
+                        "`tally tail`, `tally compact` or `tally rebuild` finishes or undoes it")
     return TailStatus(files, waiting, checkpoint.staged, checkpoint.quarantined,
                       checkpoint.batch, checkpoint.updated_at, checkpoint.stream, problems,
                       _set_aside(home))

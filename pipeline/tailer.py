@@ -30,7 +30,7 @@ from pipeline.checkpoint import (
     recover_checkpoint,
     save_checkpoint,
 )
-from pipeline.config import Home
+from pipeline.config import Home, require_logs_dir
 from pipeline.errors import display_path, safe_text, storage_error
 from pipeline.events import Rejection, Validator
 from pipeline.files import FileSet, OpenFile, crc_of, derived_id_prefix, fingerprint_of, marker_at
@@ -49,6 +49,7 @@ from pipeline.stage import (
     write_quarantine,
     write_stage_bytes,
 )
+from pipeline.swap import recover_interrupted_rebuild
 from pipeline.workers import BlockMoved, BlockSource, StagerPool, done_future
 
 if TYPE_CHECKING:
@@ -109,6 +110,9 @@ class Tailer:
         self.settings = home.tailer
         self.validator = validator or Validator()
         self.notify = notify or (lambda message: None)
+        require_logs_dir(home)
+        for told in recover_interrupted_rebuild(home):
+            self.notify(told)
         try:
             for directory in (home.logs, home.stage, home.quarantine, home.state):
                 directory.mkdir(parents=True, exist_ok=True)  # logs: the observer needs it

@@ -63,6 +63,8 @@ def compact(home: Home, lock_timeout: float | None, optimize: bool, target_mb: i
 
 def _render_repairs(result: CompactionResult) -> None:
     """What compaction set right on its way, and what it could not: LakeError for that."""
+    for line in result.recovered:
+        click.echo(f"recovered: {line}", err=True)
     for restaged in result.restaged:
         click.echo(f"damaged stage file set aside as {display_path(restaged.set_aside)}; "
                    f"{restaged.events:,} events staged again from the logs", err=True)
