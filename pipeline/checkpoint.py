@@ -8,6 +8,7 @@ import dataclasses
 import fcntl
 import os
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -157,15 +158,16 @@ def load_checkpoint(state_dir: Path) -> Checkpoint:
 
 
 def read_watermark(state_dir: Path) -> Watermark:
-    """The committed batches, for readers: from the checkpoint, or if it is damaged from
-    the one before it; DamagedFile if neither can be read."""
+    """The committed batches, for readers. If the checkpoint is damaged, every batch of the
+    stream of the one before it counts: the damaged one committed more, and a crash's
+    leftover read twice counts once (by event id). DamagedFile if neither can be read."""
     try:
         return load_checkpoint(state_dir).watermark
     except DamagedFile:
         previous = _previous_checkpoint(state_dir)
         if previous is None:
             raise
-        return previous.watermark
+        return Watermark(previous.stream, sys.maxsize)
 
 
 def recover_checkpoint(state_dir: Path) -> tuple[Checkpoint, str | None]:
@@ -268,8 +270,9 @@ class ProcessLock:
                     raise LockTimeout(self.what, path=self.path, waited=timeout,
                                       holder=holder) from None
                 time.sleep(poll)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        with contextlib.suppress(OSError):  # who holds it is only for messages: a full disk
+            os.ftruncate(fd, 0)            # must not keep a command from starting
+            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         self._fd = fd
         self._held.add(fd)
         return self

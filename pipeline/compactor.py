@@ -26,7 +26,7 @@ from deltalake import CommitProperties, Transaction, WriterProperties, write_del
 
 from pipeline.checkpoint import read_watermark
 from pipeline.config import FAULT_ENV, Home
-from pipeline.errors import LakeError, StorageError, is_storage_failure
+from pipeline.errors import LakeError, StorageError, display_path, is_storage_failure
 from pipeline.events import Validator
 from pipeline.frames import scan_stage_files
 from pipeline.journal import prune
@@ -41,6 +41,7 @@ from pipeline.ledger import (
 )
 from pipeline.maintenance import (
     compaction_lock,
+    is_storage_refusal,
     native_stderr_captured,
     optimize_lake,
     panic_summary,
@@ -373,12 +374,12 @@ def _write(commit: _Commit, data: pl.DataFrame) -> None:
     except Exception as exc:
         remove_uncommitted_files(commit.table, started_ns - 1)
         panic = panic_summary("".join(captured))
-        detail = panic or (str(exc).splitlines() or [type(exc).__name__])[0]
-        if is_storage_failure(exc) or "os error" in detail or "No space" in detail:
+        detail = (str(exc).splitlines() or [""])[0] or panic or type(exc).__name__
+        if is_storage_refusal(exc, panic):
             raise StorageError(f"cannot write the lake: {detail}", path=commit.table,
                                hint="free space or fix the permissions, then run compact "
                                     "again; the stage is untouched, nothing was lost") from exc
-        error = LakeError(f"commit to {commit.table} failed: {detail}",
+        error = LakeError(f"commit to {display_path(commit.table)} failed: {detail}",
                           hint="the stage is untouched; fix the cause and run compact again")
         raise _RowsRefused(error) from exc
 

@@ -1,7 +1,8 @@
 """Which log bytes each batch holds, so a damaged stage file can be made again from the logs.
 
 The tailer appends one line per batch, synced before the checkpoint that commits the
-batch: `{"batch": N, "ranges": [[identity, path, start, end], ...]}`. Lines go to
+batch: `{"batch": N, "ranges": [[identity, path, start, end, crc], ...]}`, the CRC-32 of
+the file's bytes [0, end) proving, when they are read again, that they are the same. Lines go to
 `state/journal/<stream>-<first batch>.jsonl`, a new segment at every start of a tailer and
 every SEGMENT_BATCHES batches. A batch number written twice (a crash before its commit,
 then the batch read again) is read back from its last line. Compaction deletes the
@@ -35,6 +36,7 @@ class Range:
     path: str  # relative to the logs directory
     start: int
     end: int
+    crc: int | None  # of the bytes [0, end)
 
 
 class JournalWriter:
@@ -52,8 +54,10 @@ class JournalWriter:
                 or batch.number < self._first:
             self._open_segment(batch.number)
         assert self._fd is not None
-        body = [[r.identity, encode_path(r.path), r.start, r.end] for r in ranges]
-        os.write(self._fd, orjson.dumps({"batch": batch.number, "ranges": body}) + b"\n")
+        body = [[r.identity, encode_path(r.path), r.start, r.end, r.crc] for r in ranges]
+        # The leading newline ends a line torn by a crash (a full disk): it cannot swallow
+        # this one.
+        os.write(self._fd, b"\n" + orjson.dumps({"batch": batch.number, "ranges": body}) + b"\n")
         os.fsync(self._fd)
 
     def _open_segment(self, first: int) -> None:
@@ -92,7 +96,7 @@ def batch_ranges(state_dir: Path, batch: BatchId) -> list[Range] | None:
             continue
         for entry in _entries(path):
             if entry.get("batch") == batch.number:
-                found = [Range(r[0], decode_path(r[1]), int(r[2]), int(r[3]))
+                found = [Range(r[0], decode_path(r[1]), int(r[2]), int(r[3]), r[4])
                          for r in entry["ranges"]]
     return found
 
@@ -120,6 +124,8 @@ def _entries(path: Path) -> list[dict[str, Any]]:
     except OSError:
         return []
     for line in raw.splitlines():
+        if not line:
+            continue
         try:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError:

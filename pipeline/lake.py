@@ -6,16 +6,24 @@ duplicate rule of DESIGN.md (same event_id counts once) is enforced in one place
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
 import polars as pl
 
 from pipeline.checkpoint import read_watermark
 from pipeline.config import Home
 from pipeline.errors import DamagedFile
 from pipeline.frames import conform, stage_schema
-from pipeline.ledger import open_table, stream_batch, table_path
+from pipeline.ledger import REBUILD_HINT, open_table, stream_batch, table_path
 from pipeline.schemas import SchemaSet, load_schemas
 from pipeline.stage import BatchId, staged_files
 
+READ_ATTEMPTS = 5
+P = ParamSpec("P")
+T = TypeVar("T")
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 STAGE_HINT = ("run `tally compact`: it sets the damaged file aside and stages its events "
               "again from the logs")
@@ -80,3 +88,30 @@ def dedupe(frame: pl.LazyFrame, event_type: str) -> pl.LazyFrame:
         order.insert(0, -pl.sum_horizontal(pl.col(c).fill_null(0) for c in TOKEN_COLUMNS))
     first = many.sort(order).unique(subset="event_id", keep="first", maintain_order=True)
     return pl.concat([once, first.drop("_row")])
+
+
+def reread_if_vanished(read: Callable[P, T]) -> Callable[P, T]:
+    """Run a read again when a file of the table version it opened was deleted meanwhile
+    (`vacuum` with a short retention, after an `optimize`): the next try opens the
+    table's current version."""
+
+    @functools.wraps(read)
+    def again(*args: P.args, **kwargs: P.kwargs) -> T:
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return read(*args, **kwargs)
+            except (OSError, pl.exceptions.PolarsError) as exc:
+                if not _vanished(exc):
+                    raise
+                if attempt == READ_ATTEMPTS - 1:
+                    missing = getattr(exc, "filename", None) or str(exc).rpartition(": ")[2]
+                    raise DamagedFile("lake file", Path(missing), "it is missing",
+                                      hint=REBUILD_HINT) from exc
+        raise AssertionError("unreachable")
+
+    return again
+
+
+def _vanished(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, FileNotFoundError) or "No such file" in text or "os error 2)" in text

@@ -23,7 +23,7 @@ from deltalake import DeltaTable
 
 from pipeline.checkpoint import ProcessLock
 from pipeline.config import Home
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, is_storage_failure
 from pipeline.ledger import open_table, record_versions, table_dirs
 
 
@@ -58,13 +58,25 @@ def native_stderr_captured() -> Iterator[list[str]]:
                 sys.stderr.write(text)
 
 
+STORAGE_MARKERS = ("No space left", "os error 28", "Disk quota", "os error 122",
+                   "Read-only file system", "os error 30", "Permission denied", "os error 13")
+
+
 def panic_summary(text: str) -> str:
     """The line of a Rust panic's report that says what went wrong."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in lines:
-        if "os error" in line or "No space" in line or "Permission denied" in line:
+        if any(marker in line for marker in STORAGE_MARKERS) or "os error" in line:
             return line
-    return next((line for line in lines if not line.startswith("note:")), "")
+    return next((line for line in lines
+                 if not line.startswith(("note:", "thread '", "stack backtrace"))), "")
+
+
+def is_storage_refusal(exc: BaseException, panic: str) -> bool:
+    """Whether a failed native write was the file system refusing it (full, read-only,
+    denied), from the exception or the panic report beside it."""
+    text = f"{exc} {panic}"
+    return is_storage_failure(exc) or any(marker in text for marker in STORAGE_MARKERS)
 
 
 def local_path(uri: str) -> Path:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from pipeline.config import Home
+from pipeline.lake import reread_if_vanished
 from pipeline.reports import BUCKETS, NANO, ReportQuery, open_cells, open_events
 
 PROGRESS_COLUMNS = ("agent", "task", "name", "status", "progress", "last_update", "snapshots",
@@ -48,6 +49,7 @@ def progress_view(progress: pl.LazyFrame, cells: pl.LazyFrame, agents: Sequence[
             .select(PROGRESS_COLUMNS))
 
 
+@reread_if_vanished
 def run_progress(home: Home, agents: Sequence[str] = (),
                  statuses: Sequence[str] = ()) -> pl.DataFrame:
     """The progress view of a home."""

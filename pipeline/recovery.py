@@ -25,7 +25,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.config import Home
 from pipeline.errors import DamagedFile, display_path, safe_text
 from pipeline.events import Validator
-from pipeline.files import base_fingerprint, derived_id_prefix, fingerprint_of
+from pipeline.files import base_fingerprint, crc_of, derived_id_prefix, fingerprint_of
 from pipeline.frames import BlockStager, ipc_bytes
 from pipeline.journal import Range, batch_ranges
 from pipeline.stage import batch_id, fsync_dir, write_atomic
@@ -91,7 +91,7 @@ def _read_again(home: Home, logged: Range, event_type: str,
         except OSError:
             continue
         try:
-            if fingerprint_of(fd) != base_fingerprint(logged.identity):
+            if not _holds(fd, logged):
                 continue
             data = os.pread(fd, logged.end - logged.start, logged.start)
         finally:
@@ -103,6 +103,15 @@ def _read_again(home: Home, logged: Range, event_type: str,
         ipc = staged.frames.get(event_type)
         return pl.DataFrame() if ipc is None else pl.read_ipc(ipc)
     return f"{where}: no log holds it any more (deleted or rewritten)"
+
+
+def _holds(fd: int, logged: Range) -> bool:
+    """Whether the open file is the one the range was read from: its first line, and
+    everything up to the range's end by CRC (a file written anew with the same first line
+    is not)."""
+    if fingerprint_of(fd) != base_fingerprint(logged.identity):
+        return False
+    return logged.crc is None or crc_of(fd, logged.end) == logged.crc
 
 
 def _paths_of(home: Home, logged: Range) -> list[Path]:

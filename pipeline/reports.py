@@ -21,7 +21,7 @@ import polars as pl
 from pipeline.config import Home
 from pipeline.errors import UnknownTimeZone, UsageError
 from pipeline.frames import TS_TYPE, stage_schema
-from pipeline.lake import scan_events
+from pipeline.lake import reread_if_vanished, scan_events
 from pipeline.pricing import (
     PriceTable,
     attach_prices,
@@ -519,6 +519,7 @@ def open_cells(home: Home, query: ReportQuery, keys: Sequence[str]) -> pl.LazyFr
     return combine_cells(used, counted.collect().lazy())
 
 
+@reread_if_vanished
 def run_report(home: Home, query: ReportQuery) -> Report:
     """Tokens and cost per group of `query.by`."""
     cells = open_cells(home, check_query(query), cell_keys(query.by)).collect().lazy()
@@ -526,6 +527,7 @@ def run_report(home: Home, query: ReportQuery) -> Report:
     return Report(rows=grouped, by=query.by, unpriced_models=missing["model"].to_list())
 
 
+@reread_if_vanished
 def run_daily_summary(home: Home, day: date, query: ReportQuery) -> DailySummary:
     """The seed's daily report of `day` (in `query.tz`), for `query.agents` or everyone."""
     query = check_query(ReportQuery(agents=query.agents, tz=query.tz, since=day, until=day,
@@ -535,12 +537,14 @@ def run_daily_summary(home: Home, day: date, query: ReportQuery) -> DailySummary
     return DailySummary(day=day, agents=daily_totals(cells, progress, day).collect())
 
 
+@reread_if_vanished
 def run_usage(home: Home, today: date, query: ReportQuery) -> pl.DataFrame:
     """Tokens and cost today, this week and all time per agent, as of `today` in `query.tz`."""
     return usage_windows(open_cells(home, check_query(query), ["agent", "_date"]),
                          today).collect()
 
 
+@reread_if_vanished
 def run_context_report(home: Home, query: ReportQuery) -> pl.DataFrame:
     """Per role: context compilations and their estimated cache hit ratio."""
     compiled = open_events(home, "context_compiled")

@@ -95,12 +95,12 @@ def _waiting(home: Home, watermark: Watermark, problems: list[str]) -> int:
         event_type = directory.name
         try:
             table = open_table(table_path(home, event_type))
+            lost = lost_commits(home, event_type, table)
         except DamagedFile as damaged:
-            problems.append(f"{damaged.message}; {damaged.hint}")
-            table = None
-        lost = lost_commits(home, event_type, table)
+            table, lost = None, f"{damaged.message}; {damaged.hint}"
         if lost:
-            problems.append(f"{lost}; `tally rebuild` replays the logs into a fresh lake")
+            problems.append(lost if "rebuild" in lost else
+                            f"{lost}; `tally rebuild` replays the logs into a fresh lake")
         held: dict[str, int] = {}
         for batch, path in all_batch_files(directory, "arrow"):
             if not is_committed(batch, watermark):

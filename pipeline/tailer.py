@@ -118,7 +118,7 @@ class Tailer:
                 directory.mkdir(parents=True, exist_ok=True)  # logs: the observer needs it
             self._lock = ProcessLock(home.state / "tailer.lock", "tailer").acquire(lock_timeout)
         except OSError as exc:
-            raise storage_error(exc, "prepare the home") from exc
+            raise storage_error(exc, "prepare the home", exc.filename or home.root) from exc
         try:
             self.checkpoint = self._resumed_checkpoint()
         except BaseException:
@@ -158,7 +158,8 @@ class Tailer:
                 checkpoint = replace(checkpoint, stream=new_stream(), batch=0)
                 save_checkpoint(home.state, checkpoint)
         except OSError as exc:
-            raise storage_error(exc, "prepare the stage and the checkpoint") from exc
+            raise storage_error(exc, "prepare the stage and the checkpoint",
+                                exc.filename or home.state) from exc
         return checkpoint
 
     @functools.cached_property
@@ -385,7 +386,8 @@ class Tailer:
                 self._sealed.clear()
                 self._pending = _Pending()
                 if isinstance(exc, OSError):
-                    raise storage_error(exc, "write a batch") from exc
+                    where = exc.filename or self.home.stage
+                    raise storage_error(exc, "write a batch", where) from exc
                 raise
 
     def _commit_batch(self, pending: _Pending, result: PollResult) -> None:
@@ -431,7 +433,7 @@ class Tailer:
 
     def _ranges(self, pending: _Pending, advanced: dict[str, Any]) -> list[Range]:
         return [Range(identity, state.path, pending.starts.get(identity, state.offset),
-                      state.offset) for identity, state in advanced.items()]
+                      state.offset, state.crc) for identity, state in advanced.items()]
 
     def _outcome(self, segment: _Segment) -> StagedBlock:
         try:
