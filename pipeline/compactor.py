@@ -26,7 +26,13 @@ from deltalake import CommitProperties, Transaction, WriterProperties, write_del
 
 from pipeline.checkpoint import read_watermark
 from pipeline.config import FAULT_ENV, Home
-from pipeline.errors import LakeError, StorageError, display_path, is_storage_failure
+from pipeline.errors import (
+    LakeError,
+    StorageError,
+    display_path,
+    is_storage_failure,
+    native_stderr_captured,
+)
 from pipeline.events import Validator
 from pipeline.frames import scan_stage_files
 from pipeline.journal import prune
@@ -42,7 +48,6 @@ from pipeline.ledger import (
 from pipeline.maintenance import (
     compaction_lock,
     is_storage_refusal,
-    native_stderr_captured,
     optimize_lake,
     panic_summary,
     remove_files_of_killed_writes,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -208,3 +212,34 @@ class PricingError(TallyError):
     """The shipped pricing table cannot be read."""
 
     exit_code = 3
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[list[str]]:
+    """Hold back what native code writes to stderr (a Rust panic's report) while the block
+    runs. If the block fails, the text is handed over in the list (for the error's
+    message) instead of reaching the user; if it succeeds, it is written out as it was."""
+    captured: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr to redirect
+        yield captured
+        return
+    with tempfile.TemporaryFile() as holder:
+        os.dup2(holder.fileno(), 2)
+        failed = False
+        try:
+            yield captured
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            holder.seek(0)
+            text = holder.read().decode("utf-8", "replace")
+            if failed:
+                captured.append(text)
+            elif text:
+                sys.stderr.write(text)

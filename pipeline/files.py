@@ -328,7 +328,9 @@ class FileSet:
             size = min(st.st_size, state.offset)
             same = crc_of(fd, size) == crc_of(handle.fd, size)
             return "followed-copy" if same else "other"
-        if _inode_of(state) in self.live and _inode_of(state) not in self._open_inodes():
+        original = _inode_of(state)
+        if original != (st.st_dev, st.st_ino) and original in self.live \
+                and original not in self._open_inodes():
             return "defer"  # the original is there, not opened yet: it goes first
         if self._holds(fd, st, state):
             return "moved"  # the same bytes under another inode: moved, copied, restored

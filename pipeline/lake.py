@@ -15,7 +15,7 @@ import polars as pl
 
 from pipeline.checkpoint import read_watermark
 from pipeline.config import Home
-from pipeline.errors import DamagedFile
+from pipeline.errors import DamagedFile, native_stderr_captured
 from pipeline.frames import conform, stage_schema
 from pipeline.ledger import REBUILD_HINT, open_table, stream_batch, table_path
 from pipeline.schemas import SchemaSet, load_schemas
@@ -99,7 +99,8 @@ def reread_if_vanished(read: Callable[P, T]) -> Callable[P, T]:
     def again(*args: P.args, **kwargs: P.kwargs) -> T:
         for attempt in range(READ_ATTEMPTS):
             try:
-                return read(*args, **kwargs)
+                with native_stderr_captured():  # a Polars panic's report, when a file went
+                    return read(*args, **kwargs)
             except (OSError, pl.exceptions.PolarsError) as exc:
                 if not _vanished(exc):
                     raise

@@ -13,50 +13,24 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 
 from pipeline.checkpoint import ProcessLock
 from pipeline.config import Home
-from pipeline.errors import UsageError, is_storage_failure
-from pipeline.ledger import open_table, record_versions, table_dirs
-
-
-@contextlib.contextmanager
-def native_stderr_captured() -> Iterator[list[str]]:
-    """Hold back what native code writes to stderr (a Rust panic's report) while the block
-    runs. If the block fails, the text is handed over in the list (for the error's
-    message) instead of reaching the user; if it succeeds, it is written out as it was."""
-    captured: list[str] = []
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no stderr to redirect
-        yield captured
-        return
-    with tempfile.TemporaryFile() as holder:
-        os.dup2(holder.fileno(), 2)
-        failed = False
-        try:
-            yield captured
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            holder.seek(0)
-            text = holder.read().decode("utf-8", "replace")
-            if failed:
-                captured.append(text)
-            elif text:
-                sys.stderr.write(text)
-
+from pipeline.errors import (
+    DamagedFile,
+    LakeError,
+    UsageError,
+    display_path,
+    is_storage_failure,
+    native_stderr_captured,
+)
+from pipeline.ledger import REBUILD_HINT, open_table, record_versions, table_dirs
 
 STORAGE_MARKERS = ("No space left", "os error 28", "Disk quota", "os error 122",
                    "Read-only file system", "os error 30", "Permission denied", "os error 13")
@@ -146,7 +120,8 @@ def optimize_lake(home: Home, target_mb: int | None = None,
     merged = {}
     with compaction_lock(home, lock_timeout):
         for event_type, table in tables(home):
-            metrics = table.optimize.compact(target_size=target)
+            with delta_errors("optimize", table):
+                metrics = table.optimize.compact(target_size=target)
             merged[event_type] = int(metrics.get("numFilesRemoved", 0))
             record_versions(home, {event_type: table.version()})
     return merged
@@ -167,9 +142,25 @@ def vacuum_lake(home: Home, retention_hours: float | None = None,
     removed = {}
     with compaction_lock(home, lock_timeout):
         for event_type, table in tables(home):
-            removed[event_type] = _vacuum(table, math.ceil(hours))  # never keep less than asked
+            with delta_errors("vacuum", table):
+                removed[event_type] = _vacuum(table, math.ceil(hours))  # never less than asked
             record_versions(home, {event_type: table.version()})
     return removed
+
+
+@contextlib.contextmanager
+def delta_errors(doing: str, table: DeltaTable) -> Iterator[None]:
+    """A failure of delta-rs as one line: a data file gone is a damaged table."""
+    try:
+        with native_stderr_captured():
+            yield
+    except (OSError, DeltaError) as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        root = local_path(table.table_uri)
+        if "not found" in detail or isinstance(exc, FileNotFoundError):
+            raise DamagedFile("lake table", root, "a data file it references is missing",
+                              hint=REBUILD_HINT) from exc
+        raise LakeError(f"cannot {doing} {display_path(root)}: {detail[:300]}") from exc
 
 
 def _vacuum(table: DeltaTable, hours: int) -> int:

@@ -54,13 +54,15 @@ def split_writable(data: pl.DataFrame,
     outside = ~pl.col("ts").is_between(pl.lit(_EARLIEST), pl.lit(_LATEST))
     bad = data.filter(outside)
     refused = [_unwritable(row, "ts_out_of_range", "the time is outside years 1-9999 in "
-                           "UTC, which the lake cannot hold") for row in bad.iter_rows(named=True)]
+                           "UTC, which the lake cannot hold") for row in _plain_rows(bad)]
     good = data.filter(~outside) if bad.height else data
     if probe is None:
         return good, refused
     found: list[Unwritable] = []
     kept = _halve(good, probe, found, [PROBE_BUDGET])
-    return (kept if kept is not None else good), refused + found
+    if kept is None or (found and kept.height == 0):
+        return good, refused  # out of trials, or every row refused: not the rows' doing
+    return kept, refused + found
 
 
 def _halve(rows: pl.DataFrame, probe: Probe, found: list[Unwritable],
@@ -74,7 +76,7 @@ def _halve(rows: pl.DataFrame, probe: Probe, found: list[Unwritable],
         return rows
     except Exception as exc:
         if rows.height == 1:
-            found.append(_unwritable(rows.row(0, named=True), "unwritable",
+            found.append(_unwritable(_plain_rows(rows)[0], "unwritable",
                                      (str(exc).splitlines() or ["refused"])[0][:300]))
             return rows.clear()
         if rows.height == 0:
@@ -85,6 +87,11 @@ def _halve(rows: pl.DataFrame, probe: Probe, found: list[Unwritable],
     if any(half is None for half in halves):
         return None
     return pl.concat([half for half in halves if half is not None])
+
+
+def _plain_rows(rows: pl.DataFrame) -> list[dict[str, object]]:
+    """Rows as Python values, times as text: a Python datetime cannot hold year 0."""
+    return rows.with_columns(pl.col(pl.Datetime, pl.Date).cast(pl.String)).rows(named=True)
 
 
 def _unwritable(row: dict[str, object], reason: str, message: str) -> Unwritable:

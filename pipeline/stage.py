@@ -201,8 +201,12 @@ def remove_orphans(directories: Iterable[Path], watermark: Committed) -> list[Pa
 
 def iter_quarantine(quarantine_dir: Path,
                     watermark: Committed | None = None) -> Iterator[dict[str, Any]]:
-    """Every quarantine record of committed batches (a damaged line is skipped)."""
-    for _, path in batch_files(quarantine_dir, "jsonl", watermark):
+    """Every quarantine record of committed batches, then those of rows compaction could
+    not write (`compaction-*.jsonl`); a damaged line is skipped."""
+    paths = [path for _, path in batch_files(quarantine_dir, "jsonl", watermark)]
+    if quarantine_dir.is_dir():
+        paths += sorted(quarantine_dir.glob("compaction-*.jsonl"))
+    for path in paths:
         with open(path, "rb") as handle:
             for line in handle:
                 try:

@@ -10,6 +10,7 @@ import pty
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,71 @@ def gone(pid: int) -> bool:
     except OSError:
         return True
     return "State:\tZ" in status
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str = "4m") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `where` for a disk-full test; the test is skipped where
+    mounting needs privileges this run lacks."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                              str(where)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(directory: Path, leave: int = 0) -> Path:
+    """Fill the file system of `directory` up to `leave` bytes free; the filler file."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        block = b"\0" * 65536
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError:
+                break
+        if leave:
+            os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
+    finally:
+        os.close(fd)
+    return filler
+
+
+# Root reads any file whatever its mode: without these capabilities, it cannot.
+WITHOUT_READ_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                         "--inh-caps=-dac_override,-dac_read_search", "--"]
+
+
+def run_tally(*args: str, env: dict[str, str] | None = None,
+              obey_modes: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the tally console script as a real process; its output as text. `obey_modes`:
+    file modes bind it even when the tests run as root."""
+    prefix: list[str] = []
+    if obey_modes and os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: file modes cannot be tested")
+        prefix = WITHOUT_READ_OVERRIDE
+    return subprocess.run([*prefix, tally_executable(), *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def assert_one_line_error(run: subprocess.CompletedProcess[str], code: int,
+                          *mentions: str) -> str:
+    """The run exited `code` with one `error:` line (and at most a hint) naming `mentions`,
+    and no traceback; the error line."""
+    assert run.returncode == code, (run.returncode, run.stdout, run.stderr)
+    assert "Traceback" not in run.stderr and "panicked" not in run.stderr, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.startswith(("error:", "  hint:"))]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, run.stderr
+    assert len(lines) <= 2, run.stderr
+    for mention in mentions:
+        assert mention in errors[0], (mention, errors[0])
+    return errors[0]

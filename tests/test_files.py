@@ -1,0 +1,154 @@
+"""pipeline.files: a file is the one the checkpoint knows only when that is proven (same
+inode and birth time, or the same bytes by CRC); a log deleted and written anew with the
+same first line, even on the same inode, is a new file, read from its start."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+import zlib
+from pathlib import Path
+
+import orjson
+import polars as pl
+from conftest import event_line
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.config import Home
+from pipeline.files import base_fingerprint, birth_time, crc_of, derived_id_prefix
+from pipeline.stage import staged_files
+from pipeline.tailer import Tailer
+
+FIRST = b'{"event_type":"agent_token_usage","ts":"2025-03-01T12:00:00Z","agent":"a"}\n'
+
+
+def alike(tag: str, n: int) -> bytes:
+    """Lines that differ only in their id, placed first: their last 64 bytes are alike."""
+    return orjson.dumps({"event_id": f"{tag}{n:05d}", "event_type": "agent_token_usage",
+                         "ts": "2025-03-01T12:00:00Z", "agent": "a", "input_tokens": 1}) + b"\n"
+
+
+def staged_ids(home: Home) -> list[str]:
+    paths = [p for _, p in staged_files(home.stage, "agent_token_usage",
+                                        load_checkpoint(home.state).watermark)]
+    return pl.concat([pl.read_ipc(p) for p in paths])["event_id"].to_list() if paths else []
+
+
+def tail(home: Home) -> int:
+    with Tailer(home) as tailer:
+        return tailer.poll().staged
+
+
+def test_a_log_written_anew_with_the_same_first_line_is_read_from_its_start(
+        home: Home) -> None:
+    log = home.logs / "a.jsonl"
+    log.write_bytes(FIRST + b"".join(alike("old", i) for i in range(49)))
+    assert tail(home) == 50
+    log.unlink()
+    # Same first line, and the bytes before the old offset end alike: only the CRC of
+    # everything read (or the birth time) tells the files apart.
+    log.write_bytes(FIRST + b"".join(alike("new", i) for i in range(98)))
+    assert tail(home) == 99
+    ids = staged_ids(home)
+    assert {f"new{i:05d}" for i in range(98)} <= set(ids)
+    assert len(ids) == 50 + 99
+
+
+def test_a_reused_inode_is_told_apart_by_birth_time_or_crc(home: Home) -> None:
+    log = home.logs / "a.jsonl"
+    log.write_bytes(FIRST + b"".join(alike("old", i) for i in range(10)))
+    tail(home)
+    log.unlink()
+    log.write_bytes(FIRST + b"".join(alike("new", i) for i in range(20)))
+    st = os.stat(log)
+    for known_btime in (True, False):  # the file system keeps birth times, or not
+        checkpoint = load_checkpoint(home.state)
+        [key] = [k for k in checkpoint.files if not k.count("@")]
+        checkpoint.files[key] = dataclasses.replace(
+            checkpoint.files[key], dev=st.st_dev, ino=st.st_ino,  # as if reused
+            btime=checkpoint.files[key].btime if known_btime else 0)
+        save_checkpoint(home.state, checkpoint)
+        assert tail(home) == (21 if known_btime else 0)  # read once, then nothing new
+    assert {f"new{i:05d}" for i in range(20)} <= set(staged_ids(home))
+
+
+def test_a_log_moved_to_another_inode_resumes_where_it_was(home: Home, tmp_path: Path) -> None:
+    log = home.logs / "a.jsonl"
+    first = [event_line() for _ in range(5)]
+    log.write_bytes(b"".join(first))
+    tail(home)
+    moved = tmp_path / "elsewhere.jsonl"
+    shutil.copyfile(log, moved)  # moved across devices: a copy, then the original deleted
+    log.unlink()
+    later = [event_line() for _ in range(3)]
+    with open(moved, "ab") as handle:
+        handle.write(b"".join(later))
+    shutil.copyfile(moved, log)
+    assert tail(home) == 3
+    assert sorted(staged_ids(home)) == sorted(orjson.loads(x)["event_id"] for x in first + later)
+
+
+def test_a_shorter_log_written_anew_under_the_old_name_is_new(home: Home) -> None:
+    log = home.logs / "a.jsonl"
+    log.write_bytes(FIRST + b"".join(alike("old", i) for i in range(30)))
+    tail(home)
+    log.unlink()
+    log.write_bytes(FIRST + b"".join(alike("new", i) for i in range(4)))
+    assert tail(home) == 5
+
+
+def test_a_new_file_on_an_old_identity_gets_other_derived_ids(home: Home) -> None:
+    log = home.logs / "a.jsonl"
+    log.write_bytes(FIRST + FIRST.replace(b'"a"', b'"b"'))
+    tail(home)
+    log.unlink()
+    log.write_bytes(FIRST + FIRST.replace(b'"a"', b'"c"'))
+    tail(home)
+    ids = staged_ids(home)
+    assert len(ids) == len(set(ids)) == 4  # no id of the old file is reused
+
+
+def test_birth_time_differs_for_a_file_written_anew(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    fd = os.open(path, os.O_RDONLY)
+    first = birth_time(fd)
+    os.close(fd)
+    if first == 0:  # the file system keeps none: identity then rests on the CRC
+        return
+    path.unlink()
+    time.sleep(0.01)
+    path.write_bytes(b"x")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert birth_time(fd) > first
+    finally:
+        os.close(fd)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=5000), st.integers(0, 5000), st.integers(0, 5000))
+def test_crc_of_a_range_continues_the_crc_before_it(tmp_path_factory: object, data: bytes,
+                                                    cut: int, end: int) -> None:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile() as handle:
+        handle.write(data)
+        handle.flush()
+        fd = handle.fileno()
+        cut, end = min(cut, len(data)), min(end, len(data))
+        cut = min(cut, end)
+        head = crc_of(fd, cut)
+        assert head is not None
+        assert crc_of(fd, end, cut, head) == zlib.crc32(data[:end])
+        assert crc_of(fd, len(data) + 1) is None  # the file is shorter
+
+
+def test_identities_and_their_derived_ids() -> None:
+    assert base_fingerprint("abc@1:2:3") == "abc"
+    assert derived_id_prefix("0123456789abcdef0123") == "0123456789abcdef-"
+    assert derived_id_prefix("abc@1:2") != derived_id_prefix("abc@1:3")
