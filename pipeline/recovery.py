@@ -25,8 +25,8 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.config import Home
 from pipeline.errors import DamagedFile, display_path, safe_text
 from pipeline.events import Validator
-from pipeline.files import base_fingerprint, crc_of, derived_id_prefix, fingerprint_of
 from pipeline.frames import BlockStager, ipc_bytes
+from pipeline.identity import base_fingerprint, crc_of, derived_id_prefix, fingerprint_of
 from pipeline.journal import Range, batch_ranges
 from pipeline.stage import batch_id, fsync_dir, write_atomic
 

@@ -15,12 +15,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import wait as wait_all
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from pipeline.batches import BatchWriter, discard_parts
 from pipeline.checkpoint import (
     Checkpoint,
     ProcessLock,
@@ -33,21 +34,16 @@ from pipeline.checkpoint import (
 from pipeline.config import Home, require_logs_dir
 from pipeline.errors import display_path, safe_text, storage_error
 from pipeline.events import Rejection, Validator
-from pipeline.files import FileSet, OpenFile, crc_of, derived_id_prefix, fingerprint_of, marker_at
+from pipeline.files import FileSet, OpenFile
+from pipeline.identity import crc_of, derived_id_prefix, fingerprint_of, marker_at
 from pipeline.intake import quarantine_record, too_long_record
-from pipeline.journal import JournalWriter, Range
+from pipeline.journal import Range
 from pipeline.ledger import lake_high_water
 from pipeline.reader import READ_CHUNK, Block, LineReader
 from pipeline.stage import (
     BatchId,
     StagedBlock,
-    batch_name,
-    fsync_dir,
-    fsync_path,
     remove_orphans,
-    rename_or_discard,
-    write_quarantine,
-    write_stage_bytes,
 )
 from pipeline.swap import recover_interrupted_rebuild
 from pipeline.workers import BlockMoved, BlockSource, StagerPool, done_future
@@ -55,7 +51,6 @@ from pipeline.workers import BlockMoved, BlockSource, StagerPool, done_future
 if TYPE_CHECKING:
     from pipeline.frames import BlockStager
 
-COMMIT_WRITERS = 8
 IN_FLIGHT_PER_WORKER = 2  # sealed batches read ahead of the commit, per worker
 # With workers, reads are sized to fill a batch (see Tailer._read_size), up to this.
 READ_CAP = 64 << 20
@@ -125,11 +120,8 @@ class Tailer:
             self._lock.release()
             raise
         self.files = FileSet(home, lambda: self.checkpoint.files, self.notify)
-        self._journal = JournalWriter(home.state, self.checkpoint.stream)
+        self._batches = BatchWriter(home, self.checkpoint.stream)
         self._pool: StagerPool | None = None
-        # Writes a batch's stage and quarantine files while this thread writes the
-        # checkpoint's temp file: their fsyncs overlap instead of following one another.
-        self._writers = ThreadPoolExecutor(COMMIT_WRITERS, thread_name_prefix="tally-commit")
         self._sealed: deque[_Pending] = deque()  # full batches whose checks may still run
         self._pending = _Pending()
         self._line_bytes = 256  # mean line length of the last long block: where the next ends
@@ -182,8 +174,7 @@ class Tailer:
             self.files.close_all()
             self._stop_pool()
         finally:
-            self._writers.shutdown(wait=True)
-            self._journal.close()
+            self._batches.close()
             self._lock.release()
 
     def __enter__(self) -> Tailer:
@@ -382,7 +373,7 @@ class Tailer:
                 # Later batches hold offsets past the failed one: drop them all, so the
                 # next poll reads again from the committed checkpoint.
                 for dropped in (batch, *self._sealed, self._pending):
-                    _discard_parts(dropped)
+                    discard_parts(segment.future for segment in dropped.segments)
                 self._sealed.clear()
                 self._pending = _Pending()
                 if isinstance(exc, OSError):
@@ -405,11 +396,8 @@ class Tailer:
                              staged=self.checkpoint.staged + staged,
                              quarantined=self.checkpoint.quarantined + len(rejected))
         batch = BatchId(checkpoint.stream, checkpoint.batch)
-        writes = self._stage_writes(batch, staged_blocks)
-        if rejected:
-            writes.append(self._writers.submit(self._write_rejected, batch, rejected))
-        writes.append(self._writers.submit(self._journal.append, batch,
-                                           self._ranges(pending, advanced)))
+        writes = self._batches.write(batch, staged_blocks, rejected,
+                                     self._ranges(pending, advanced))
         prepared = None
         try:
             prepared = prepare_checkpoint(self.home.state, checkpoint)
@@ -459,40 +447,6 @@ class Tailer:
             self._pool.close()
             self._pool = None
 
-    def _stage_writes(self, batch: BatchId,
-                      staged_blocks: list[StagedBlock]) -> list[Future[None]]:
-        by_type: dict[str, list[bytes | Any]] = {}
-        for block in staged_blocks:
-            for event_type, ipc in block.frames.items():
-                by_type.setdefault(event_type, []).append(ipc)
-            for event_type, part in block.parts.items():
-                by_type.setdefault(event_type, []).append(part)
-        return [self._writers.submit(self._write_type, batch, event_type, parts)
-                for event_type, parts in by_type.items()]
-
-    def _write_type(self, batch: BatchId, event_type: str, parts: list[Any]) -> None:
-        """Write a type's batch file from frames (bytes) and workers' part files (synced here).
-
-        A batch holds several parts only when it spans files or small blocks; a catch-up's
-        batch is one part, renamed into place. If the commit fails, `_discard_parts`
-        deletes what is not renamed (a crash leaves it to the next `remove_orphans`).
-        """
-        only = parts[0] if len(parts) == 1 else None
-        if only is not None and not isinstance(only, bytes):
-            fsync_path(only)
-            rename_or_discard(only, self.home.stage / event_type / batch_name(batch, "arrow"))
-        else:
-            ipc = only if isinstance(only, bytes) else _concat_ipc(parts)
-            write_stage_bytes(self.home.stage, batch, event_type, ipc)
-            for part in parts:
-                if not isinstance(part, bytes):
-                    part.unlink()
-        fsync_dir(self.home.stage / event_type)
-
-    def _write_rejected(self, batch: BatchId, rejected: list[dict[str, Any]]) -> None:
-        write_quarantine(self.home.quarantine, batch, rejected)
-        fsync_dir(self.home.quarantine)
-
     # ------------------------------------------------------------ files that went away
 
     def _retire_idle(self, result: PollResult) -> None:
@@ -526,21 +480,3 @@ class Tailer:
         self._pending.crcs[state.fingerprint] = crc_of(handle.fd, size, offset,
                                                        state.crc or 0) or 0
         self._commit(result)
-
-
-def _discard_parts(dropped: _Pending) -> None:
-    """Delete the part files of a batch that will not be committed, once workers finish."""
-    for segment in dropped.segments:
-        segment.future.add_done_callback(_unlink_parts)
-
-
-def _unlink_parts(future: Future[StagedBlock]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        for part in future.result().parts.values():
-            part.unlink(missing_ok=True)  # gone already if it was renamed into a batch
-
-
-def _concat_ipc(parts: list[Any]) -> bytes:
-    from pipeline.frames import concat_ipc  # Polars: see Tailer._stager
-
-    return concat_ipc(parts)
