@@ -26,9 +26,8 @@ import fnmatch
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from pipeline.checkpoint import FileState
 from pipeline.config import Home
@@ -39,6 +38,7 @@ from pipeline.identity import (
     birth_time,
     crc_of,
     fingerprint_of,
+    inode_at,
     marker_at,
 )
 
@@ -99,9 +99,10 @@ class FileSet:
                 path = os.path.join(directory, name)
                 if self.wanted(path):
                     found.append(path)
-        inodes = {(s.dev, s.ino) for s in self.known().values()}
-        self.live = _inodes(found)
-        return sorted(found, key=lambda p: (_inode(p) not in inodes, p))
+        known = {(s.dev, s.ino) for s in self.known().values()}
+        inodes = {path: inode_at(path) for path in found}
+        self.live = {inode for inode in inodes.values() if inode is not None}
+        return sorted(found, key=lambda p: (inodes[p] not in known, p))
 
     def _unreadable_directory(self, error: OSError) -> None:
         path = str(error.filename)
@@ -354,19 +355,3 @@ def _same_inode(state: FileState, st: os.stat_result, btime: int) -> bool:
 def _inode_of(state: FileState) -> tuple[int, int]:
     return state.dev, state.ino
 
-
-def _inode(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _inodes(paths: Iterable[str]) -> set[tuple[int, int]]:
-    return {inode for path in paths if (inode := _inode(path)) is not None}
-
-
-def display(path: str | Path) -> str:
-    """A log path for messages (non-UTF-8 bytes escaped)."""
-    return display_path(path)

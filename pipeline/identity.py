@@ -105,3 +105,12 @@ def birth_time(fd: int) -> int:
     if not found.mask & _STATX_BTIME:
         return 0
     return int(found.btime.tv_sec) * 1_000_000_000 + int(found.btime.tv_nsec)
+
+
+def inode_at(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(device, inode) of what `path` names now, None if nothing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

@@ -26,6 +26,7 @@ import orjson
 from pipeline.checkpoint import ProcessLock
 from pipeline.config import FAULT_ENV, Home
 from pipeline.errors import StorageError, display_path
+from pipeline.identity import inode_at
 from pipeline.stage import fsync_dir, write_atomic
 
 # In the order of the swap: state/ last, so the old checkpoint stays in place (and locked)
@@ -210,10 +211,10 @@ class SwapLocks:
         for name, what, timeout in (("tailer.lock", "tailer", 0.0),
                                     ("compact.lock", "compaction", self.compaction_timeout)):
             path = state / name
-            if _file_id(path) in self._held:
+            if inode_at(path) in self._held:
                 continue
             self._locks.append(ProcessLock(path, what).acquire(timeout))
-            identity = _file_id(path)
+            identity = inode_at(path)
             assert identity is not None  # acquire created it
             self._held.add(identity)
 
@@ -225,13 +226,6 @@ class SwapLocks:
         for lock in reversed(self._locks):
             lock.release()
 
-
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return stat.st_dev, stat.st_ino
 
 
 def fault(point: str) -> None:
