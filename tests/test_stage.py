@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 import pipeline.stage as stage
+from pipeline.checkpoint import Watermark
 from pipeline.events import Rejection
 from pipeline.intake import quarantine_record
-from pipeline.checkpoint import Watermark
 from pipeline.stage import (
     BatchId,
     batch_files,
