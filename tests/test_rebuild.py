@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +27,16 @@ from conftest import make_home
 from deltalake import DeltaTable
 
 from bench.generate import write_log
-from pipeline import rebuild
+from pipeline import rebuild, swap
 from pipeline.checkpoint import ProcessLock
 from pipeline.cli import main
 from pipeline.compactor import run_compaction
 from pipeline.config import Home
 from pipeline.errors import LockTimeout, WouldLoseData
-from pipeline.lake import scan_events, table_path
-from pipeline.rebuild import (
-    PARTS,
-    interrupted_rebuild,
-    inventory,
-    recover_interrupted_rebuild,
-    run_rebuild,
-)
+from pipeline.lake import scan_events
+from pipeline.ledger import table_dirs, table_path
+from pipeline.rebuild import inventory, run_rebuild
+from pipeline.swap import PARTS, interrupted_rebuild, recover_interrupted_rebuild
 from pipeline.tailer import PollResult, Tailer
 
 TALLY = str(Path(sys.executable).with_name("tally"))
@@ -139,7 +136,7 @@ def test_rebuild_equals_the_incremental_lake(home: Home) -> None:
         append(home, "manual.jsonl", [usage(f"dup-{cycle}", "2025-08-02T10:00:00Z")] * 2)
         tail(home)
         run_compaction(home, rows_per_commit=300)
-    types = sorted(p.name for p in home.lake.iterdir())
+    types = [p.name for p in table_dirs(home)]
     assert len(types) >= 4
     order = ["event_id", "_source", "_offset"]
     incremental = {t: lake(home, t).sort(order) for t in types}
@@ -154,7 +151,7 @@ def test_rebuild_equals_the_incremental_lake(home: Home) -> None:
     assert result.compaction.events == sum(f.height for f in incremental.values()) == (
         4 * 702 - len(quarantined))
     assert result.before == result.after and result.backup is None and result.recovered == []
-    assert sorted(p.name for p in home.lake.iterdir()) == types
+    assert [p.name for p in table_dirs(home)] == types
     assert leftovers(home) == []
     for event_type in types:
         rebuilt = lake(home, event_type).sort(order)
@@ -299,6 +296,12 @@ class Killed(BaseException):
     """Stands for SIGKILL: raised by the fault hook, caught by nothing in tally."""
 
 
+def patch_fault(monkeypatch: pytest.MonkeyPatch, hook: Callable[[str], None]) -> None:
+    """Replace the fault hook, in the swap and where the rebuild calls it."""
+    monkeypatch.setattr(swap, "fault", hook)
+    monkeypatch.setattr(rebuild, "fault", hook)
+
+
 def kill_at(monkeypatch: pytest.MonkeyPatch, point: str, nth: int = 1) -> None:
     hits: Counter[str] = Counter()
 
@@ -307,7 +310,7 @@ def kill_at(monkeypatch: pytest.MonkeyPatch, point: str, nth: int = 1) -> None:
         if reached == point and hits[reached] == nth:
             raise Killed(f"{point}:{nth}")
 
-    monkeypatch.setattr(rebuild, "_fault", fault)
+    patch_fault(monkeypatch, fault)
 
 
 def test_rebuild_refuses_while_a_tailer_runs(home: Home) -> None:
@@ -328,7 +331,7 @@ def probe_locks(home: Home, monkeypatch: pytest.MonkeyPatch) -> list[str]:
                     ProcessLock(home.state / name, name).acquire(0)
                 taken.append(name)
 
-    monkeypatch.setattr(rebuild, "_fault", probe)
+    patch_fault(monkeypatch, probe)
     return taken
 
 
