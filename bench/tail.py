@@ -55,6 +55,7 @@ import polars as pl
 
 from bench.common import log
 from bench.generate import generate_lines, write_log
+from pipeline.stage import BatchId, batch_name
 
 TALLY = str(Path(sys.executable).with_name("tally"))
 READ_CHUNK = 4 << 20
@@ -320,8 +321,9 @@ class StagePoller(threading.Thread):
 
 
 def staged_ids(home: Path, number: int) -> list[str]:
-    """The event ids of a committed tally batch (its stage files)."""
-    return [event_id for stage_file in home.glob(f"stage/*/b{number:012d}.arrow")
+    """The event ids of a committed tally batch of the checkpoint's stream (its stage files)."""
+    name = batch_name(BatchId(checkpoint(home).get("stream", ""), number), "arrow")
+    return [event_id for stage_file in home.glob(f"stage/*/{name}")
             for event_id in pl.read_ipc(stage_file, columns=["event_id"])["event_id"]]
 
 

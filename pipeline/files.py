@@ -235,8 +235,12 @@ class FileSet:
         state, handle = candidate.state, candidate.handle
         if handle is not None:  # the original is followed: is this a copy of it?
             if fingerprint_of(handle.fd) != base_fingerprint(candidate.key):
-                return "other"  # the original was rewritten: this one is decided on its own
-            size = min(st.st_size, state.offset)
+                # The original was rewritten (copy-and-truncate): this may be the copy of what
+                # was read of it. Decided once the original is followed anew, against its state.
+                return "defer"
+            # Compared over all both hold, not just what was read of the original: before
+            # anything is read, any file with its first line would pass for a copy.
+            size = min(st.st_size, os.fstat(handle.fd).st_size)
             same = crc_of(fd, size) == crc_of(handle.fd, size)
             return "followed-copy" if same else "other"
         original = _inode_of(state)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.batches import BatchWriter, discard_parts
 from pipeline.checkpoint import (
+    CHECKPOINT,
     Checkpoint,
     ProcessLock,
     new_stream,
@@ -148,6 +149,11 @@ class Tailer:
                         "replaced; going on under a new stream, lines after the checkpoint "
                         "are read again (events already in the lake count once)")
                 checkpoint = replace(checkpoint, stream=new_stream(), batch=0)
+                save_checkpoint(home.state, checkpoint)
+            elif not (home.state / CHECKPOINT).exists():
+                # A fresh stream is committed before its first batch: unsaved, a crash in that
+                # batch would leave its files to a stream the next tailer does not know, and
+                # files of another stream count as committed (see pipeline.stage).
                 save_checkpoint(home.state, checkpoint)
         except OSError as exc:
             raise storage_error(exc, "prepare the stage and the checkpoint",

@@ -21,10 +21,11 @@ from pipeline.checkpoint import (
     Checkpoint,
     FileState,
     ProcessLock,
-    committed_batch,
+    Watermark,
     load_checkpoint,
     prepare_checkpoint,
     publish_checkpoint,
+    read_watermark,
     save_checkpoint,
 )
 from pipeline.errors import LockTimeout
@@ -34,12 +35,13 @@ def sample() -> Checkpoint:
     files = {
         "f" * 32: FileState("f" * 32, "a.jsonl", dev=2049, ino=123456, offset=4096,
                             marker="0123456789abcdef", first_path="a.jsonl",
-                            last_seen=1_700_000_000.25),
+                            last_seen=1_700_000_000.25, btime=1_700_000_000_123_456_789,
+                            crc=0xDEADBEEF, crcs=[[2048, 17], [4096, 0xDEADBEEF]]),
         "e" * 32: FileState("e" * 32, "sub/b.jsonl.1", dev=2049, ino=7, offset=0,
                             first_path="sub/b.jsonl"),
     }
     return Checkpoint(batch=17, files=files, staged=1234, quarantined=5,
-                      updated_at="2025-03-01T12:00:00.000+00:00")
+                      updated_at="2025-03-01T12:00:00.000+00:00", stream="5eed")
 
 
 def test_round_trip_through_json() -> None:
@@ -50,15 +52,18 @@ def test_round_trip_through_json() -> None:
 
 
 def test_save_and_load(tmp_path: Path) -> None:
-    assert load_checkpoint(tmp_path) == Checkpoint()
-    assert committed_batch(tmp_path) == 0
+    fresh, again = load_checkpoint(tmp_path), load_checkpoint(tmp_path)
+    assert (fresh.batch, fresh.files, fresh.staged, fresh.quarantined) == (0, {}, 0, 0)
+    # each fresh checkpoint is a new stream: its batch numbers repeat none the lake holds
+    assert len(fresh.stream) == 16 and fresh.stream != again.stream
+    assert read_watermark(tmp_path).batch == 0
     checkpoint = sample()
     checkpoint.updated_at = ""
     save_checkpoint(tmp_path, checkpoint)
     assert checkpoint.updated_at  # stamped on save
     loaded = load_checkpoint(tmp_path)
     assert loaded == checkpoint
-    assert committed_batch(tmp_path) == 17
+    assert loaded.watermark == read_watermark(tmp_path) == Watermark("5eed", 17)
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]
 
 

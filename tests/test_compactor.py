@@ -31,7 +31,7 @@ from conftest import stderr_on_a_terminal
 from deltalake import DeltaTable
 
 from pipeline import compactor
-from pipeline.checkpoint import committed_batch
+from pipeline.checkpoint import read_watermark
 from pipeline.cli import main
 from pipeline.compactor import (
     add_partition_date,
@@ -42,9 +42,10 @@ from pipeline.compactor import (
 from pipeline.config import Home, init_home, load_home
 from pipeline.errors import LakeError
 from pipeline.events import Validator
-from pipeline.lake import APP_ID, lake_batch, open_table, scan_events, table_path
+from pipeline.lake import scan_events
+from pipeline.ledger import app_id, open_table, stream_batch, table_path
 from pipeline.schemas import SchemaSet, load_schemas, schema_dir
-from pipeline.stage import staged_files
+from pipeline.stage import BatchId, batch_id, batch_name, staged_files
 from pipeline.tailer import PollResult, Tailer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,6 +120,16 @@ def table(home: Home, event_type: str = USAGE) -> DeltaTable:
     found = open_table(table_path(home, event_type))
     assert found is not None
     return found
+
+
+def stream_of(home: Home) -> str:
+    """The stream of the home's tailer batches."""
+    return read_watermark(home.state).stream
+
+
+def lake_batch(home: Home, event_type: str = USAGE) -> int:
+    """The highest batch of the home's stream that the type's table holds."""
+    return stream_batch(table(home, event_type), stream_of(home))
 
 
 def stage_files(home: Home, event_type: str = USAGE) -> list[Path]:
@@ -270,13 +281,14 @@ def test_transaction_version_is_the_highest_batch_of_each_commit(home: Home) -> 
         tail(home)
     append(home, "b.jsonl", [progress("only-progress", "2025-08-01T00:00:00Z")])
     tail(home)  # batch 4 holds no token usage
-    assert committed_batch(home.state) == 4
+    stream = stream_of(home)
+    assert read_watermark(home.state) == (stream, 4)
 
     result = run_compaction(home, rows_per_commit=1)  # one batch per commit
     assert result.commits == 3 + 1
     usage_table = table(home, USAGE)
-    assert usage_table.transaction_version(APP_ID) == 3 == lake_batch(usage_table)
-    assert lake_batch(table(home, PROGRESS)) == 4
+    assert usage_table.transaction_version(app_id(stream)) == 3 == lake_batch(home)
+    assert lake_batch(home, PROGRESS) == 4
     batches = sorted(int(h["tally.batch"]) for h in usage_table.history()
                      if h.get("operation") == "WRITE")
     assert batches == [1, 2, 3]
@@ -287,7 +299,7 @@ def test_transaction_version_is_the_highest_batch_of_each_commit(home: Home) -> 
         append(other, "a.jsonl", day_events(f"c{cycle}", ["2025-08-01"], 10))
         tail(other)
     assert run_compaction(other).commits == 1
-    assert lake_batch(table(other)) == 3
+    assert lake_batch(other) == 3
 
 
 def test_batches_already_committed_are_deleted_not_written_again(home: Home,
@@ -327,7 +339,7 @@ def test_batches_already_committed_are_deleted_not_written_again(home: Home,
     for file in files[1:]:
         file.with_suffix(".hold").rename(file)
     result = run_compaction(partial)
-    assert result.events == 30 and lake_batch(table(partial)) == 3
+    assert result.events == 30 and lake_batch(partial) == 3
     counts = lake(partial)["event_id"].value_counts()
     assert counts.height == 45 and counts["count"].max() == 1
 
@@ -358,7 +370,7 @@ def test_stage_files_are_counted_the_way_polars_reads_them(home: Home) -> None:
         tail(home)
     one = stage_files(home)[-1]
     parts = pl.read_ipc(one)
-    several = one.with_name("b000000000099.arrow")  # three record batches in one file
+    several = one.with_name(batch_name(BatchId(stream_of(home), 99), "arrow"))  # 3 batches
     table = parts.rechunk().to_arrow()
     with pa.ipc.new_file(str(several), table.schema) as writer:
         for start in (0, 5, 30):
@@ -382,8 +394,9 @@ def test_a_kill_at_the_fault_points_loses_and_duplicates_nothing(home: Home) -> 
         env = {**os.environ, "TALLY_FAULT": fault}
         killed = subprocess.run(base, env=env, capture_output=True, timeout=120)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
-        assert [int(p.name[1:13]) for p in stage_files(home)] == left
-    assert lake_batch(table(home)) == 3
+        assert [batch_id(p) for p in stage_files(home)] == [
+            BatchId(stream_of(home), n) for n in left]
+    assert lake_batch(home) == 3
     assert events(home)["event_id"].is_unique().all() and set(events(home)["event_id"]) == ids
     done = subprocess.run(base, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -392,7 +405,7 @@ def test_a_kill_at_the_fault_points_loses_and_duplicates_nothing(home: Home) -> 
     assert stage_files(home) == []
 
 
-def test_files_written_but_never_committed_are_invisible_and_vacuumed(home: Home) -> None:
+def test_files_written_but_never_committed_are_invisible_and_removed(home: Home) -> None:
     append(home, "a.jsonl", day_events("a", ["2025-08-01"], 30))
     tail(home)
     run_compaction(home)
@@ -402,11 +415,11 @@ def test_files_written_but_never_committed_are_invisible_and_vacuumed(home: Home
     assert lake(home).height == 30 and events(home).height == 30
     append(home, "a.jsonl", day_events("b", ["2025-08-01"], 5))
     tail(home)
-    assert run_compaction(home).events == 5
-    assert lake(home).height == 35
-    removed = vacuum_lake(home, retention_hours=0)
-    assert removed[USAGE] == 1
+    result = run_compaction(home)  # newer than the last commit: the next run deletes it
+    assert (result.events, result.uncommitted_files_removed) == (5, 1)
     assert not orphan.exists()
+    assert lake(home).height == 35
+    assert vacuum_lake(home, retention_hours=0)[USAGE] == 0  # nothing left to delete
     assert parquet_on_disk(home) == live_files(home)
     assert lake(home).height == 35
 
@@ -614,7 +627,7 @@ def test_optimize_merges_small_files_and_vacuum_deletes_the_replaced(home: Home)
     assert all(pq.ParquetFile(f).metadata.row_group(0).column(0).compression == "ZSTD"
                for f in live)
     assert events(home).equals(before)
-    assert lake_batch(table(home)) == 4  # optimize keeps the transaction version
+    assert lake_batch(home) == 4  # optimize keeps the transaction version
     assert len(parquet_on_disk(home)) == 8 + 2  # replaced files stay until vacuum
 
     # Default retention (168 h) keeps the fresh replaced files a running reader may need,
@@ -733,9 +746,11 @@ def test_staged_files_above_the_watermark_are_not_compacted(home: Home) -> None:
     append(home, "a.jsonl", day_events("a", ["2025-08-01"], 5))
     tail(home)
     (committed,) = stage_files(home)
-    uncommitted = committed.with_name("b000000000002.arrow")
+    stream = stream_of(home)
+    uncommitted = committed.with_name(batch_name(BatchId(stream, 2), "arrow"))
     shutil.copy(committed, uncommitted)
-    assert staged_files(home.stage, USAGE, committed_batch(home.state)) == [(1, committed)]
+    assert staged_files(home.stage, USAGE, read_watermark(home.state)) == [
+        (BatchId(stream, 1), committed)]
     result = run_compaction(home)
     assert result.events == 5 and uncommitted.exists()
     assert events(home).height == 5

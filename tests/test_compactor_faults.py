@@ -34,12 +34,13 @@ from deltalake import DeltaTable
 
 import pipeline.lake
 from bench.generate import write_log
-from pipeline.checkpoint import committed_batch
+from pipeline.checkpoint import read_watermark
 from pipeline.config import Home, init_home, load_home
 from pipeline.frames import stage_schema
-from pipeline.lake import lake_batch, open_table, scan_events, table_path
+from pipeline.lake import scan_events
+from pipeline.ledger import open_table, stream_batch, table_path
 from pipeline.schemas import load_schemas
-from pipeline.stage import batch_number, staged_files
+from pipeline.stage import batch_id, staged_files
 from pipeline.tailer import Tailer
 
 pytestmark = pytest.mark.slow
@@ -71,7 +72,7 @@ def stage_types(home: Home) -> list[str]:
 
 def staged_rows(home: Home) -> dict[str, Counter[tuple[str, int]]]:
     """Per type, the origins of every committed stage row (each appears once)."""
-    watermark = committed_batch(home.state)
+    watermark = read_watermark(home.state)
     rows: dict[str, Counter[tuple[str, int]]] = {}
     for event_type in stage_types(home):
         paths = [p for _, p in staged_files(home.stage, event_type, watermark)]
@@ -82,15 +83,17 @@ def staged_rows(home: Home) -> dict[str, Counter[tuple[str, int]]]:
 
 
 def staged_ids(home: Home) -> dict[str, set[str]]:
-    watermark = committed_batch(home.state)
+    watermark = read_watermark(home.state)
     return {t: set(pl.concat([pl.read_ipc(p).select("event_id")
                               for _, p in staged_files(home.stage, t, watermark)])["event_id"])
             for t in stage_types(home)}
 
 
 def highest_batch(home: Home) -> dict[str, int]:
-    watermark = committed_batch(home.state)
-    return {t: staged_files(home.stage, t, watermark)[-1][0] for t in stage_types(home)}
+    """Per type, the highest committed batch number of the checkpoint's stream."""
+    watermark = read_watermark(home.state)
+    return {t: max(b.number for b, _ in staged_files(home.stage, t, watermark)
+                   if b.stream == watermark.stream) for t in stage_types(home)}
 
 
 def compact_cmd(home: Home, rows_per_commit: int, *extra: str) -> list[str]:
@@ -115,8 +118,9 @@ def assert_exactly_once(home: Home, expected: dict[str, Counter[tuple[str, int]]
                                  f"{len(found - origins)} unexpected"
         assert set(frame["event_id"]) == ids[event_type]
         table = open_table(table_path(home, event_type))
-        assert lake_batch(table) == last_batch[event_type]
-        left = staged_files(home.stage, event_type, committed_batch(home.state))
+        watermark = read_watermark(home.state)
+        assert stream_batch(table, watermark.stream) == last_batch[event_type]
+        left = staged_files(home.stage, event_type, watermark)
         assert left == [], f"{event_type}: stage files left {left}"
 
 
@@ -138,9 +142,9 @@ class Snapshot:
             live = set() if table is None else {u.removeprefix("file://")
                                                 for u in table.file_uris()}
             orphans += sum(1 for f in path.rglob("*.parquet") if str(f) not in live)
-            recorded = lake_batch(table)
-            stale += sum(1 for p in (home.stage / event_type).glob("b*.arrow")
-                         if (batch_number(p) or 0) <= recorded)
+            batches = [batch_id(p) for p in (home.stage / event_type).glob("b*.arrow")]
+            stale += sum(1 for b in batches
+                         if b is not None and b.number <= stream_batch(table, b.stream))
         return cls(versions, orphans, stale)
 
     def landing(self, before: Snapshot) -> str:
@@ -325,9 +329,10 @@ def staged_rows_including_lake(home: Home) -> tuple[dict[str, Counter[tuple[str,
                 if "event_id" in event:
                     ids.setdefault(kind, set()).add(event["event_id"])
                 offset += len(line)
-    watermark = committed_batch(home.state)
-    last = {t: max([lake_batch(open_table(table_path(home, t))),
-                    *(b for b, _ in staged_files(home.stage, t, watermark))])
+    watermark = read_watermark(home.state)
+    last = {t: max([stream_batch(open_table(table_path(home, t)), watermark.stream),
+                    *(b.number for b, _ in staged_files(home.stage, t, watermark)
+                      if b.stream == watermark.stream)])
             for t in expected}
     for event_type in expected:  # derived ids (lines without one) come from the lake
         frame = lake_rows(home, event_type)

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_events import LAKE, edge_year_timestamps, utc_seconds
 
+from pipeline.checkpoint import Watermark
 from pipeline.compactor import run_compaction
 from pipeline.events import Event, Validator
 from pipeline.frames import (
@@ -36,6 +37,7 @@ from pipeline.frames import (
 from pipeline.lake import scan_events
 from pipeline.schemas import load_schemas
 from pipeline.stage import (
+    BatchId,
     batch_name,
     iter_quarantine,
     staged_files,
@@ -306,9 +308,12 @@ def _stage_frame(ids: list[str], batch_source: str = "a.jsonl") -> pl.DataFrame:
                                            list(range(len(ids))))
 
 
-def _scan(stage_dir: Path, up_to: int, after: int = 0,
+STREAM, EARLIER = "5eed", "01d"
+
+
+def _scan(stage_dir: Path, up_to: int,
           schema: dict[str, pl.DataType] | None = None) -> pl.LazyFrame | None:
-    files = [path for _, path in staged_files(stage_dir, "tool_call", up_to, after)]
+    files = [path for _, path in staged_files(stage_dir, "tool_call", Watermark(STREAM, up_to))]
     return scan_stage_files(files, schema)
 
 
@@ -316,21 +321,26 @@ def test_staged_files_are_committed_batches_only(tmp_path: Path) -> None:
     stage_dir = tmp_path / "stage"
     assert _scan(stage_dir, up_to=10) is None
     for batch in (1, 2, 3):
-        write_stage_frame(stage_dir, batch, _stage_frame([f"e{batch}a", f"e{batch}b"]))
+        write_stage_frame(stage_dir, BatchId(STREAM, batch),
+                          _stage_frame([f"e{batch}a", f"e{batch}b"]))
     scan = _scan(stage_dir, up_to=2)
     assert scan is not None
     assert sorted(scan.collect()["event_id"].to_list()) == ["e1a", "e1b", "e2a", "e2b"]
-    after = _scan(stage_dir, up_to=3, after=1)
-    assert after is not None
-    assert sorted(after.collect()["event_id"].to_list()) == ["e2a", "e2b", "e3a", "e3b"]
     assert _scan(stage_dir, up_to=0) is None
-    assert [b for b, _ in staged_files(stage_dir, "tool_call", 3, after=2)] == [3]
+    # a batch of an earlier stream was committed under a checkpoint since replaced
+    write_stage_frame(stage_dir, BatchId(EARLIER, 9), _stage_frame(["e9a"]))
+    earlier = _scan(stage_dir, up_to=1)
+    assert earlier is not None
+    assert sorted(earlier.collect()["event_id"].to_list()) == ["e1a", "e1b", "e9a"]
+    assert [b for b, _ in staged_files(stage_dir, "tool_call", Watermark(STREAM, 3))] == [
+        BatchId(EARLIER, 9), BatchId(STREAM, 1), BatchId(STREAM, 2), BatchId(STREAM, 3)]
 
 
 def test_scan_conforms_batches_with_different_columns(tmp_path: Path) -> None:
     stage_dir = tmp_path / "stage"
-    write_stage_frame(stage_dir, 1, _stage_frame(["old"]).drop("duration_ms", "ok"))
-    write_stage_frame(stage_dir, 2, _stage_frame(["new"]))
+    write_stage_frame(stage_dir, BatchId(STREAM, 1),
+                      _stage_frame(["old"]).drop("duration_ms", "ok"))
+    write_stage_frame(stage_dir, BatchId(STREAM, 2), _stage_frame(["new"]))
     schema = stage_schema("tool_call")
     scan = _scan(stage_dir, up_to=2, schema=schema)
     assert scan is not None
@@ -341,8 +351,9 @@ def test_scan_conforms_batches_with_different_columns(tmp_path: Path) -> None:
 
 def test_stage_frame_round_trips_through_ipc(tmp_path: Path) -> None:
     frame = _stage_frame(["a", "b"])
-    path = write_stage_frame(tmp_path, 7, frame)
-    assert path == tmp_path / "tool_call" / batch_name(7, "arrow")
+    path = write_stage_frame(tmp_path, BatchId(STREAM, 7), frame)
+    assert path == tmp_path / "tool_call" / batch_name(BatchId(STREAM, 7), "arrow")
+    assert path.name == f"b000000000007-{STREAM}.arrow"
     assert pl.read_ipc(path).equals(frame)
 
 

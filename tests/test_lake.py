@@ -11,10 +11,11 @@ import polars as pl
 import pytest
 from conftest import event, event_line
 
-from pipeline.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from pipeline.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from pipeline.config import Home
 from pipeline.frames import FrameBuilder, stage_schema, write_stage_frame
 from pipeline.lake import dedupe, scan_events
+from pipeline.stage import BatchId
 from pipeline.tailer import Tailer
 
 USAGE = "agent_token_usage"
@@ -38,12 +39,15 @@ def collect(home: Home, event_type: str = USAGE) -> pl.DataFrame:
 
 def stage_batch(home: Home, batch: int, event_type: str, rows: list[dict[str, Any]],
                 source: str = "hand.jsonl", commit: bool = True) -> None:
-    """Write one stage batch by hand (as the tailer would), optionally moving the watermark."""
+    """Write one stage batch by hand (as the tailer would) in the checkpoint's stream,
+    optionally moving the watermark."""
     frame = FrameBuilder(event_type).build([dict(r) for r in rows], [source] * len(rows),
                                            [i * 100 for i in range(len(rows))])
-    write_stage_frame(home.stage, batch, frame)
+    checkpoint = load_checkpoint(home.state)
+    if not (home.state / CHECKPOINT).exists():  # a fresh checkpoint's stream is new each load
+        save_checkpoint(home.state, checkpoint)
+    write_stage_frame(home.stage, BatchId(checkpoint.stream, batch), frame)
     if commit:
-        checkpoint = load_checkpoint(home.state)
         checkpoint.batch = max(checkpoint.batch, batch)
         save_checkpoint(home.state, checkpoint)
 
@@ -75,7 +79,8 @@ def test_batches_above_the_watermark_are_invisible(home: Home) -> None:
     stage_batch(home, 2, USAGE, [event()], commit=False)  # written, checkpoint not yet moved
     assert sorted(collect(home)["event_id"].to_list()) == sorted(e["event_id"]
                                                                  for e in committed)
-    save_checkpoint(home.state, Checkpoint(batch=2))
+    stream = load_checkpoint(home.state).stream
+    save_checkpoint(home.state, Checkpoint(batch=2, stream=stream))
     assert collect(home).height == 3
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +26,16 @@ from conftest import make_home
 from deltalake import DeltaTable
 
 from bench.generate import write_log
-from pipeline import rebuild
+from pipeline import rebuild, swap
 from pipeline.checkpoint import ProcessLock
 from pipeline.cli import main
 from pipeline.compactor import run_compaction
 from pipeline.config import Home
 from pipeline.errors import LockTimeout, WouldLoseData
-from pipeline.lake import scan_events, table_path
-from pipeline.rebuild import (
-    PARTS,
-    interrupted_rebuild,
-    inventory,
-    recover_interrupted_rebuild,
-    run_rebuild,
-)
+from pipeline.lake import scan_events
+from pipeline.ledger import table_dirs, table_path
+from pipeline.rebuild import inventory, run_rebuild
+from pipeline.swap import PARTS, interrupted_rebuild, recover_interrupted_rebuild
 from pipeline.tailer import PollResult, Tailer
 
 TALLY = str(Path(sys.executable).with_name("tally"))
@@ -139,7 +135,7 @@ def test_rebuild_equals_the_incremental_lake(home: Home) -> None:
         append(home, "manual.jsonl", [usage(f"dup-{cycle}", "2025-08-02T10:00:00Z")] * 2)
         tail(home)
         run_compaction(home, rows_per_commit=300)
-    types = sorted(p.name for p in home.lake.iterdir())
+    types = [p.name for p in table_dirs(home)]
     assert len(types) >= 4
     order = ["event_id", "_source", "_offset"]
     incremental = {t: lake(home, t).sort(order) for t in types}
@@ -154,7 +150,7 @@ def test_rebuild_equals_the_incremental_lake(home: Home) -> None:
     assert result.compaction.events == sum(f.height for f in incremental.values()) == (
         4 * 702 - len(quarantined))
     assert result.before == result.after and result.backup is None and result.recovered == []
-    assert sorted(p.name for p in home.lake.iterdir()) == types
+    assert [p.name for p in table_dirs(home)] == types
     assert leftovers(home) == []
     for event_type in types:
         rebuilt = lake(home, event_type).sort(order)
@@ -299,6 +295,12 @@ class Killed(BaseException):
     """Stands for SIGKILL: raised by the fault hook, caught by nothing in tally."""
 
 
+def patch_fault(monkeypatch: pytest.MonkeyPatch, hook: Callable[[str], None]) -> None:
+    """Replace the fault hook, in the swap and where the rebuild calls it."""
+    monkeypatch.setattr(swap, "fault", hook)
+    monkeypatch.setattr(rebuild, "fault", hook)
+
+
 def kill_at(monkeypatch: pytest.MonkeyPatch, point: str, nth: int = 1) -> None:
     hits: Counter[str] = Counter()
 
@@ -307,7 +309,7 @@ def kill_at(monkeypatch: pytest.MonkeyPatch, point: str, nth: int = 1) -> None:
         if reached == point and hits[reached] == nth:
             raise Killed(f"{point}:{nth}")
 
-    monkeypatch.setattr(rebuild, "_fault", fault)
+    patch_fault(monkeypatch, fault)
 
 
 def test_rebuild_refuses_while_a_tailer_runs(home: Home) -> None:
@@ -328,7 +330,7 @@ def probe_locks(home: Home, monkeypatch: pytest.MonkeyPatch) -> list[str]:
                     ProcessLock(home.state / name, name).acquire(0)
                 taken.append(name)
 
-    monkeypatch.setattr(rebuild, "_fault", probe)
+    patch_fault(monkeypatch, probe)
     return taken
 
 
@@ -341,20 +343,6 @@ def test_the_fresh_state_locks_are_held_during_the_swap(
     run_rebuild(home)
     assert taken == ["tailer.lock", "compact.lock"]
     ProcessLock(home.state / "tailer.lock", "tailer").acquire(0).release()  # released after
-
-
-@pytest.mark.parametrize("nth", [1, 6, 7])
-def test_a_recovery_holds_the_locks_of_the_state_it_swaps_in(
-        home: Home, monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
-    append(home, "a.jsonl", [usage(f"a-{i}") for i in range(3)])
-    tail(home)
-    kill_at(monkeypatch, "mid_swap", nth)
-    with pytest.raises(Killed):
-        run_rebuild(home)
-    taken = probe_locks(home, monkeypatch)
-    assert len(recover_interrupted_rebuild(home)) == 1
-    assert taken == ["tailer.lock", "compact.lock"]
-    ProcessLock(home.state / "tailer.lock", "tailer").acquire(0).release()
 
 
 # ------------------------------------------------------------------------------- recovery
@@ -385,66 +373,6 @@ def assert_consistent(home: Home, totals: Any, old: dict[str, int], *, new: bool
     assert report(home) == totals
 
 
-SWAP_KILLS = [("before_swap", 1), *(("mid_swap", n) for n in range(1, 8)),
-              ("before_cleanup", 1), ("mid_cleanup", 1), ("mid_cleanup", 4)]
-
-
-@pytest.mark.parametrize(("point", "nth"), SWAP_KILLS)
-def test_a_swap_killed_anywhere_is_rolled_forward(
-        home: Home, monkeypatch: pytest.MonkeyPatch, point: str, nth: int) -> None:
-    busy_home(home)
-    totals, old = report(home), part_ids(home.root)
-    kill_at(monkeypatch, point, nth)
-    with pytest.raises(Killed):
-        run_rebuild(home)
-    assert any(p.name.startswith(".rebuild-") for p in interrupted_rebuild(home))
-    monkeypatch.undo()
-    done = recover_interrupted_rebuild(home)
-    assert len(done) == 1 and re.match(r"finished the rebuild \S+ that was interrupted "
-                                       r"while swapping in its lake$", done[0]), done
-    assert backups(home) == []
-    assert_consistent(home, totals, old, new=True)
-
-
-@pytest.mark.parametrize(("point", "nth"), [("mid_swap", 3), ("before_cleanup", 1)])
-def test_a_forced_swap_killed_keeps_its_backup(
-        home: Home, monkeypatch: pytest.MonkeyPatch, point: str, nth: int) -> None:
-    busy_home(home)
-    totals, old = report(home), part_ids(home.root)
-    kill_at(monkeypatch, point, nth)
-    with pytest.raises(Killed):
-        run_rebuild(home, force=True)
-    monkeypatch.undo()
-    (done,) = recover_interrupted_rebuild(home)
-    (backup,) = backups(home)
-    assert done.endswith(f"; the previous lake is kept in {backup}")
-    assert part_ids(backup) == old
-    assert_consistent(home, totals, old, new=True)
-
-
-@pytest.mark.parametrize(("first", "second"), [
-    (("mid_swap", 1), ("mid_swap", 1)),
-    (("mid_swap", 4), ("mid_swap", 2)),
-    (("mid_swap", 7), ("mid_swap", 1)),  # the kill left no state/: the locks make a new one
-    (("before_swap", 1), ("before_cleanup", 1)),
-    (("mid_swap", 5), ("mid_cleanup", 2)),
-])
-def test_a_recovery_killed_is_finished_by_the_next(
-        home: Home, monkeypatch: pytest.MonkeyPatch, first: tuple[str, int],
-        second: tuple[str, int]) -> None:
-    busy_home(home)
-    totals, old = report(home), part_ids(home.root)
-    kill_at(monkeypatch, *first)
-    with pytest.raises(Killed):
-        run_rebuild(home)
-    kill_at(monkeypatch, *second)
-    with pytest.raises(Killed):
-        recover_interrupted_rebuild(home)
-    monkeypatch.undo()
-    assert len(recover_interrupted_rebuild(home)) >= 1
-    assert_consistent(home, totals, old, new=True)
-
-
 def test_a_rebuild_first_finishes_an_interrupted_one(
         home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
     busy_home(home)
@@ -458,50 +386,6 @@ def test_a_rebuild_first_finishes_an_interrupted_one(
     assert re.search(r"^recovered: finished the rebuild \S+ that was interrupted",
                      result.stderr, re.MULTILINE), result.output
     assert leftovers(home) == [] and report(home) == totals
-
-
-def test_an_unfinished_build_is_deleted_and_the_home_left_as_it_was(home: Home) -> None:
-    busy_home(home)
-    totals, old = report(home), part_ids(home.root)
-    scratch = home.root / ".rebuild-20250101T000000Z"
-    shutil.copytree(home.lake, scratch / "lake")  # a build killed before its journal
-    (scratch / "state").mkdir()
-    (done,) = recover_interrupted_rebuild(home)
-    assert done == f"removed {scratch}: a rebuild interrupted before its swap " \
-                   "(nothing of it was in use)"
-    assert_consistent(home, totals, old, new=False)
-
-
-def test_old_parts_of_a_finished_swap_are_deleted_and_backups_never_touched(
-        home: Home) -> None:
-    busy_home(home)
-    retired = home.root / ".replaced-20250101T000000Z"
-    shutil.copytree(home.lake, retired / "lake")
-    backup = home.root / "rebuild-backup-20240101T000000Z"
-    shutil.copytree(home.lake, backup / "lake")
-    (done,) = recover_interrupted_rebuild(home)
-    assert done == f"removed {retired}: the old lake of a finished rebuild"
-    assert not retired.exists() and backups(home) == [backup]
-    assert recover_interrupted_rebuild(home) == []
-
-
-def test_old_parts_the_home_lacks_are_kept(home: Home) -> None:
-    busy_home(home)
-    retired = home.root / ".replaced-20250101T000000Z"
-    retired.mkdir()
-    home.quarantine.rename(retired / "quarantine")
-    (done,) = recover_interrupted_rebuild(home)
-    assert done == f"kept {retired}: the home has no quarantine of its own"
-    assert (retired / "quarantine").is_dir()
-
-
-def test_recovery_waits_for_no_lock_when_there_is_nothing_to_do(home: Home) -> None:
-    with Tailer(home):
-        assert recover_interrupted_rebuild(home) == []
-        (home.root / ".rebuild-20250101T000000Z").mkdir()
-        with pytest.raises(LockTimeout, match="another tailer is running"):
-            recover_interrupted_rebuild(home)
-    assert len(recover_interrupted_rebuild(home)) == 1
 
 
 # ------------------------------------------------------------------------------- SIGKILL

@@ -37,15 +37,18 @@ from hypothesis.stateful import (
 )
 from polars.testing import assert_frame_equal
 
+import pipeline.files as files_module
+import pipeline.reader as reader_module
 import pipeline.tailer as tailer_module
-from pipeline.checkpoint import load_checkpoint
+from pipeline.checkpoint import load_checkpoint, read_watermark
 from pipeline.cli import main as cli_main
 from pipeline.config import Home
-from pipeline.errors import LockTimeout
+from pipeline.errors import LockTimeout, StorageError
+from pipeline.follow import follow
 from pipeline.lake import scan_events
-from pipeline.stage import batch_name, iter_quarantine, staged_files
+from pipeline.stage import BatchId, batch_name, iter_quarantine, staged_files
 from pipeline.status import tail_status
-from pipeline.tailer import Tailer, follow
+from pipeline.tailer import Tailer
 from pipeline.workers import BlockSource, StagerPool, read_block
 
 TYPE = "agent_token_usage"
@@ -57,8 +60,7 @@ TYPE = "agent_token_usage"
 
 def staged_rows(home: Home, event_type: str = TYPE) -> pl.DataFrame:
     """Every committed stage row of a type, duplicates kept (no dedupe)."""
-    watermark = load_checkpoint(home.state).batch
-    files = [path for _, path in staged_files(home.stage, event_type, watermark)]
+    files = [path for _, path in staged_files(home.stage, event_type, read_watermark(home.state))]
     if not files:
         return pl.DataFrame({"event_id": []}, schema={"event_id": pl.String})
     return pl.concat([pl.read_ipc(path) for path in files],
@@ -76,7 +78,7 @@ def assert_staged_once(home: Home, expected: set[str]) -> None:
 
 
 def quarantined(home: Home) -> list[dict[str, Any]]:
-    return list(iter_quarantine(home.quarantine, up_to=load_checkpoint(home.state).batch))
+    return list(iter_quarantine(home.quarantine, read_watermark(home.state)))
 
 
 def line_id(line: bytes) -> str:
@@ -218,7 +220,7 @@ def test_long_line_bigger_than_a_read_chunk(small_home: Home) -> None:
     home = small_home
     log = home.logs / "a.jsonl"
     before, after = event_line(), event_line()
-    size = tailer_module.READ_CHUNK + 1000
+    size = reader_module.READ_CHUNK + 1000
     with running(home) as tailer:
         append(log, before, b"z" * size)
         assert (tailer.poll().staged, quarantined(home)) == (1, [])
@@ -394,7 +396,7 @@ def test_cut_lines_ends_after_exactly_room_lines(lengths: list[int], room: int,
     lines = [b"x" * length + b"\n" for length in lengths]
     chunk = b"".join(lines) + partial  # a partial line past `end` is never counted
     end = len(chunk) - len(partial)
-    cut, count = tailer_module.cut_lines(chunk, end, room, line_bytes)
+    cut, count = reader_module.cut_lines(chunk, end, room, line_bytes)
     taken = min(room, len(lines))
     assert count == taken
     assert cut == sum(map(len, lines[:taken]))
@@ -420,18 +422,18 @@ def test_orphan_batches_above_the_watermark_are_deleted(home: Home) -> None:
     lines = [event_line() for _ in range(4)]
     append(home.logs / "a.jsonl", *lines)
     poll_once(home)
-    batch = load_checkpoint(home.state).batch
-    committed = home.stage / TYPE / batch_name(batch, "arrow")
+    stream, batch = load_checkpoint(home.state).watermark
+    committed = home.stage / TYPE / batch_name(BatchId(stream, batch), "arrow")
     assert committed.exists()
     # what a kill between writing the batch and committing the checkpoint leaves behind
-    orphan_stage = home.stage / TYPE / batch_name(batch + 1, "arrow")
+    orphan_stage = home.stage / TYPE / batch_name(BatchId(stream, batch + 1), "arrow")
     shutil.copy(committed, orphan_stage)
     (home.stage / "tool_call").mkdir(exist_ok=True)
-    orphan_other = home.stage / "tool_call" / batch_name(batch + 2, "arrow")
+    orphan_other = home.stage / "tool_call" / batch_name(BatchId(stream, batch + 2), "arrow")
     orphan_other.write_bytes(b"half a file")
-    orphan_quarantine = home.quarantine / batch_name(batch + 1, "jsonl")
+    orphan_quarantine = home.quarantine / batch_name(BatchId(stream, batch + 1), "jsonl")
     orphan_quarantine.write_bytes(b'{"reason":"x"}\n')
-    temp = home.stage / TYPE / f".{batch_name(batch + 1, 'arrow')}.tmp"
+    temp = home.stage / TYPE / f".{batch_name(BatchId(stream, batch + 1), 'arrow')}.tmp"
     temp.write_bytes(b"partial")
     # readers ignore them already
     assert_staged_once(home, ids_of(*lines))
@@ -464,7 +466,8 @@ def test_crash_before_the_checkpoint_commit_replays_exactly_once(
     crashed.close()
     monkeypatch.undo()
     # the batch's files exist, but above the watermark nobody reads them
-    assert (home.stage / TYPE / batch_name(2, "arrow")).exists()
+    stream = load_checkpoint(home.state).stream
+    assert (home.stage / TYPE / batch_name(BatchId(stream, 2), "arrow")).exists()
     assert_staged_once(home, ids_of(*first))
     assert quarantined(home) == []
     result = poll_once(home)
@@ -503,10 +506,12 @@ def test_the_checkpoint_is_published_only_after_every_file_of_its_batch(
            event_line(event_type="tool_call", tool="grep", input_tokens=None,
                       output_tokens=None))
     poll_once(home)
-    assert sorted(events[:3]) == ["quarantine b000000000001.jsonl",
-                                  "stage b000000000001.arrow", "stage b000000000001.arrow"]
+    stream = load_checkpoint(home.state).stream
+    assert sorted(events[:3]) == [f"quarantine b000000000001-{stream}.jsonl",
+                                  f"stage b000000000001-{stream}.arrow",
+                                  f"stage b000000000001-{stream}.arrow"]
     assert events[3:] == ["checkpoint batch 1"]
-    assert load_checkpoint(home.state).batch == 1
+    assert load_checkpoint(home.state).watermark == (stream, 1)
 
 
 def test_a_failed_write_leaves_the_checkpoint_and_the_next_poll_loses_nothing(
@@ -521,11 +526,13 @@ def test_a_failed_write_leaves_the_checkpoint_and_the_next_poll_loses_nothing(
 
     with Tailer(home) as tailer:
         monkeypatch.setattr(tailer_module, "write_stage_bytes", disk_full)
-        with pytest.raises(OSError, match="No space"):
+        with pytest.raises(StorageError, match="No space") as raised:
             tailer.poll()
+        assert raised.value.exit_code == 74
         assert tailer.checkpoint.batch == 0 and tailer.checkpoint.files == {}
         assert load_checkpoint(home.state).batch == 0
-        assert sorted(p.name for p in home.state.iterdir()) == ["tailer.lock"]  # no temp file
+        assert sorted(p.name for p in home.state.iterdir()) == [  # no temp file
+            "checkpoint.json", "journal", "tailer.lock"]
         monkeypatch.setattr(tailer_module, "write_stage_bytes", real_write)
         second = event_line()
         append(log, second)
@@ -557,7 +564,7 @@ def test_a_failed_write_with_batches_in_flight_loses_nothing(
     for name in ("write_stage_bytes", "rename_or_discard"):
         monkeypatch.setattr(tailer_module, name, full_once(getattr(tailer_module, name)))
     with Tailer(home) as tailer:
-        with pytest.raises(OSError, match="No space"):
+        with pytest.raises(StorageError, match="No space"):
             tailer.poll()
         assert load_checkpoint(home.state).batch == 0
         result = tailer.poll()
@@ -947,7 +954,7 @@ def test_open_failure_is_reported_and_retried(home: Home, monkeypatch: pytest.Mo
 
     messages: list[str] = []
     with running(home, notify=messages.append) as tailer:
-        monkeypatch.setattr(tailer_module.os, "open", guarded_open)
+        monkeypatch.setattr(files_module.os, "open", guarded_open)
         tailer.poll()
         tailer.poll()
         assert_staged_once(home, ids_of(other))
@@ -1001,7 +1008,7 @@ def test_file_swapped_for_a_fifo_between_stat_and_open(
     line = event_line()
     append(home.logs / "real.jsonl", line)
     with running(home) as tailer:
-        monkeypatch.setattr(tailer_module.os, "stat", racing_stat)
+        monkeypatch.setattr(files_module.os, "stat", racing_stat)
         tailer.poll()
         monkeypatch.undo()
     assert_staged_once(home, ids_of(line))
@@ -1750,7 +1757,7 @@ def test_one_long_line_does_not_size_the_next_reads(
     with running(home) as tailer:
         assert tailer.poll().staged == 1  # a block of that one line
         append(log, *lines)
-        monkeypatch.setattr(tailer_module.os, "pread", pread)
+        monkeypatch.setattr(reader_module.os, "pread", pread)
         assert tailer.poll().staged == 4000
     # Sized by the long line, a read would take all 576 kB left (100 lines of 300 kB wanted).
     assert max(reads) <= 400_001

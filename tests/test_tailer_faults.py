@@ -30,9 +30,9 @@ from conftest import children, gone
 
 from bench.generate import generate_lines
 from pipeline.config import init_home
+from pipeline.stage import batch_id
 
 TALLY = str(Path(sys.executable).with_name("tally"))
-BATCH_FILE = re.compile(r"^b([0-9]+)\.(arrow|jsonl)$")
 MARKER = re.compile(r"bad-[0-9]+-[0-9]+")
 FILES = ("a.jsonl", "b.jsonl", "c.jsonl")
 INVALID_RATIO = 0.03
@@ -187,15 +187,12 @@ def assert_no_traceback(log: Path) -> None:
     assert "Traceback" not in text, text[-3000:]
 
 
-def batch_of(path: Path) -> int | None:
-    match = BATCH_FILE.match(path.name)
-    return int(match[1]) if match else None
-
-
 @dataclass
 class Committed:
-    """The committed output of a home: what the stage and quarantine hold up to the watermark."""
+    """The committed output of a home: what the stage and quarantine hold up to the watermark
+    (batches of the checkpoint's stream up to its batch, and every batch of another stream)."""
 
+    stream: str
     watermark: int
     checkpoint: dict[str, Any]
     ids: Counter[str]
@@ -206,13 +203,13 @@ class Committed:
 def committed(home: Path) -> Committed:
     """Read stage files and quarantine files up to the watermark directly (no dedupe)."""
     checkpoint = orjson.loads((home / "state" / "checkpoint.json").read_bytes())
-    watermark = checkpoint["batch"]
+    stream, watermark = checkpoint["stream"], checkpoint["batch"]
     stage, quarantine, above = [], [], []
     for path in sorted((home / "stage").glob("*/b*.arrow")) + sorted(
             (home / "quarantine").glob("b*.jsonl")):
-        number = batch_of(path)
-        assert number is not None, path
-        if number > watermark:
+        batch = batch_id(path)
+        assert batch is not None, path
+        if batch.stream == stream and batch.number > watermark:
             above.append(path)  # a crash leftover: never read
         elif path.suffix == ".arrow":
             stage.append(path)
@@ -223,7 +220,7 @@ def committed(home: Path) -> Committed:
         frame = pl.concat([pl.scan_ipc(p).select("event_id") for p in stage]).collect()
         ids = Counter(frame["event_id"].to_list())
     records = [orjson.loads(line) for p in quarantine for line in p.read_bytes().splitlines()]
-    return Committed(watermark, checkpoint, ids, records, above)
+    return Committed(stream, watermark, checkpoint, ids, records, above)
 
 
 def assert_exactly_once(home: Path, plan: Plan) -> Committed:
