@@ -39,6 +39,7 @@ from polars.testing import assert_frame_equal
 
 import pipeline.files as files_module
 import pipeline.reader as reader_module
+import pipeline.batches as batches_module
 import pipeline.tailer as tailer_module
 from pipeline.checkpoint import load_checkpoint, read_watermark
 from pipeline.cli import main as cli_main
@@ -497,10 +498,10 @@ def test_the_checkpoint_is_published_only_after_every_file_of_its_batch(
         publish(state_dir, prepared)
 
     publish = tailer_module.publish_checkpoint
-    monkeypatch.setattr(tailer_module, "write_stage_bytes",
-                        slowly("stage", tailer_module.write_stage_bytes, 0.05))
-    monkeypatch.setattr(tailer_module, "write_quarantine",
-                        slowly("quarantine", tailer_module.write_quarantine, 0.1))
+    monkeypatch.setattr(batches_module, "write_stage_bytes",
+                        slowly("stage", batches_module.write_stage_bytes, 0.05))
+    monkeypatch.setattr(batches_module, "write_quarantine",
+                        slowly("quarantine", batches_module.write_quarantine, 0.1))
     monkeypatch.setattr(tailer_module, "publish_checkpoint", published)
     append(home.logs / "a.jsonl", event_line(), b"not json\n",
            event_line(event_type="tool_call", tool="grep", input_tokens=None,
@@ -519,13 +520,13 @@ def test_a_failed_write_leaves_the_checkpoint_and_the_next_poll_loses_nothing(
     log = home.logs / "a.jsonl"
     first = [event_line() for _ in range(3)]
     append(log, *first, b"not json\n")
-    real_write = tailer_module.write_stage_bytes
+    real_write = batches_module.write_stage_bytes
 
     def disk_full(*args: Any) -> Path:
         raise OSError(28, "No space left on device")
 
     with Tailer(home) as tailer:
-        monkeypatch.setattr(tailer_module, "write_stage_bytes", disk_full)
+        monkeypatch.setattr(batches_module, "write_stage_bytes", disk_full)
         with pytest.raises(StorageError, match="No space") as raised:
             tailer.poll()
         assert raised.value.exit_code == 74
@@ -533,7 +534,7 @@ def test_a_failed_write_leaves_the_checkpoint_and_the_next_poll_loses_nothing(
         assert load_checkpoint(home.state).batch == 0
         assert sorted(p.name for p in home.state.iterdir()) == [  # no temp file
             "checkpoint.json", "journal", "tailer.lock"]
-        monkeypatch.setattr(tailer_module, "write_stage_bytes", real_write)
+        monkeypatch.setattr(batches_module, "write_stage_bytes", real_write)
         second = event_line()
         append(log, second)
         result = tailer.poll()  # the same tailer, once the disk has room again
@@ -562,7 +563,7 @@ def test_a_failed_write_with_batches_in_flight_loses_nothing(
 
     # Blocks a worker staged are renamed into place; the others are written here.
     for name in ("write_stage_bytes", "rename_or_discard"):
-        monkeypatch.setattr(tailer_module, name, full_once(getattr(tailer_module, name)))
+        monkeypatch.setattr(batches_module, name, full_once(getattr(batches_module, name)))
     with Tailer(home) as tailer:
         with pytest.raises(StorageError, match="No space"):
             tailer.poll()
