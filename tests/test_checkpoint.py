@@ -22,13 +22,16 @@ from pipeline.checkpoint import (
     FileState,
     ProcessLock,
     Watermark,
+    decode_path,
+    encode_path,
     load_checkpoint,
     prepare_checkpoint,
     publish_checkpoint,
     read_watermark,
+    recover_checkpoint,
     save_checkpoint,
 )
-from pipeline.errors import LockTimeout
+from pipeline.errors import DamagedFile, LockTimeout
 
 
 def sample() -> Checkpoint:
@@ -236,3 +239,85 @@ def test_held_fds_lists_every_lock_this_process_holds(tmp_path: Path) -> None:
         first.release()
         assert len(set(ProcessLock.held_fds()) - before) == 1
     assert set(ProcessLock.held_fds()) == before
+
+
+# ------------------------------------------------------------------ damage and recovery
+
+
+def committed_twice(state_dir: Path) -> Checkpoint:
+    """Two commits: the live checkpoint (batch 2) and the spare (batch 1) beside it."""
+    checkpoint = Checkpoint(stream="ab12", files={"fp": FileState("fp", "a.jsonl", 1, 2, 10)})
+    for batch in (1, 2):
+        checkpoint.batch = batch
+        save_checkpoint(state_dir, checkpoint)
+    return checkpoint
+
+
+@pytest.mark.parametrize("damage", [b"", b"{\"batch\": 2, \"fil", b"\x00\xff", b"[1, 2]",
+                                    b'{"batch": "two", "stream": "ab12"}',
+                                    b'{"files": {"fp": {"path": "a"}}}'])
+def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path: Path, damage: bytes) -> None:
+    committed_twice(tmp_path)
+    (tmp_path / CHECKPOINT).write_bytes(damage)
+    with pytest.raises(DamagedFile) as raised:
+        load_checkpoint(tmp_path)
+    assert str(tmp_path / CHECKPOINT) in raised.value.message
+    assert "\n" not in raised.value.message and "tally tail" in (raised.value.hint or "")
+
+
+def test_readers_of_a_damaged_checkpoint_count_every_batch_of_its_stream(
+        tmp_path: Path) -> None:
+    committed_twice(tmp_path)
+    (tmp_path / CHECKPOINT).write_bytes(b"garbage")
+    watermark = read_watermark(tmp_path)
+    assert watermark.stream == "ab12" and watermark.batch >= 2**62
+    (tmp_path / SPARE).write_bytes(b"garbage")
+    with pytest.raises(DamagedFile):
+        read_watermark(tmp_path)
+
+
+def test_the_tailer_resumes_from_the_checkpoint_before_a_damaged_one(tmp_path: Path) -> None:
+    committed_twice(tmp_path)
+    (tmp_path / CHECKPOINT).write_bytes(b"garbage")
+    resumed, told = recover_checkpoint(tmp_path)
+    assert (resumed.stream, resumed.batch) == ("ab12", 1)
+    assert told is not None and "batch 1" in told and "set aside" in told
+    [aside] = tmp_path.glob(f"{CHECKPOINT}.damaged-*")
+    assert aside.read_bytes() == b"garbage"
+    assert load_checkpoint(tmp_path).batch == 1  # in place again, before any new batch
+
+
+def test_without_an_earlier_checkpoint_everything_is_read_again(tmp_path: Path) -> None:
+    committed_twice(tmp_path)
+    (tmp_path / CHECKPOINT).write_bytes(b"garbage")
+    (tmp_path / SPARE).unlink()
+    resumed, told = recover_checkpoint(tmp_path)
+    assert resumed.batch == 0 and resumed.files == {} and resumed.stream != "ab12"
+    assert told is not None and "every log is read again" in told
+
+
+def test_a_healthy_checkpoint_is_resumed_as_it_is(tmp_path: Path) -> None:
+    committed_twice(tmp_path)
+    resumed, told = recover_checkpoint(tmp_path)
+    assert told is None and resumed.batch == 2
+
+
+def test_paths_that_are_not_utf8_round_trip(tmp_path: Path) -> None:
+    odd = os.fsdecode(b"logs/bad\xff.jsonl")
+    checkpoint = Checkpoint(stream="ab", files={"fp": FileState("fp", odd, 1, 2, 3,
+                                                                first_path=odd)})
+    save_checkpoint(tmp_path, checkpoint)
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.files["fp"].path == odd and loaded.files["fp"].first_path == odd
+    assert decode_path(encode_path(odd)) == odd and encode_path("plain") == "plain"
+
+
+def test_a_full_disk_does_not_keep_a_lock_from_being_taken(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           ) -> None:
+    def full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    lock = ProcessLock(tmp_path / "x.lock", "test").acquire()
+    lock.release()

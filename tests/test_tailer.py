@@ -37,9 +37,9 @@ from hypothesis.stateful import (
 )
 from polars.testing import assert_frame_equal
 
+import pipeline.batches as batches_module
 import pipeline.files as files_module
 import pipeline.reader as reader_module
-import pipeline.batches as batches_module
 import pipeline.tailer as tailer_module
 from pipeline.checkpoint import load_checkpoint, read_watermark
 from pipeline.cli import main as cli_main
