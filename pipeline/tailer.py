@@ -108,7 +108,7 @@ class Tailer:
         self.notify = notify or (lambda message: None)
         require_logs_dir(home)
         for told in recover_interrupted_rebuild(home):
-            self.notify(told)
+            self.notify(f"recovered: {told}")
         try:
             for directory in (home.logs, home.stage, home.quarantine, home.state):
                 directory.mkdir(parents=True, exist_ok=True)  # logs: the observer needs it
@@ -136,7 +136,7 @@ class Tailer:
         try:
             checkpoint, told = recover_checkpoint(home.state)
             if told:
-                self.notify(told)
+                self.notify(f"recovered: {told}")
             types = self.validator.schemas.types
             remove_orphans([home.stage / t for t in types] + [home.quarantine],
                            checkpoint.watermark)
