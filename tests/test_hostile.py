@@ -230,7 +230,9 @@ def test_7_a_full_disk_during_tail_and_compact_says_so_and_loses_nothing(
     logs = tmp_path / "logs"
     with small_tmpfs(tmp_path / "disk", "6m") as disk:
         home = make_home(disk / "home", f'[paths]\nlogs = "{logs}"\n')
-        write(logs / "a.jsonl", 2000)
+        write(logs / "a.jsonl", 10)
+        ok(tally(home, "tail", "--once"))
+        write(logs / "a.jsonl", 1990)
         filler = fill(disk)
         assert_one_line_error(tally(home, "tail", "--once"), 74, "No space left on device",
                               str(home.stage))
