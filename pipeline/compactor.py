@@ -304,6 +304,20 @@ def _make_commits(run: _Run, commits: list[_Commit]) -> None:
         run.remove(commit.event_type, commit.files)
         run.done += data.height
         run.progress(run.done)
+    _record_versions(run.home, {commit.event_type for commit in commits})
+
+
+def _record_versions(home: Home, event_types: set[str]) -> None:
+    """Remember the tables' versions now (once a type, not a commit: opening a table reads
+    its log). A kill before leaves the record behind the lake, which is never a false
+    alarm."""
+    versions = {}
+    for event_type in event_types:
+        table = open_table(table_path(home, event_type))
+        if table is not None:
+            versions[event_type] = table.version()
+    if versions:
+        record_versions(home, versions)
 
 
 def _with_restaged(run: _Run, rows: _Rows) -> pl.DataFrame:
@@ -356,9 +370,6 @@ def _commit(run: _Run, commit: _Commit, data: pl.DataFrame,
     if unwritable:
         quarantine_unwritable(run.home, unwritable)
         run.result.unwritable += unwritable
-    table = open_table(commit.table)
-    if table is not None:
-        record_versions(run.home, {commit.event_type: table.version()})
     return data
 
 
