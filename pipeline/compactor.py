@@ -22,21 +22,28 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, Transaction, WriterProperties, write_deltalake
+from deltalake import DeltaTable
 
 from pipeline.checkpoint import read_watermark
+from pipeline.commits import (
+    Commit,
+    Rows,
+    add_partition_date,
+    read_rows,
+    rewrite_dates,
+    write_commit,
+)
 from pipeline.config import FAULT_ENV, Home
 from pipeline.errors import (
+    DamagedFile,
     LakeError,
     StorageError,
-    display_path,
     is_storage_failure,
-    native_stderr_captured,
 )
 from pipeline.events import Validator
-from pipeline.frames import scan_stage_files
 from pipeline.journal import prune
 from pipeline.ledger import (
+    REBUILD_HINT,
     app_id,
     check_not_behind,
     open_table,
@@ -47,15 +54,13 @@ from pipeline.ledger import (
 )
 from pipeline.maintenance import (
     compaction_lock,
-    is_storage_refusal,
     optimize_lake,
-    panic_summary,
     remove_files_of_killed_writes,
-    remove_uncommitted_files,
     vacuum_lake,
 )
-from pipeline.poison import Unwritable, quarantine_unwritable, scratch_probe, split_writable
+from pipeline.poison import Unwritable, quarantine_unwritable
 from pipeline.recovery import Restaged, restage
+from pipeline.resolve import needs_upgrade, resolve, staged_scan, upgrade_table
 from pipeline.stage import BatchId, all_batch_files, fsync_dir, staged_files
 from pipeline.swap import recover_interrupted_rebuild
 
@@ -85,6 +90,7 @@ class CompactionResult:
     restaged: list[Restaged] = field(default_factory=list)
     unwritable: list[Unwritable] = field(default_factory=list)
     uncommitted_files_removed: int = 0
+    upgraded: dict[str, int] = field(default_factory=dict)  # duplicates deleted per table
     recovered: list[str] = field(default_factory=list)  # what an interrupted rebuild left
 
     @property
@@ -96,11 +102,6 @@ class CompactionResult:
     def lost(self) -> list[str]:
         """What could not be brought back: each a line for the user."""
         return [f"{r.set_aside}: {r.lost}" for r in self.restaged if r.lost]
-
-
-def add_partition_date(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """The partition column: the event's UTC date."""
-    return frame.with_columns(pl.col("ts").dt.date().alias("date"))
 
 
 def run_compaction(home: Home, *, lock_timeout: float | None = None,
@@ -206,9 +207,9 @@ class _Run:
             for removal in self._removals:
                 _reported(removal)
 
-    def read(self, commit: _Commit) -> Future[_Rows]:
+    def read(self, commit: Commit) -> Future[Rows]:
         """Start reading the stage files of one commit."""
-        return self._reader.submit(_read_rows, commit.files)
+        return self._reader.submit(read_rows, commit)
 
     def remove(self, event_type: str, files: list[Path]) -> None:
         """Delete stage files already in the lake, in the background."""
@@ -226,55 +227,40 @@ def _reported(removal: Future[None]) -> None:
                              "deletes them") from exc
 
 
-@dataclass(frozen=True)
-class _Commit:
-    """One Delta commit to make: its table, its stage files, and per stream (by app id)
-    the highest batch among them."""
-
-    event_type: str
-    table: Path
-    files: list[Path]
-    batches: dict[str, int]
-
-
-@dataclass(frozen=True)
-class _Rows:
-    """A commit's rows, read ahead, and the files that could not be read."""
-
-    data: pl.DataFrame
-    unreadable: list[Path]
-
-
-def _read_rows(files: list[Path]) -> _Rows:
-    try:
-        staged = scan_stage_files(files)
-        assert staged is not None  # commits never have zero files
-        return _Rows(add_partition_date(staged).collect(), [])
-    except (OSError, pl.exceptions.PolarsError):
-        pass  # find the file that fails: the others are read
-    readable, unreadable = [], []
-    for path in files:
-        try:
-            pl.read_ipc(path)
-            readable.append(path)
-        except (OSError, pl.exceptions.PolarsError):
-            unreadable.append(path)
-    staged = scan_stage_files(readable)
-    data = pl.DataFrame() if staged is None else add_partition_date(staged).collect()
-    return _Rows(data, unreadable)
-
-
 def _plan_commits(run: _Run, event_type: str,
-                  files: list[tuple[BatchId, Path]]) -> list[_Commit]:
-    """The commits that bring a type's stage files into its table; deletes those it has."""
+                  files: list[tuple[BatchId, Path]]) -> list[Commit]:
+    """The commits that bring a type's stage files into its table, with the duplicate
+    rule's decisions for them; deletes the stage files the table has already."""
     path = table_path(run.home, event_type)
     table = open_table(path)
     check_not_behind(run.home, event_type, table)
     held = {stream: stream_batch(table, stream) for stream in {b.stream for b, _ in files}}
     run.remove(event_type, [f for b, f in files if b.number <= held[b.stream]])
     pending = [(b, f) for b, f in files if b.number > held[b.stream]]
-    return [_Commit(event_type, path, [f for _, f in chunk], _highest(chunk))
-            for chunk in _chunks(pending, run.budget)]
+    if not pending:
+        return []
+    try:
+        table = _upgraded(run, event_type, table)
+        resolution = resolve([f for _, f in pending], table, event_type)
+    except FileNotFoundError as exc:  # a data file of the table is gone
+        raise DamagedFile("lake table", path, f"a data file it references is missing: {exc}",
+                          hint=REBUILD_HINT) from exc
+    commits, first = [], 0
+    for chunk in _chunks(pending, run.budget):
+        commits.append(Commit(event_type, path, [f for _, f in chunk], _highest(chunk), first,
+                              resolution))
+        first += len(chunk)
+    return commits
+
+
+def _upgraded(run: _Run, event_type: str, table: DeltaTable | None) -> DeltaTable | None:
+    """The table, its duplicates deleted and `_id_hash` written if an older tally made it."""
+    if table is None or not needs_upgrade(table):
+        return table
+    run.result.upgraded[event_type] = upgrade_table(
+        table, event_type, lambda dates, rows: rewrite_dates(table, dates, rows),
+        run.budget.per_commit)
+    return open_table(table_path(run.home, event_type))
 
 
 def _highest(chunk: list[tuple[BatchId, Path]]) -> dict[str, int]:
@@ -285,7 +271,7 @@ def _highest(chunk: list[tuple[BatchId, Path]]) -> dict[str, int]:
     return batches
 
 
-def _make_commits(run: _Run, commits: list[_Commit]) -> None:
+def _make_commits(run: _Run, commits: list[Commit]) -> None:
     upcoming = run.read(commits[0]) if commits else None
     for index, commit in enumerate(commits):
         assert upcoming is not None
@@ -293,10 +279,13 @@ def _make_commits(run: _Run, commits: list[_Commit]) -> None:
         if index + 1 < len(commits):  # the next one, of this type or the next, read meanwhile
             upcoming = run.read(commits[index + 1])
         data = _with_restaged(run, rows)
-        data, unwritable = split_writable(data)
+        raise_high_water(run.home, commit.batches)
         _fault("before_write")
-        data = _commit(run, commit, data, unwritable)
+        data, unwritable = write_commit(commit, data)
         _fault("after_commit")
+        if unwritable:
+            quarantine_unwritable(run.home, unwritable)
+            run.result.unwritable += unwritable
         run.result.events += data.height
         run.result.commits += 1
         run.result.partitions.update(
@@ -320,17 +309,17 @@ def _record_versions(home: Home, event_types: set[str]) -> None:
         record_versions(home, versions)
 
 
-def _with_restaged(run: _Run, rows: _Rows) -> pl.DataFrame:
+def _with_restaged(run: _Run, rows: Rows) -> pl.DataFrame:
     """A commit's rows, with its unreadable files staged again from the logs and added."""
     if not rows.unreadable:
         return rows.data
     validator = Validator()
     frames = [rows.data] if rows.data.height else []
-    for path in rows.unreadable:
+    for number, path in rows.unreadable:
         restaged = restage(run.home, path, validator)
         run.result.restaged.append(restaged)
         if path.exists():
-            frames.append(add_partition_date(pl.scan_ipc(path)).collect())
+            frames.append(add_partition_date(staged_scan([path], number)).collect())
     return pl.concat(frames, how="diagonal_relaxed") if frames else rows.data
 
 
@@ -348,71 +337,6 @@ def _chunks(files: list[tuple[BatchId, Path]],
     if current:
         chunks.append(current)
     return chunks
-
-
-def _commit(run: _Run, commit: _Commit, data: pl.DataFrame,
-            unwritable: list[Unwritable]) -> pl.DataFrame:
-    """Write a commit's rows; rows the lake refuses are quarantined and the rest written.
-    Returns what was written."""
-    raise_high_water(run.home, commit.batches)
-    try:
-        _write(commit, data)
-    except _RowsRefused as refused:
-        probe, cleanup = scratch_probe(_trial_write)
-        try:
-            data, more = split_writable(data, probe)
-        finally:
-            cleanup()
-        if not more:
-            raise refused.error from refused
-        unwritable += more
-        _write(commit, data)
-    if unwritable:
-        quarantine_unwritable(run.home, unwritable)
-        run.result.unwritable += unwritable
-    return data
-
-
-class _RowsRefused(Exception):
-    """A write failed for something in the rows, not the file system."""
-
-    def __init__(self, error: LakeError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-def _write(commit: _Commit, data: pl.DataFrame) -> None:
-    """One Delta write; a failed one leaves no files behind, and says why in one line."""
-    started_ns = time.time_ns()
-    try:
-        with native_stderr_captured() as captured:
-            _write_delta(commit, data)
-    except Exception as exc:
-        remove_uncommitted_files(commit.table, started_ns - 1)
-        panic = panic_summary("".join(captured))
-        detail = (str(exc).splitlines() or [""])[0] or panic or type(exc).__name__
-        if is_storage_refusal(exc, panic):
-            raise StorageError(f"cannot write the lake: {detail}", path=commit.table,
-                               hint="free space or fix the permissions, then run compact "
-                                    "again; the stage is untouched, nothing was lost") from exc
-        error = LakeError(f"commit to {display_path(commit.table)} failed: {detail}",
-                          hint="the stage is untouched; fix the cause and run compact again")
-        raise _RowsRefused(error) from exc
-
-
-def _write_delta(commit: _Commit, data: pl.DataFrame) -> None:
-    write_deltalake(
-        str(commit.table), data, mode="append", partition_by=["date"], schema_mode="merge",
-        writer_properties=WriterProperties(compression="ZSTD"),
-        commit_properties=CommitProperties(
-            app_transactions=[Transaction(app, batch) for app, batch in commit.batches.items()],
-            custom_metadata={"tally.batch": str(max(commit.batches.values()))}),
-    )
-
-
-def _trial_write(uri: str, rows: pl.DataFrame) -> None:
-    with native_stderr_captured():
-        write_deltalake(uri, rows, mode="append", partition_by=["date"], schema_mode="merge")
 
 
 def _fault(point: str) -> None:

@@ -1,13 +1,16 @@
 """Reading events back: the Delta lake plus the not-yet-compacted stage, each event once.
 
-Every reader (reports, progress, usage, budgets) goes through `scan_events`, so the
-duplicate rule of DESIGN.md (same event_id counts once) is enforced in one place.
+The lake holds each event_id once (compaction keeps the rule on write: pipeline.resolve).
+Staged rows are deduplicated among themselves, and those whose event_id the lake holds
+too are ranked against the lake's row by the same rule: one of the two counts. Every
+reader (reports, progress, usage, budgets) goes through `open_events`.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -15,30 +18,52 @@ import polars as pl
 
 from pipeline.checkpoint import read_watermark
 from pipeline.config import Home
+from pipeline.dedupe import ID_HASH, ORIGIN, dedupe, id_hash, losers, matching_hashes
 from pipeline.errors import DamagedFile, native_stderr_captured
 from pipeline.frames import conform, stage_schema
 from pipeline.ledger import REBUILD_HINT, open_table, stream_batch, table_path
+from pipeline.resolve import needs_upgrade
 from pipeline.schemas import SchemaSet, load_schemas
 from pipeline.stage import BatchId, staged_files
 
 READ_ATTEMPTS = 5
 P = ParamSpec("P")
 T = TypeVar("T")
-TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 STAGE_HINT = ("run `tally compact`: it sets the damaged file aside and stages its events "
               "again from the logs")
 
 
+@dataclass(frozen=True)
+class Events:
+    """A type's events, each once: the lake's rows less those a staged row `replaces`
+    (their event_ids), plus the staged rows that count."""
+
+    lake: pl.LazyFrame | None
+    stage: pl.LazyFrame | None
+    replaced: pl.DataFrame
+
+    def all(self) -> pl.LazyFrame | None:
+        """Every event, once."""
+        parts = [self.kept_lake(), self.stage]
+        found = [part for part in parts if part is not None]
+        return pl.concat(found, how="vertical") if found else None
+
+    def kept_lake(self) -> pl.LazyFrame | None:
+        """The lake's rows less those replaced by staged rows."""
+        if self.lake is None or self.replaced.is_empty():
+            return self.lake
+        return self.lake.join(self.replaced.lazy(), on="event_id", how="anti")
+
+
 def scan_events(home: Home, event_type: str,
                 schemas: SchemaSet | None = None) -> pl.LazyFrame | None:
-    """All events of a type, compacted or still staged, duplicates removed; None if none."""
-    union = union_events(home, event_type, stage_schema(event_type, schemas or load_schemas()))
-    return None if union is None else dedupe(union, event_type)
+    """All events of a type, compacted or still staged, each once; None if none."""
+    return open_events(home, event_type, schemas).all()
 
 
-def union_events(home: Home, event_type: str,
-                 schema: dict[str, pl.DataType]) -> pl.LazyFrame | None:
-    """Lake rows plus the stage batches the lake does not hold yet, before dedupe."""
+def open_events(home: Home, event_type: str, schemas: SchemaSet | None = None) -> Events:
+    """A type's lake rows and staged rows, each event once (see `Events`)."""
+    schema = stage_schema(event_type, schemas or load_schemas())
     # Stage first, table second. A stage file is deleted only after its commit, so one that
     # vanishes before we read it is in the table we open next; batches read from the stage
     # that the table already holds are dropped.
@@ -51,9 +76,37 @@ def union_events(home: Home, event_type: str,
             held[batch.stream] = stream_batch(table, batch.stream)
         if batch.number > held[batch.stream]:
             parts.append(conform(frame.lazy(), schema))
-    if table is not None:
-        parts.insert(0, conform(pl.scan_delta(table), schema))
-    return pl.concat(parts, how="vertical") if parts else None
+    stage = dedupe(pl.concat(parts, how="vertical"), event_type) if parts else None
+    if table is None:
+        return Events(None, stage, _NO_EVENT_IDS)
+    lake = conform(pl.scan_delta(table), schema)
+    if needs_upgrade(table):  # written before the rule was kept on write: apply it here
+        everything = lake if stage is None else pl.concat([lake, stage])
+        return Events(None, dedupe(everything, event_type), _NO_EVENT_IDS)
+    if stage is None:
+        return Events(lake, None, _NO_EVENT_IDS)
+    return _against_lake(lake, pl.scan_delta(table), stage, event_type, schema)
+
+
+_NO_EVENT_IDS = pl.DataFrame(schema={"event_id": pl.String})
+
+
+def _against_lake(lake: pl.LazyFrame, raw: pl.LazyFrame, stage: pl.LazyFrame,
+                  event_type: str, schema: dict[str, pl.DataType]) -> Events:
+    """Staged rows ranked against the lake's rows of the same event_ids."""
+    matched = matching_hashes(stage.select(id_hash()), raw.select(ID_HASH))
+    if matched.is_empty():
+        return Events(lake, stage, _NO_EVENT_IDS)
+    wanted = pl.col(ID_HASH).is_in(matched.implode())
+    candidates = pl.concat([
+        stage.with_columns(id_hash()).filter(wanted).with_columns(pl.lit(1, pl.Int8).alias(ORIGIN)),
+        conform(raw.filter(wanted), schema).with_columns(pl.lit(0, pl.Int8).alias(ORIGIN)),
+    ], how="diagonal_relaxed").collect(engine="streaming")
+    lost = losers(candidates, event_type, [ORIGIN, "event_id"])
+    beaten = lost.filter(pl.col(ORIGIN) == 1).select("event_id")
+    replaced = lost.filter(pl.col(ORIGIN) == 0).select("event_id")
+    kept = stage.join(beaten.lazy(), on="event_id", how="anti") if beaten.height else stage
+    return Events(lake, kept, replaced)
 
 
 def _read_stage(home: Home, event_type: str) -> list[tuple[BatchId, pl.DataFrame]]:
@@ -70,24 +123,6 @@ def _read_stage(home: Home, event_type: str) -> list[tuple[BatchId, pl.DataFrame
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-
-
-def dedupe(frame: pl.LazyFrame, event_type: str) -> pl.LazyFrame:
-    """One row per event_id: for token usage the largest total wins; then the first by source."""
-    # Hash tables keyed by millions of distinct id strings are slow; sorting their u64
-    # hashes is not. An id whose hash occurs once is unique, so only the rows whose hash
-    # repeats (true duplicates, or a rare collision) go through the full rule.
-    key = pl.col("event_id").hash().alias("_key")
-    keys = frame.select(key).sort("_key")
-    repeated = keys.filter(pl.col("_key") == pl.col("_key").shift(1)).unique()
-    marked = frame.with_row_index("_row").with_columns(key)
-    once = marked.join(repeated, on="_key", how="anti").drop("_key", "_row")
-    many = marked.join(repeated, on="_key", how="semi").drop("_key")
-    order: list[pl.Expr] = [pl.col("_source"), pl.col("_offset"), pl.col("_row")]
-    if event_type == "agent_token_usage":
-        order.insert(0, -pl.sum_horizontal(pl.col(c).fill_null(0) for c in TOKEN_COLUMNS))
-    first = many.sort(order).unique(subset="event_id", keep="first", maintain_order=True)
-    return pl.concat([once, first.drop("_row")])
 
 
 def reread_if_vanished(read: Callable[P, T]) -> Callable[P, T]:

@@ -358,7 +358,7 @@ def test_report_is_the_same_before_and_after_compaction(tmp_path: Path) -> None:
     ]
     before = [run(home, *c, "--format", "json").stdout for c in commands]
     result = run_compaction(home)
-    assert result.events == 1_002
+    assert result.events == 1_001  # a producer retry in the samples: its event_id once
     assert not list((root / "stage").rglob("*.arrow"))  # everything is in the lake now
     after = [run(home, *c, "--format", "json").stdout for c in commands]
     for command, old, new in zip(commands, before, after, strict=True):

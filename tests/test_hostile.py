@@ -91,7 +91,8 @@ def test_1_a_checkpoint_restored_from_a_backup_loses_no_event(home: Home,
     write(home.logs / "b.jsonl", 200)
     told = ok(tally(home, "tail", "--once")).stderr
     assert "behind the lake" in told
-    assert "compact: 230 events" in ok(tally(home, "compact")).stdout
+    # The 30 lines after the restored checkpoint are read again: their events count once.
+    assert "compact: 200 events" in ok(tally(home, "compact")).stdout
     assert events(home) == 530
 
 

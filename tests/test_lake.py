@@ -13,8 +13,9 @@ from conftest import event, event_line
 
 from pipeline.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from pipeline.config import Home
+from pipeline.dedupe import dedupe
 from pipeline.frames import FrameBuilder, stage_schema, write_stage_frame
-from pipeline.lake import dedupe, scan_events
+from pipeline.lake import scan_events
 from pipeline.stage import BatchId
 from pipeline.tailer import Tailer
 

@@ -9,12 +9,9 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
-from conftest import make_home
 from deltalake import DeltaTable, write_deltalake
 
 from pipeline.config import Home
-from pipeline.errors import StorageError
 from pipeline.maintenance import (
     is_storage_refusal,
     last_commit_ns,
@@ -87,27 +84,3 @@ def test_vacuum_counts_only_files_it_deleted(home: Home) -> None:
     assert vacuum_lake(home, retention_hours=0) == {"agent_token_usage": 3}
     assert vacuum_lake(home, retention_hours=0) == {"agent_token_usage": 0}
     assert len(list((home.lake / "agent_token_usage").rglob("*.parquet"))) == 1
-
-
-def test_a_full_disk_during_compaction_says_so_in_one_line(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch,
-                                                           ) -> None:
-    from pipeline import compactor
-    from pipeline.tailer import Tailer
-
-    home = make_home(tmp_path / "home")
-    (home.logs / "a.jsonl").write_bytes(
-        b'{"event_type":"agent_token_usage","ts":"2025-03-01T12:00:00Z","agent":"a"}\n')
-    with Tailer(home) as tailer:
-        tailer.poll()
-
-    def full(*args: object, **kwargs: object) -> None:
-        (home.lake / "agent_token_usage").mkdir(parents=True, exist_ok=True)
-        os.write(2, PANIC.encode())
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(compactor, "write_deltalake", full)
-    with pytest.raises(StorageError) as raised:
-        compactor.run_compaction(home)
-    assert "No space left on device" in raised.value.message
-    assert raised.value.exit_code == 74

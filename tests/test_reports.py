@@ -9,9 +9,9 @@ from typing import Any
 import polars as pl
 import pytest
 
+from pipeline.dedupe import dedupe
 from pipeline.errors import UnknownTimeZone, UsageError
 from pipeline.frames import FrameBuilder, stage_schema
-from pipeline.lake import dedupe
 from pipeline.pricing import shipped_pricing
 from pipeline.progress import progress_view
 from pipeline.reports import (

@@ -1,0 +1,178 @@
+"""One Delta commit of a compaction: its staged rows read, the duplicate rule's decisions
+applied (pipeline.resolve), rows the lake refuses quarantined (pipeline.poison), and the
+write itself: an append, or, when lake rows are replaced, one MERGE that deletes them and
+inserts their winners. Either way one atomic commit, carrying the streams' transactions
+(pipeline.ledger) and the dates it touched (`tally.dates`, which the rollups follow).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+
+from pipeline.dedupe import id_hash
+from pipeline.errors import LakeError, StorageError, display_path, native_stderr_captured
+from pipeline.maintenance import is_storage_refusal, panic_summary, remove_uncommitted_files
+from pipeline.poison import Unwritable, scratch_probe, split_writable
+from pipeline.resolve import FILE, ROW, Resolution, staged_scan
+
+TOMBSTONE = "_tombstone"
+DATES_KEY = "tally.dates"
+WRITER = WriterProperties(compression="ZSTD")
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One Delta commit to make: its table, its stage files (FILE numbers from `first`),
+    per stream (by app id) the highest batch among them, and the run's decisions."""
+
+    event_type: str
+    table: Path
+    files: list[Path]
+    batches: dict[str, int]
+    first: int
+    resolution: Resolution
+
+    @property
+    def numbers(self) -> set[int]:
+        """The FILE numbers of this commit's stage files."""
+        return set(range(self.first, self.first + len(self.files)))
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A commit's rows read ahead (with FILE and ROW), and the files that failed to read."""
+
+    data: pl.DataFrame
+    unreadable: list[tuple[int, Path]]
+
+
+def add_partition_date(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The partition column: the event's UTC date."""
+    return frame.with_columns(pl.col("ts").dt.date().alias("date"))
+
+
+def read_rows(commit: Commit) -> Rows:
+    """The rows of a commit's stage files; a file that fails to read is named, the rest read."""
+    try:
+        return Rows(add_partition_date(staged_scan(commit.files, commit.first)).collect(), [])
+    except (OSError, pl.exceptions.PolarsError):
+        pass  # find the file that fails: the others are read
+    frames, unreadable = [], []
+    for number, path in zip(sorted(commit.numbers), commit.files, strict=True):
+        try:
+            frames.append(add_partition_date(staged_scan([path], number)).collect())
+        except (OSError, pl.exceptions.PolarsError):
+            unreadable.append((number, path))
+    data = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    return Rows(data, unreadable)
+
+
+class RowsRefused(Exception):
+    """A write failed for something in the rows, not the file system."""
+
+    def __init__(self, error: LakeError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def write_commit(commit: Commit, data: pl.DataFrame
+                 ) -> tuple[pl.DataFrame, list[Unwritable]]:
+    """Write a commit's rows under the run's decisions. Returns what was written and the
+    rows the lake refused (to be quarantined)."""
+    rows, unwritable = split_writable(commit.resolution.kept(data))
+    tombstones = commit.resolution.tombstones(commit.numbers)
+    try:
+        _write(commit, rows, tombstones)
+    except RowsRefused as refused:
+        probe, cleanup = scratch_probe(_trial_write)
+        try:
+            rows, more = split_writable(rows, probe)
+        finally:
+            cleanup()
+        if not more:
+            raise refused.error from refused
+        unwritable += more
+        _write(commit, rows, tombstones)
+    return rows, unwritable
+
+
+def _write(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> None:
+    """One Delta commit; a failed one leaves no files behind, and says why in one line."""
+    started_ns = time.time_ns()
+    try:
+        with native_stderr_captured() as captured:
+            if tombstones.is_empty():
+                _append(commit, rows)
+            else:
+                _replace(commit, rows, tombstones)
+    except Exception as exc:
+        remove_uncommitted_files(commit.table, started_ns - 1)
+        panic = panic_summary("".join(captured))
+        detail = (str(exc).splitlines() or [""])[0] or panic or type(exc).__name__
+        if is_storage_refusal(exc, panic):
+            raise StorageError(f"cannot write the lake: {detail}", path=commit.table,
+                               hint="free space or fix the permissions, then run compact "
+                                    "again; the stage is untouched, nothing was lost") from exc
+        error = LakeError(f"commit to {display_path(commit.table)} failed: {detail}",
+                          hint="the stage is untouched; fix the cause and run compact again")
+        raise RowsRefused(error) from exc
+
+
+def lake_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """Staged rows as the lake holds them: with `_id_hash`, without FILE and ROW."""
+    return rows.drop(FILE, ROW, strict=False).with_columns(id_hash())
+
+
+def _properties(commit: Commit, dates: pl.Series) -> CommitProperties:
+    touched = ",".join(sorted(set(dates.cast(pl.String).drop_nulls().to_list())))
+    return CommitProperties(
+        app_transactions=[Transaction(app, batch) for app, batch in commit.batches.items()],
+        custom_metadata={"tally.batch": str(max(commit.batches.values())),
+                         DATES_KEY: touched})
+
+
+def _append(commit: Commit, rows: pl.DataFrame) -> None:
+    write_deltalake(str(commit.table), lake_rows(rows), mode="append", partition_by=["date"],
+                    schema_mode="merge", writer_properties=WRITER,
+                    commit_properties=_properties(commit, rows["date"]))
+
+
+def _replace(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> None:
+    """Insert `rows` and delete the lake rows `tombstones` (event_id, date) they replace."""
+    written = lake_rows(rows).with_columns(pl.lit(False).alias(TOMBSTONE))
+    doomed = tombstones.with_columns(pl.lit(True).alias(TOMBSTONE))
+    source = pl.concat([written, doomed], how="diagonal_relaxed")
+    days = ", ".join(f"'{day}'" for day in sorted(set(tombstones["date"].cast(pl.String))))
+    columns = [name for name in written.columns if name != TOMBSTONE]
+    table = DeltaTable(str(commit.table))
+    (table.merge(source, predicate=f"s.{TOMBSTONE} AND t.date IN ({days}) AND "
+                                   "t.event_id = s.event_id AND t.date = s.date",
+                 source_alias="s", target_alias="t", merge_schema=True, writer_properties=WRITER,
+                 commit_properties=_properties(commit, pl.concat([rows["date"],
+                                                                  tombstones["date"]])))
+     .when_matched_delete()
+     .when_not_matched_insert(updates={name: f"s.{name}" for name in columns},
+                              predicate=f"NOT s.{TOMBSTONE}")
+     .execute())
+
+
+def _trial_write(uri: str, rows: pl.DataFrame) -> None:
+    with native_stderr_captured():
+        write_deltalake(uri, lake_rows(rows), mode="append", partition_by=["date"],
+                        schema_mode="merge")
+
+
+def rewrite_dates(table: DeltaTable, dates: list[str], rows: pl.DataFrame) -> None:
+    """Replace the partitions of `dates` with `rows` (which hold `_id_hash`) in one commit."""
+    days = ", ".join(f"'{day}'" for day in dates)
+    with native_stderr_captured():
+        write_deltalake(table, rows.drop(FILE, ROW, strict=False), mode="overwrite",
+                        predicate=f"date IN ({days})", schema_mode="merge",
+                        writer_properties=WRITER,
+                        commit_properties=CommitProperties(
+                            custom_metadata={DATES_KEY: ",".join(dates)}))
