@@ -50,6 +50,7 @@ from pipeline.ledger import (
     raise_high_water,
     record_versions,
     stream_batch,
+    table_dirs,
     table_path,
 )
 from pipeline.maintenance import (
@@ -59,8 +60,10 @@ from pipeline.maintenance import (
     vacuum_lake,
 )
 from pipeline.poison import Unwritable, quarantine_unwritable
+from pipeline.pricing import pricing_for
 from pipeline.recovery import Restaged, restage
 from pipeline.resolve import needs_upgrade, resolve, staged_scan, upgrade_table
+from pipeline.rollups import sync_rollups
 from pipeline.stage import BatchId, all_batch_files, fsync_dir, staged_files
 from pipeline.swap import recover_interrupted_rebuild
 
@@ -91,6 +94,7 @@ class CompactionResult:
     unwritable: list[Unwritable] = field(default_factory=list)
     uncommitted_files_removed: int = 0
     upgraded: dict[str, int] = field(default_factory=dict)  # duplicates deleted per table
+    rollups_rebuilt: list[str] = field(default_factory=list)  # computed again whole
     recovered: list[str] = field(default_factory=list)  # what an interrupted rebuild left
 
     @property
@@ -121,6 +125,7 @@ def run_compaction(home: Home, *, lock_timeout: float | None = None,
                       lambda n: progress(n, total) if progress else None) as run:
                 _make_commits(run, [commit for event_type, files in plan.items()
                                     for commit in _plan_commits(run, event_type, files)])
+            result.rollups_rebuilt = _sync_rollups(home)
             prune(home.state, _still_staged(home), watermark.stream)
         except OSError as exc:
             if is_storage_failure(exc):
@@ -129,6 +134,14 @@ def run_compaction(home: Home, *, lock_timeout: float | None = None,
             raise
     result.seconds = time.monotonic() - started
     return result
+
+
+def _sync_rollups(home: Home) -> list[str]:
+    """Bring every rollup up to its event table (after this run's commits, or a run killed
+    before it caught up); the rollups computed again whole."""
+    thresholds = pricing_for(home).thresholds
+    return [name for path in table_dirs(home)
+            for name in sync_rollups(home, path.name, thresholds)]
 
 
 def _staged_types(home: Home) -> list[str]:

@@ -36,7 +36,7 @@ STAGE_HINT = ("run `tally compact`: it sets the damaged file aside and stages it
 @dataclass(frozen=True)
 class Events:
     """A type's events, each once: the lake's rows less those a staged row `replaces`
-    (their event_ids), plus the staged rows that count."""
+    (their event_ids and UTC dates), plus the staged rows that count."""
 
     lake: pl.LazyFrame | None
     stage: pl.LazyFrame | None
@@ -88,7 +88,7 @@ def open_events(home: Home, event_type: str, schemas: SchemaSet | None = None) -
     return _against_lake(lake, pl.scan_delta(table), stage, event_type, schema)
 
 
-_NO_EVENT_IDS = pl.DataFrame(schema={"event_id": pl.String})
+_NO_EVENT_IDS = pl.DataFrame(schema={"event_id": pl.String, "date": pl.Date})
 
 
 def _against_lake(lake: pl.LazyFrame, raw: pl.LazyFrame, stage: pl.LazyFrame,
@@ -102,9 +102,10 @@ def _against_lake(lake: pl.LazyFrame, raw: pl.LazyFrame, stage: pl.LazyFrame,
         stage.with_columns(id_hash()).filter(wanted).with_columns(pl.lit(1, pl.Int8).alias(ORIGIN)),
         conform(raw.filter(wanted), schema).with_columns(pl.lit(0, pl.Int8).alias(ORIGIN)),
     ], how="diagonal_relaxed").collect(engine="streaming")
-    lost = losers(candidates, event_type, [ORIGIN, "event_id"])
+    lost = losers(candidates, event_type, [ORIGIN, "event_id", "ts"])
     beaten = lost.filter(pl.col(ORIGIN) == 1).select("event_id")
-    replaced = lost.filter(pl.col(ORIGIN) == 0).select("event_id")
+    replaced = lost.filter(pl.col(ORIGIN) == 0).select(
+        "event_id", pl.col("ts").dt.date().alias("date"))
     kept = stage.join(beaten.lazy(), on="event_id", how="anti") if beaten.height else stage
     return Events(lake, kept, replaced)
 

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 import polars as pl
 
 from pipeline.config import Home
+from pipeline.counting import BUCKETS, NANO
 from pipeline.lake import reread_if_vanished
-from pipeline.reports import BUCKETS, NANO, ReportQuery, open_cells, open_events
+from pipeline.query import ReportQuery
+from pipeline.reports import all_events, open_cells
 
 PROGRESS_COLUMNS = ("agent", "task", "name", "status", "progress", "last_update", "snapshots",
                     "tokens", "cost_usd", "deliverables", "components_completed", "remaining")
@@ -55,5 +57,5 @@ def run_progress(home: Home, agents: Sequence[str] = (),
     """The progress view of a home."""
     query = ReportQuery(agents=tuple(agents))
     cells = open_cells(home, query, ["agent", "task"])
-    progress = open_events(home, "task_progress")
+    progress = all_events(home, "task_progress")
     return progress_view(progress, cells, agents, statuses).collect()

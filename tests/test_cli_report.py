@@ -17,7 +17,8 @@ from click.testing import CliRunner, Result
 from pipeline.cli import main
 from pipeline.compactor import run_compaction
 from pipeline.config import Home, init_home, load_home
-from pipeline.reports import context_estimates, open_events
+from pipeline.counting import context_estimates
+from pipeline.reports import all_events as open_events
 from pipeline.tailer import Tailer
 
 SAMPLE_LOGS = Path(__file__).resolve().parent.parent / "sample_logs"

@@ -14,23 +14,23 @@ from pipeline.errors import UnknownTimeZone, UsageError
 from pipeline.frames import FrameBuilder, stage_schema
 from pipeline.pricing import shipped_pricing
 from pipeline.progress import progress_view
-from pipeline.reports import (
+from pipeline.counting import context_estimates, snapshot_increments, with_local_date
+from pipeline.query import (
     REPORT_COLUMNS,
-    DailySummary,
     ReportQuery,
-    cell_keys,
     check_query,
     check_timezone,
-    context_estimates,
-    context_summary,
     counted_cells,
-    daily_totals,
     parse_by,
-    snapshot_increments,
+)
+from pipeline.reports import (
+    DailySummary,
+    cell_keys,
+    context_summary,
+    daily_totals,
     summarize,
     unpriced_models,
     usage_windows,
-    with_local_date,
 )
 
 _ids = itertools.count(1)

@@ -26,13 +26,8 @@ from pipeline.config import Home
 from pipeline.errors import UsageError
 from pipeline.pricing import RATE_NAMES, PriceTable, pricing_for
 from pipeline.progress import run_progress
+from pipeline.query import COST_MODES, DEFAULT_BY, GROUP_KEYS, ReportQuery, check_timezone, parse_by
 from pipeline.reports import (
-    COST_MODES,
-    DEFAULT_BY,
-    GROUP_KEYS,
-    ReportQuery,
-    check_timezone,
-    parse_by,
     run_context_report,
     run_daily_summary,
     run_report,

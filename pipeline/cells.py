@@ -1,0 +1,239 @@
+"""A query's priced cost cells, answered from the rollups where they hold the answer and
+from the events where they do not.
+
+The rollups (pipeline.rollups) answer for every UTC date they are up to date on. Events
+answer for the *dirty* dates: those the rollups lag behind (a compaction killed before it
+caught them up), those holding staged rows not compacted yet, and those whose lake rows a
+staged row replaces. Likewise for (agent, task) pairs: snapshot increments come from the
+rollup except for pairs with staged snapshots or snapshots on dirty dates, computed anew.
+Usage rows are read from the events when the query groups by task or session (keys the
+rollup does not keep), or when the rollup cannot price them exactly (a long-context
+threshold it was not built with) or place them in the query's days (a time zone whose
+offset is no multiple of 15 minutes): pruned to the query's dates, and streamed.
+
+The answer equals `reports.open_cells`, which counts from every event, in every case; the
+tests hold the two against each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import polars as pl
+
+from pipeline.config import Home
+from pipeline.counting import BUCKETS, snapshot_increments, usage_rows, with_local_date
+from pipeline.lake import Events, open_events
+from pipeline.ledger import open_table
+from pipeline.pricing import PriceTable, pricing_for
+from pipeline.query import (
+    ReportQuery,
+    cost_cells,
+    increment_cells,
+    priced_cells,
+    selection,
+)
+from pipeline.rollups import SOURCES, reflected, rollup_path, touched_since
+
+USAGE, PROGRESS = "agent_token_usage", "task_progress"
+ROLLUP_KEYS = {"agent", "role", "phase", "model", "_date"}
+PAIR = ["agent", "task"]
+
+
+@dataclass(frozen=True)
+class ReadModel:
+    """The rollups of a home, and per event table the dates they do not reflect yet."""
+
+    tables: dict[str, pl.LazyFrame]
+    lagging: dict[str, set[str]]  # by event type
+
+    @classmethod
+    def open(cls, home: Home) -> ReadModel | None:
+        """The rollups, or None when one cannot be used (missing, or its lag unknown)."""
+        tables: dict[str, pl.LazyFrame] = {}
+        lagging: dict[str, set[str]] = {}
+        for name, event_type in SOURCES.items():
+            source = open_table(home.lake / event_type)
+            rollup = open_table(rollup_path(home, name))
+            if source is None:
+                continue
+            if rollup is None:
+                return None
+            touched = touched_since(source, reflected(rollup))
+            if touched is None:
+                return None
+            tables[name] = pl.scan_delta(rollup)
+            lagging[event_type] = lagging.get(event_type, set()) | touched
+        return cls(tables, lagging)
+
+    def rollup(self, name: str) -> pl.LazyFrame | None:
+        """A rollup's rows, None when its event table does not exist."""
+        return self.tables.get(name)
+
+
+def query_cells(home: Home, query: ReportQuery, keys: Sequence[str],
+                model: ReadModel | None) -> pl.LazyFrame:
+    """Priced cost cells keyed by `keys` (and model) of every counted row the query
+    selects: usage rows, plus the snapshot increments of pairs without usage rows."""
+    table = pricing_for(home)
+    usage, progress = open_events(home, USAGE), open_events(home, PROGRESS)
+    dirty = _dirty_dates(usage, model.lagging.get(USAGE, set()) if model else set())
+    used = _usage_cells(usage, model, dirty, query, keys, table)
+    tracked = _tracked(usage, model, dirty)
+    increments = _increments(progress, model)
+    counted = increment_cells(increments, tracked, query, keys, table)
+    columns = counted.collect_schema().names()
+    return pl.concat([used.select(columns), counted])
+
+
+# ---------------------------------------------------------------- usage
+
+
+def utc_window(query: ReportQuery, utc_date: pl.Expr | None = None) -> pl.Expr:
+    """Whether a row's UTC date (`utc_date`, by default the `date` column) can hold one of
+    the query's local days (zones are at most 14 h off)."""
+    day = pl.col("date") if utc_date is None else utc_date
+    conditions = [pl.lit(True)]
+    if query.since:
+        conditions.append(day >= query.since - timedelta(days=1))
+    if query.until:
+        conditions.append(day <= query.until + timedelta(days=1))
+    return pl.all_horizontal(conditions)
+
+
+EVENT_DATE = pl.col("ts").dt.date()
+
+
+def _dirty_dates(usage: Events, lagging: set[str]) -> list[date]:
+    found = {date.fromisoformat(day) for day in lagging}
+    if usage.stage is not None:
+        found |= set(usage.stage.select(pl.col("ts").dt.date().unique()).collect()
+                     .to_series().to_list())
+    found |= set(usage.replaced.get_column("date").drop_nulls().to_list())
+    return sorted(found)
+
+
+def _usage_cells(usage: Events, model: ReadModel | None, dirty: list[date],
+                 query: ReportQuery, keys: Sequence[str], table: PriceTable) -> pl.LazyFrame:
+    rollup = model.rollup("usage") if model else None
+    clean = None
+    if rollup is not None and set(keys) <= ROLLUP_KEYS:
+        chosen = rollup.filter(utc_window(query), ~pl.col("date").is_in(dirty))
+        rows = _localized(chosen, query.tz)
+        if _exact(rows, table.thresholds):
+            clean = rollup_cells(rows.filter(selection(query)), keys, table, query.cost_mode)
+    if clean is None:  # every usage row from the events, pruned to the query's dates
+        return _event_cells(usage.all(), query, keys, table)
+    lake = usage.kept_lake()
+    recent = [frame.filter(pl.col("ts").dt.date().is_in(dirty)) for frame in (lake,)
+              if frame is not None]
+    if usage.stage is not None:
+        recent.append(usage.stage)
+    if not recent:
+        return clean
+    return pl.concat([clean, _event_cells(pl.concat(recent, how="vertical"), query, keys,
+                                          table)])
+
+
+def _event_cells(events: pl.LazyFrame | None, query: ReportQuery, keys: Sequence[str],
+                 table: PriceTable) -> pl.LazyFrame:
+    if events is None:
+        events = pl.LazyFrame(schema=_empty_usage())
+    rows = with_local_date(usage_rows(events.filter(utc_window(query, EVENT_DATE))), query.tz)
+    return cost_cells(rows.filter(selection(query)), keys, table, query.cost_mode)
+
+
+def _empty_usage() -> dict[str, pl.DataType]:
+    from pipeline.frames import stage_schema
+
+    return stage_schema(USAGE)
+
+
+def _localized(rollup: pl.LazyFrame, tz: str) -> pl.LazyFrame:
+    local = pl.col("bucket") if tz == "UTC" else pl.col("bucket").dt.convert_time_zone(tz)
+    return rollup.with_columns(_date=local.dt.date(), _local=local)
+
+
+def _exact(rows: pl.LazyFrame, thresholds: Sequence[int]) -> bool:
+    """Whether the rollup rows can be priced and placed in local days exactly."""
+    undecided = [~((pl.col("prompt_above") >= t)
+                   | (pl.col("prompt_upto").is_not_null() & (pl.col("prompt_upto") <= t)))
+                 for t in thresholds]
+    off_grid = (pl.col("_local").dt.minute() % 15 != 0) | (pl.col("_local").dt.second() != 0)
+    found = rows.select(pl.any_horizontal(off_grid, *undecided).any()).collect()
+    return not bool(found.item())
+
+
+def rollup_cells(rows: pl.LazyFrame, keys: Sequence[str], table: PriceTable,
+                 cost_mode: str) -> pl.LazyFrame:
+    """Cost cells of usage rollup rows (which carry `_date`), as `cost_cells` gives them
+    for the events they sum."""
+    tier = pl.sum_horizontal(pl.lit(0, pl.Int64),
+                             *((pl.col("prompt_above") >= t).cast(pl.Int64)
+                               for t in table.thresholds))
+    producer = pl.col("producer_cost") if cost_mode == "auto" else pl.lit(False)
+    by = list(dict.fromkeys([*keys, "model"]))
+    summed = rows.with_columns(_tier=tier, _producer=producer).group_by(
+        *by, "_tier", "_producer").agg(
+        pl.col("events").sum(),
+        *(pl.col(c).sum() for c in BUCKETS if c != "other_tokens"),
+        pl.lit(0, pl.Int64).alias("other_tokens"),
+        pl.col("cache_write_1h_tokens").sum(),
+        pl.when(pl.col("producer_cost")).then("cost_nano_usd").sum().alias("cost_nano_usd"))
+    return priced_cells(summed, by, table)
+
+
+# ---------------------------------------------------------------- precedence and increments
+
+
+def _tracked(usage: Events, model: ReadModel | None, dirty: list[date]) -> pl.LazyFrame:
+    """The (agent, task) pairs with usage rows."""
+    rollup = model.rollup("usage_tasks") if model else None
+    if rollup is None:
+        events = usage.all()
+        if events is None:
+            return pl.LazyFrame(schema={"agent": pl.String, "task": pl.String})
+        return events.filter(pl.col("task").is_not_null()).select(PAIR).unique()
+    parts = [rollup.filter(~pl.col("date").is_in(dirty)).select(PAIR)]
+    lake = usage.kept_lake()
+    if lake is not None:
+        parts.append(lake.filter(pl.col("ts").dt.date().is_in(dirty)).select(PAIR))
+    if usage.stage is not None:
+        parts.append(usage.stage.select(PAIR))
+    return pl.concat(parts).filter(pl.col("task").is_not_null()).unique()
+
+
+def _increments(progress: Events, model: ReadModel | None) -> pl.LazyFrame:
+    """Every snapshot's increment: from the rollup, but for the pairs it may have wrong."""
+    rollup = model.rollup("increments") if model else None
+    events = progress.all()
+    if events is None:
+        return pl.LazyFrame(schema={**_empty_progress_rows()})
+    if rollup is None:
+        return snapshot_increments(events)
+    lagging = sorted(model.lagging.get(PROGRESS, set())) if model else []
+    on_lagging = pl.col("date").cast(pl.String).is_in(lagging)
+    parts = [rollup.filter(on_lagging).select(PAIR)]
+    lake = progress.kept_lake()
+    if lake is not None:
+        parts.append(lake.filter(EVENT_DATE.cast(pl.String).is_in(lagging)).select(PAIR))
+        if not progress.replaced.is_empty():
+            parts.append(lake.join(progress.replaced.lazy().select("event_id"),
+                                   on="event_id", how="semi").select(PAIR))
+    if progress.stage is not None:
+        parts.append(progress.stage.select(PAIR))
+    dirty = pl.concat(parts).unique().collect()
+    if dirty.is_empty():
+        return rollup.drop("date")
+    kept = rollup.join(dirty.lazy(), on=PAIR, how="anti").drop("date")
+    again = snapshot_increments(events.join(dirty.lazy(), on=PAIR, how="semi"))
+    return pl.concat([kept, again], how="diagonal_relaxed")
+
+
+def _empty_progress_rows() -> dict[str, pl.DataType]:
+    from pipeline.frames import stage_schema
+
+    return dict(snapshot_increments(pl.LazyFrame(schema=stage_schema(PROGRESS)))
+                .collect_schema())

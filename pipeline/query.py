@@ -1,0 +1,213 @@
+"""Report queries and the counting rules they apply, as pure `LazyFrame -> LazyFrame`
+functions: which rows a query selects, and how counted rows become priced *cost cells*
+(a few per group, one per model and pricing situation) that every report sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import polars as pl
+
+from pipeline.counting import BUCKETS, nano_usd, usage_rows, with_local_date
+from pipeline.errors import UnknownTimeZone, UsageError
+from pipeline.pricing import (
+    PriceTable,
+    attach_prices,
+    computed_cost,
+    long_context_tier,
+    matches_model,
+)
+
+GROUP_KEYS = ("agent", "role", "phase", "day", "week", "month", "model", "task", "session")
+TIME_KEYS = ("day", "week", "month")
+DEFAULT_BY = ("agent", "day")
+COST_MODES = ("auto", "calculate")
+REPORT_COLUMNS = ("events", *BUCKETS, "total_tokens", "cost_usd", "unpriced_events")
+KEY_COLUMN = {"session": "session_id"}
+OPTIONAL_ENVELOPE = ("role", "phase", "session_id")
+TIME_FORMAT = {"day": "%Y-%m-%d", "week": "%G-W%V", "month": "%Y-%m"}
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    """What a report groups by, which rows it keeps, and how it prices them."""
+
+    by: tuple[str, ...] = DEFAULT_BY
+    since: date | None = None
+    until: date | None = None
+    agents: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    phases: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    tz: str = "UTC"
+    cost_mode: str = "auto"
+
+
+@dataclass(frozen=True)
+class Report:
+    """One row per group with REPORT_COLUMNS, and the models that had no price."""
+
+    rows: pl.DataFrame
+    by: tuple[str, ...]
+    unpriced_models: list[str] = field(default_factory=list)
+
+
+def parse_by(text: str) -> tuple[str, ...]:
+    """The group keys of a comma-separated --by value, checked and without repeats."""
+    keys = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    unknown = [k for k in keys if k not in GROUP_KEYS]
+    if unknown or not keys:
+        raise UsageError(f"cannot group by {', '.join(unknown) or 'nothing'}",
+                         hint="choose from " + ", ".join(GROUP_KEYS))
+    return keys
+
+
+def check_timezone(name: str) -> str:
+    """`name` if it is an IANA time zone, else UnknownTimeZone."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise UnknownTimeZone(name) from exc
+    return name
+
+
+def check_query(query: ReportQuery) -> ReportQuery:
+    """The query if its parts fit together, else a UsageError saying which do not."""
+    check_timezone(query.tz)
+    if query.cost_mode not in COST_MODES:
+        raise UsageError(f"unknown cost mode {query.cost_mode!r}",
+                         hint="use " + " or ".join(COST_MODES))
+    if query.since and query.until and query.since > query.until:
+        raise UsageError(f"--since {query.since} is after --until {query.until}")
+    return query
+
+
+# ---------------------------------------------------------------- counted rows
+
+
+def trim(events: pl.LazyFrame, keep: Iterable[str]) -> pl.LazyFrame:
+    """Drop the optional envelope columns a query does not use, before anything reads them."""
+    return events.drop(set(OPTIONAL_ENVELOPE) - set(keep))
+
+
+def needed_envelope(query: ReportQuery, keys: Iterable[str] = ()) -> set[str]:
+    """The optional envelope columns a query's group keys and filters read."""
+    wanted = {KEY_COLUMN.get(k, k) for k in (*keys, *query.by)}
+    wanted |= {c for c, v in (("role", query.roles), ("phase", query.phases)) if v}
+    return wanted & set(OPTIONAL_ENVELOPE)
+
+
+def selection(query: ReportQuery) -> pl.Expr:
+    """True for the rows the query's date range and --agent/--role/--phase/--model select."""
+    conditions = [pl.lit(True)]
+    if query.since:
+        conditions.append(pl.col("_date") >= query.since)
+    if query.until:
+        conditions.append(pl.col("_date") <= query.until)
+    for column, wanted in (("agent", query.agents), ("role", query.roles),
+                           ("phase", query.phases)):
+        if wanted:
+            conditions.append(pl.col(column).is_in(list(wanted)).fill_null(False))
+    if query.models:
+        conditions.append(matches_model(pl.col("model"), list(query.models)))
+    return pl.all_horizontal(conditions)
+
+
+def filter_rows(rows: pl.LazyFrame, query: ReportQuery) -> pl.LazyFrame:
+    """Keep the rows the query selects (they carry `_date`)."""
+    return rows.filter(selection(query))
+
+
+def cost_cells(rows: pl.LazyFrame, keys: Sequence[str], table: PriceTable,
+               cost_mode: str) -> pl.LazyFrame:
+    """Rows summed per `keys` and model, then priced: `cost_nano_usd` (null when
+    unpriced), `priced_events`, `unpriced_events`.
+
+    Cost is linear in the token counts, so summing first and pricing a few thousand
+    cells gives the per-row answer, provided rows that price differently stay apart:
+    those above a long-context threshold (`_tier`) and, in auto mode, those carrying
+    the producer's own cost_usd (`_producer`).
+    """
+    producer = pl.col("cost_usd").is_not_null() if cost_mode == "auto" else pl.lit(False)
+    by = list(dict.fromkeys([*keys, "model"]))
+    cells = rows.with_columns(
+        # 1-hour writes are part of cache_write; never price more of them than were written.
+        pl.min_horizontal("cache_write_1h_tokens", "cache_write_tokens")
+        .alias("cache_write_1h_tokens"),
+        _tier=long_context_tier(table.thresholds), _producer=producer,
+        cost_nano_usd=nano_usd(pl.col("cost_usd")),
+    ).group_by(*by, "_tier", "_producer").agg(
+        pl.len().cast(pl.Int64).alias("events"),
+        *sums((*BUCKETS, "cache_write_1h_tokens", "cost_nano_usd")),
+    )
+    return priced_cells(cells, by, table)
+
+
+def priced_cells(cells: pl.LazyFrame, by: Sequence[str], table: PriceTable) -> pl.LazyFrame:
+    """Summed cells (`by`, `_tier`, `_producer`, events, token sums, the producers'
+    `cost_nano_usd`) priced: the producers' cost where `_producer`, else computed."""
+    cost = pl.when("_producer").then("cost_nano_usd").otherwise(nano_usd(computed_cost()))
+    return (attach_prices(cells, table)
+            .with_columns(cost_nano_usd=cost)
+            .with_columns(
+                priced_events=pl.when(pl.col("cost_nano_usd").is_not_null()).then("events")
+                .otherwise(0),
+                unpriced_events=pl.when(pl.col("cost_nano_usd").is_null()).then("events")
+                .otherwise(0))
+            .select(*by, "events", *BUCKETS, "cost_nano_usd", "priced_events",
+                    "unpriced_events"))
+
+
+def usage_cells(usage: pl.LazyFrame, snapshot_tasks: pl.Series, query: ReportQuery,
+                keys: Sequence[str], table: PriceTable) -> pl.LazyFrame:
+    """Cost cells of the usage rows, with two extra keys: `_in`, whether the query selects
+    the rows, and `_task`, their task when it is one of `snapshot_tasks` (the tasks with
+    snapshot increments).
+
+    Every usage row is summed, selected or not, so that `tracked_pairs` sees every
+    (agent, task) with usage rows: precedence does not depend on --since or --agent.
+    """
+    rows = with_local_date(usage_rows(usage), query.tz).with_columns(
+        _task=pl.when(pl.col("task").is_in(snapshot_tasks.implode())).then("task"),
+        _in=selection(query))
+    return cost_cells(rows, [*keys, "agent", "_task", "_in"], table, query.cost_mode)
+
+
+def tracked_pairs(cells: pl.LazyFrame) -> pl.LazyFrame:
+    """The (agent, task) pairs that have usage rows, from `usage_cells`."""
+    return (cells.filter(pl.col("_task").is_not_null())
+            .select("agent", pl.col("_task").alias("task")).unique())
+
+
+def increment_cells(increments: pl.LazyFrame, tracked: pl.LazyFrame, query: ReportQuery,
+                    keys: Sequence[str], table: PriceTable) -> pl.LazyFrame:
+    """Cost cells of the snapshot increments that count: those of pairs without usage rows."""
+    counted = increments.join(tracked, on=["agent", "task"], how="anti")
+    return cost_cells(filter_rows(with_local_date(counted, query.tz), query), keys, table,
+                      query.cost_mode)
+
+
+def combine_cells(usage: pl.LazyFrame, increments: pl.LazyFrame) -> pl.LazyFrame:
+    """The selected usage cells and the increment cells, in the increment cells' columns."""
+    columns = increments.collect_schema().names()
+    return pl.concat([usage.filter("_in").select(columns), increments])
+
+
+def counted_cells(usage: pl.LazyFrame, increments: pl.DataFrame, query: ReportQuery,
+                  keys: Sequence[str], table: PriceTable) -> pl.LazyFrame:
+    """Priced cost cells keyed by `keys` of every counted row the query selects: usage
+    rows, plus the `snapshot_increments` of (agent, task) pairs without usage rows."""
+    used = usage_cells(usage, increments["task"].unique(), query, keys, table)
+    counted = increment_cells(increments.lazy(), tracked_pairs(used), query, keys, table)
+    return combine_cells(used, counted)
+
+
+
+
+def sums(columns: Sequence[str]) -> list[pl.Expr]:
+    """The sum of each column."""
+    return [pl.col(c).sum() for c in columns]

@@ -1,0 +1,223 @@
+"""Rollup tables, kept by compaction, so that reports never scan every event.
+
+Four Delta tables under `lake/_rollups/`, each derived from one event table:
+
+- `usage` (from agent_token_usage): per UTC date, 15-minute `bucket`, agent, role, phase,
+  model, long-context class and whether the producer gave a cost: events and token sums,
+  and the producers' cost. A 15-minute bucket lies within one local day in every time
+  zone whose offset is a multiple of 15 minutes, which covers today's zones (+05:45 too).
+  The class (`prompt_above`, `prompt_upto`) is the pair of long-context thresholds around
+  a request's prompt, so any price table whose thresholds are among them prices it exactly.
+- `usage_tasks`: per date, the (agent, task) pairs with usage rows: snapshot increments of
+  those pairs do not count (DESIGN.md's precedence rule).
+- `increments` (from task_progress): each snapshot's increment over its (agent, task)'s
+  previous one, with its envelope.
+- `context` (from context_compiled): each compilation with its cache estimates.
+
+A rollup records, as `Transaction(SOURCE_APP, v)`, the version v of its event table it
+reflects. Catching up reads that table's commits after v: each names the dates it touched
+(`tally.dates`), and only those dates, or the pairs with rows on them, are computed again.
+A commit naming none (or history cleaned away) makes the rollup computed again whole. Each
+step recomputes from the events as they are, so it can be killed and run again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import polars as pl
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+from pipeline.config import Home
+from pipeline.counting import context_estimates, nano_usd, snapshot_increments, usage_rows
+from pipeline.errors import native_stderr_captured
+from pipeline.ledger import open_table
+
+ROLLUPS_DIR = "_rollups"
+SOURCE_APP = "tally-source"
+DATES_KEY = "tally.dates"
+BUCKET = "15m"
+USAGE, PROGRESS, CONTEXT = "agent_token_usage", "task_progress", "context_compiled"
+SOURCES = {"usage": USAGE, "usage_tasks": USAGE, "increments": PROGRESS, "context": CONTEXT}
+USAGE_KEYS = ("date", "bucket", "agent", "role", "phase", "model", "prompt_above",
+              "prompt_upto", "producer_cost")
+USAGE_SUMS = ("events", "input_tokens", "output_tokens", "cache_read_tokens",
+              "cache_write_tokens", "cache_write_1h_tokens", "cost_nano_usd")
+PAIRS = {"increments": ("agent", "task"), "context": ("role", "session_id")}
+# Maintenance commits change files, not rows: a rollup has nothing to catch up for them.
+_NO_CHANGE = {"OPTIMIZE", "VACUUM START", "VACUUM END"}
+
+
+def rollup_path(home: Home, name: str) -> Path:
+    """Where a rollup table lives."""
+    return home.lake / ROLLUPS_DIR / name
+
+
+# ---------------------------------------------------------------- building (pure)
+
+
+def prompt_class(thresholds: Sequence[int]) -> list[pl.Expr]:
+    """`prompt_above` (the largest threshold a row's prompt exceeds, 0 for none) and
+    `prompt_upto` (the smallest one it does not, null for none)."""
+    prompt = pl.col("input_tokens") + pl.col("cache_read_tokens") + pl.col("cache_write_tokens")
+    above: pl.Expr = pl.lit(0, pl.Int64)
+    upto: pl.Expr = pl.lit(None, pl.Int64)
+    for threshold in sorted(set(thresholds)):
+        above = pl.when(prompt > threshold).then(pl.lit(threshold, pl.Int64)).otherwise(above)
+    for threshold in sorted(set(thresholds), reverse=True):
+        upto = pl.when(prompt <= threshold).then(pl.lit(threshold, pl.Int64)).otherwise(upto)
+    return [above.alias("prompt_above"), upto.alias("prompt_upto")]
+
+
+def usage_rollup(usage: pl.LazyFrame, thresholds: Sequence[int]) -> pl.LazyFrame:
+    """The usage rollup of agent_token_usage events (each once)."""
+    rows = usage_rows(usage).with_columns(
+        # 1-hour writes are part of cache_write; never price more of them than were written.
+        pl.min_horizontal("cache_write_1h_tokens", "cache_write_tokens")
+        .alias("cache_write_1h_tokens"),
+        *prompt_class(thresholds),
+        producer_cost=pl.col("cost_usd").is_not_null(),
+        cost_nano_usd=nano_usd(pl.col("cost_usd")),
+        bucket=pl.col("ts").dt.truncate(BUCKET))
+    return (rows.with_columns(date=pl.col("bucket").dt.date())
+            .group_by(*USAGE_KEYS)
+            .agg(pl.len().cast(pl.Int64).alias("events"),
+                 *(pl.col(c).sum() for c in USAGE_SUMS if c != "events")))
+
+
+def usage_task_pairs(usage: pl.LazyFrame) -> pl.LazyFrame:
+    """Per UTC date, the (agent, task) pairs with usage rows."""
+    return (usage.filter(pl.col("task").is_not_null())
+            .select(pl.col("ts").dt.date().alias("date"), "agent", "task").unique())
+
+
+def increment_rows(progress: pl.LazyFrame) -> pl.LazyFrame:
+    """Each snapshot's increment, with `ts`, its envelope and its UTC date."""
+    return snapshot_increments(progress).with_columns(date=pl.col("ts").dt.date())
+
+
+def context_rows(compiled: pl.LazyFrame) -> pl.LazyFrame:
+    """Each compilation's estimates, with its UTC date."""
+    return (context_estimates(compiled)
+            .select("ts", "role", "session_id", "agent", "input_tokens_estimate",
+                    "cache_read_tokens_estimate", "cache_write_tokens_estimate", "estimated")
+            .with_columns(date=pl.col("ts").dt.date()))
+
+
+# ---------------------------------------------------------------- keeping them
+
+
+def touched_since(source: DeltaTable, version: int | None) -> set[str] | None:
+    """The dates the source table's commits after `version` touched; None when that cannot
+    be told (no version, a commit without dates, or history cleaned away)."""
+    if version is None:
+        return None
+    newest = source.version()
+    if version >= newest:
+        return set()
+    commits = {int(c["version"]): c for c in source.history(newest - version)
+               if "version" in c}
+    dates: set[str] = set()
+    for number in range(version + 1, newest + 1):
+        commit = commits.get(number)
+        if commit is None:
+            return None
+        if DATES_KEY in commit:
+            dates.update(d for d in str(commit[DATES_KEY]).split(",") if d)
+        elif commit.get("operation") not in _NO_CHANGE:
+            return None
+    return dates
+
+
+def reflected(rollup: DeltaTable | None) -> int | None:
+    """The version of its event table a rollup reflects, None without a rollup."""
+    if rollup is None:
+        return None
+    version = rollup.transaction_version(SOURCE_APP)
+    return None if version is None else int(version)
+
+
+def sync_rollups(home: Home, event_type: str, thresholds: Sequence[int]) -> list[str]:
+    """Bring the rollups of an event table up to its current version; the names of those
+    computed again whole."""
+    source = open_table(home.lake / event_type)
+    if source is None:
+        return []
+    whole = []
+    for name in (n for n, t in SOURCES.items() if t == event_type):
+        path = rollup_path(home, name)
+        rollup = open_table(path)
+        touched = touched_since(source, reflected(rollup))
+        if rollup is not None and touched is not None and not touched:
+            continue
+        _write(name, path, rollup, source, touched, thresholds)
+        if touched is None:
+            whole.append(name)
+    return whole
+
+
+def _write(name: str, path: Path, rollup: DeltaTable | None, source: DeltaTable,
+           touched: set[str] | None, thresholds: Sequence[int]) -> None:
+    events = pl.scan_delta(source)
+    properties = CommitProperties(app_transactions=[Transaction(SOURCE_APP, source.version())])
+    if name in PAIRS:
+        _write_pairs(name, path, rollup, events, touched, properties)
+        return
+    chosen = events if touched is None else events.filter(
+        pl.col("date").cast(pl.String).is_in(sorted(touched)))
+    frame = (usage_rollup(chosen, thresholds) if name == "usage" else usage_task_pairs(chosen))
+    data = frame.collect(engine="streaming")
+    predicate = None if touched is None or rollup is None else _dates_in(touched)
+    with native_stderr_captured():
+        write_deltalake(str(path), data, mode="overwrite", partition_by=["date"],
+                        predicate=predicate, schema_mode="overwrite" if predicate is None
+                        else None, commit_properties=properties)
+
+
+def _write_pairs(name: str, path: Path, rollup: DeltaTable | None, events: pl.LazyFrame,
+                 touched: set[str] | None, properties: CommitProperties) -> None:
+    """Increments and context rows depend on every row of their pair (their order): the
+    pairs with rows on the touched dates, before or after, are computed again whole."""
+    build = increment_rows if name == "increments" else context_rows
+    keys = list(PAIRS[name])
+    if touched is None or rollup is None:
+        data = build(events).collect(engine="streaming")
+        with native_stderr_captured():
+            write_deltalake(str(path), data, mode="overwrite", partition_by=["date"],
+                            schema_mode="overwrite", commit_properties=properties)
+        return
+    on_dates = pl.col("date").cast(pl.String).is_in(sorted(touched))
+    pair_of = _pair_columns(name)
+    pairs = pl.concat([events.filter(on_dates).select(pair_of),
+                       pl.scan_delta(rollup).filter(on_dates).select(keys)]).unique()
+    chosen = events.with_columns(_pair_columns(name)).join(pairs, on=keys, how="semi")
+    data = build(chosen).collect(engine="streaming")
+    replace_pairs(rollup, data, pairs.collect(), keys, properties)
+
+
+def _pair_columns(name: str) -> list[pl.Expr]:
+    if name == "context":  # an agent without roles is its own role, as context_estimates says
+        return [pl.coalesce("role", "agent").alias("role"), pl.col("session_id")]
+    return [pl.col("agent"), pl.col("task")]
+
+
+def replace_pairs(rollup: DeltaTable, data: pl.DataFrame, pairs: pl.DataFrame,
+                  keys: Sequence[str], properties: CommitProperties) -> None:
+    """Delete every row of `pairs` and insert `data`, in one MERGE commit."""
+    doomed = pairs.with_columns(pl.lit(True).alias("_tombstone"))
+    source = pl.concat([data.with_columns(pl.lit(False).alias("_tombstone")), doomed],
+                       how="diagonal_relaxed")
+    match = " AND ".join(f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in keys)
+    columns = [c for c in data.columns]
+    with native_stderr_captured():
+        (rollup.merge(source, predicate=f"s._tombstone AND {match}", source_alias="s",
+                      target_alias="t", merge_schema=True, commit_properties=properties)
+         .when_matched_delete()
+         .when_not_matched_insert(updates={c: f"s.{c}" for c in columns},
+                                  predicate="NOT s._tombstone")
+         .execute())
+
+
+def _dates_in(dates: Iterable[str]) -> str:
+    return "date IN (" + ", ".join(f"'{d}'" for d in sorted(dates)) + ")"
