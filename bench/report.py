@@ -19,7 +19,8 @@ from Polars (no tailer; holds everything in memory: small sizes only).
 
 Timed, --repeat rounds, in each round tally and its baseline alternately first; every
 run is a whole subprocess (interpreter start and imports included), wall time from spawn
-to exit, CPU seconds and peak RSS from os.wait4 of that child:
+to exit, CPU seconds and peak RSS from os.wait4 of that child, taken by a small measuring
+process (bench.common.run_child) so that this process's own memory does not show:
 
   year   `tally report --by agent,phase,day --format json`
          against DuckDB's plain GROUP BY agent, phase, day (count, the four token
@@ -52,7 +53,11 @@ formulations of the dedupe (window; the hash trick tally uses), in this process 
 only) and as a whole subprocess.
 
 Compaction throughput against another version of tally is measured by bench.compact
-(the same 2M events each time); the slices' figures here depend on the slice size.
+(2M events into an empty lake). The slices' figures here compare versions too (the lake
+is rebuilt whenever tally's source differs) and show compaction meeting a growing lake
+(`compact_slices_s`), but each slice's process start weighs in: compare CPU seconds.
+Weekly slices leave about one file per date partition; more slices imitate a job run
+more often (and the small files it leaves), at about 3-7 s of preparation per slice.
 The last line printed is one JSON object with every figure.
 """
 
