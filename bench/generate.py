@@ -16,7 +16,7 @@ import functools
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -374,6 +374,74 @@ def write_log(path: str | Path, n: int, seed: int, *, files: int = 1, agents: in
                                          invalid_ratio=invalid_ratio):
                 out.write(chunk)
     return targets
+
+
+def append_in_slices(directory: str | Path, n: int, seed: int, boundaries: Sequence[datetime], *,
+                     files: int, agents: int | None = None, days: int = 30,
+                     start: datetime = DEFAULT_START) -> Iterator[datetime | None]:
+    """Write what `write_log(directory, n, seed, files=files, ...)` writes, in time slices,
+    as producers would append it: after the k-th yield, each file holds exactly its lines
+    stamped before boundaries[k] (the value yielded); the last yield (None) follows the
+    rest. All files are open at once, so at most one chunk per file is held in memory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fleet = pick_agents(seed, agents)
+    sources = []
+    for index in range(files):
+        writer = _FileWriter(_lines_in_file(n, index, files), seed,
+                             _file_agents(fleet, index, files), start, days, 0.0, index)
+        target = directory / f"agent-{index:02d}.jsonl"
+        target.write_bytes(b"")
+        sources.append(_SlicedFile(target, writer.chunks()))
+    for boundary in boundaries:
+        stamp = boundary.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        for source in sources:
+            source.append_before(stamp)
+        yield boundary
+    for source in sources:
+        source.append_before(None)
+    yield None
+
+
+class _SlicedFile:
+    """One file of `append_in_slices`: its line iterator and the chunk it is part way through."""
+
+    def __init__(self, path: Path, chunks: Iterator[list[str]]) -> None:
+        self.path = path
+        self.chunks = chunks
+        self.pending: list[str] = []
+
+    def append_before(self, stamp: str | None) -> None:
+        """Append the lines stamped before `stamp` (every line if None)."""
+        with open(self.path, "ab") as out:
+            while True:
+                if not self.pending:
+                    self.pending = next(self.chunks, [])
+                    if not self.pending:
+                        return
+                cut = len(self.pending) if stamp is None else _first_at(self.pending, stamp)
+                if cut:
+                    out.write(("\n".join(self.pending[:cut]) + "\n").encode())
+                    del self.pending[:cut]
+                if self.pending:
+                    return
+
+
+def _first_at(lines: list[str], stamp: str) -> int:
+    """Index of the first line whose ts is at or after `stamp` (lines ascend by ts)."""
+    # Generated timestamps all have the width of `stamp`, so strings compare as times.
+    def ts(line: str) -> str:
+        at = line.index('"ts":"') + 6
+        return line[at:at + len(stamp)]
+
+    low, high = 0, len(lines)
+    while low < high:
+        middle = (low + high) // 2
+        if ts(lines[middle]) < stamp:
+            low = middle + 1
+        else:
+            high = middle
+    return low
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from bench.generate import generate_chunks, generate_lines, write_log
+from bench.generate import append_in_slices, generate_chunks, generate_lines, write_log
 from pipeline.events import Event, Rejection, Validator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +96,35 @@ def test_write_log_splits_over_files(tmp_path: Path) -> None:
     agents = [{orjson.loads(line)["agent"] for line in split_lines(p.read_bytes())}
               for p in paths]
     assert not agents[0] & agents[1]  # each file is its own producers' log
+
+
+def test_one_agent_per_file_over_a_year(tmp_path: Path) -> None:
+    paths = write_log(tmp_path / "logs", 24_000, 7, files=24, agents=24, days=365)
+    events = [[orjson.loads(line) for line in split_lines(p.read_bytes())] for p in paths]
+    assert [len({e["agent"] for e in file}) for file in events] == [1] * 24
+    assert len({file[0]["agent"] for file in events}) == 24
+    for file in events:
+        stamps = [e["ts"] for e in file]
+        assert stamps == sorted(stamps)
+        assert 355 <= (_parse_ts(stamps[-1]) - _parse_ts(stamps[0])).days <= 375
+
+
+def test_slices_add_up_to_the_whole_log(tmp_path: Path) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    whole = write_log(tmp_path / "whole", 6000, 4, files=3, agents=5, days=20, start=start)
+    boundaries = [start + timedelta(days=d, hours=5) for d in (0, 3, 3, 11, 19)]
+    sliced = tmp_path / "sliced"
+    seen = []
+    for boundary in append_in_slices(sliced, 6000, 4, boundaries, files=3, agents=5, days=20,
+                                     start=start):
+        seen.append(boundary)
+        for path in whole:
+            lines = split_lines(path.read_bytes())
+            before = [line for line in lines if boundary is None
+                      or _parse_ts(orjson.loads(line)["ts"]) < boundary]
+            assert split_lines((sliced / path.name).read_bytes()) == before
+    assert seen == [*boundaries, None]
+    assert sorted(p.name for p in sliced.iterdir()) == [p.name for p in whole]
 
 
 def test_cli_writes_what_write_log_writes(tmp_path: Path) -> None:
