@@ -17,14 +17,20 @@ tests hold the two against each other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 import polars as pl
 
 from pipeline.config import Home
-from pipeline.counting import BUCKETS, snapshot_increments, usage_rows, with_local_date
+from pipeline.counting import (
+    BUCKETS,
+    context_estimates,
+    snapshot_increments,
+    usage_rows,
+    with_local_date,
+)
 from pipeline.lake import Events, open_events
 from pipeline.ledger import open_table
 from pipeline.pricing import PriceTable, pricing_for
@@ -37,7 +43,7 @@ from pipeline.query import (
 )
 from pipeline.rollups import SOURCES, reflected, rollup_path, touched_since
 
-USAGE, PROGRESS = "agent_token_usage", "task_progress"
+USAGE, PROGRESS, CONTEXT = "agent_token_usage", "task_progress", "context_compiled"
 ROLLUP_KEYS = {"agent", "role", "phase", "model", "_date"}
 PAIR = ["agent", "task"]
 
@@ -207,29 +213,57 @@ def _tracked(usage: Events, model: ReadModel | None, dirty: list[date]) -> pl.La
 
 def _increments(progress: Events, model: ReadModel | None) -> pl.LazyFrame:
     """Every snapshot's increment: from the rollup, but for the pairs it may have wrong."""
-    rollup = model.rollup("increments") if model else None
     events = progress.all()
     if events is None:
         return pl.LazyFrame(schema={**_empty_progress_rows()})
+    return _derived(progress, events, model, "increments", PROGRESS, PAIR,
+                    snapshot_increments)
+
+
+def context_rows(home: Home, model: ReadModel | None) -> pl.LazyFrame | None:
+    """Every compilation with its cache estimates: from the context rollup, but for the
+    (role, session) pairs it may have wrong; None without compilations."""
+    compiled = open_events(home, CONTEXT)
+    events = compiled.all()
+    if events is None:
+        return None
+    return _derived(compiled, events.with_columns(pl.coalesce("role", "agent").alias("role")),
+                    model, "context", CONTEXT, ["role", "session_id"], context_estimates)
+
+
+def _derived(source: Events, events: pl.LazyFrame, model: ReadModel | None, name: str,
+             event_type: str, pair: list[str],
+             build: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.LazyFrame:
+    """Rows a rollup derives per pair of keys (their order matters): the rollup's, with
+    those of every pair that has staged rows, or rows on dates the rollup lags behind, or
+    lake rows a staged row replaces, derived again from the events."""
+    rollup = model.rollup(name) if model else None
     if rollup is None:
-        return snapshot_increments(events)
-    lagging = sorted(model.lagging.get(PROGRESS, set())) if model else []
-    on_lagging = pl.col("date").cast(pl.String).is_in(lagging)
-    parts = [rollup.filter(on_lagging).select(PAIR)]
-    lake = progress.kept_lake()
+        return build(events)
+    lagging = sorted(model.lagging.get(event_type, set())) if model else []
+    parts = [rollup.filter(pl.col("date").cast(pl.String).is_in(lagging)).select(pair)]
+    lake = source.kept_lake()
     if lake is not None:
-        parts.append(lake.filter(EVENT_DATE.cast(pl.String).is_in(lagging)).select(PAIR))
-        if not progress.replaced.is_empty():
-            parts.append(lake.join(progress.replaced.lazy().select("event_id"),
-                                   on="event_id", how="semi").select(PAIR))
-    if progress.stage is not None:
-        parts.append(progress.stage.select(PAIR))
+        on_lagging = EVENT_DATE.cast(pl.String).is_in(lagging)
+        parts.append(_pairs(lake.filter(on_lagging), pair))
+        if not source.replaced.is_empty():
+            parts.append(_pairs(source.lake.join(source.replaced.lazy().select("event_id"),
+                                                 on="event_id", how="semi")
+                                if source.lake is not None else lake.clear(), pair))
+    if source.stage is not None:
+        parts.append(_pairs(source.stage, pair))
     dirty = pl.concat(parts).unique().collect()
     if dirty.is_empty():
         return rollup.drop("date")
-    kept = rollup.join(dirty.lazy(), on=PAIR, how="anti").drop("date")
-    again = snapshot_increments(events.join(dirty.lazy(), on=PAIR, how="semi"))
+    kept = rollup.join(dirty.lazy(), on=pair, how="anti", nulls_equal=True).drop("date")
+    again = build(events.join(dirty.lazy(), on=pair, how="semi", nulls_equal=True))
     return pl.concat([kept, again], how="diagonal_relaxed")
+
+
+def _pairs(frame: pl.LazyFrame, pair: list[str]) -> pl.LazyFrame:
+    if pair == ["role", "session_id"]:
+        return frame.select(pl.coalesce("role", "agent").alias("role"), "session_id")
+    return frame.select(pair)
 
 
 def _empty_progress_rows() -> dict[str, pl.DataType]:

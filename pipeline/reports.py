@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.cells import EVENT_DATE, ReadModel, query_cells, utc_window
+from pipeline.cells import EVENT_DATE, ReadModel, context_rows, query_cells, utc_window
 from pipeline.config import Home
 from pipeline.counting import (
     BUCKETS,
@@ -286,7 +286,15 @@ def run_usage(home: Home, today: date, query: ReportQuery) -> pl.DataFrame:
 @reread_if_vanished
 def run_context_report(home: Home, query: ReportQuery) -> pl.DataFrame:
     """Per role: context compilations and their estimated cache hit ratio."""
-    compiled = all_events(home, "context_compiled")
-    estimates = context_estimates(compiled)
+    estimates = context_rows(home, ReadModel.open(home))
+    if estimates is None:
+        estimates = context_estimates(pl.LazyFrame(schema=stage_schema("context_compiled")))
+    selected = filter_rows(with_local_date(estimates, check_query(query).tz), query)
+    return context_summary(selected).collect()
+
+
+def context_from_events(home: Home, query: ReportQuery) -> pl.DataFrame:
+    """`run_context_report` from every event, as if there were no rollups (`--check`)."""
+    estimates = context_estimates(all_events(home, "context_compiled"))
     selected = filter_rows(with_local_date(estimates, check_query(query).tz), query)
     return context_summary(selected).collect()

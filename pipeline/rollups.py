@@ -100,8 +100,9 @@ def increment_rows(progress: pl.LazyFrame) -> pl.LazyFrame:
 def context_rows(compiled: pl.LazyFrame) -> pl.LazyFrame:
     """Each compilation's estimates, with its UTC date."""
     return (context_estimates(compiled)
-            .select("ts", "role", "session_id", "agent", "input_tokens_estimate",
-                    "cache_read_tokens_estimate", "cache_write_tokens_estimate", "estimated")
+            .select("ts", "role", "session_id", "agent", "task", "model", "phase",
+                    "input_tokens_estimate", "cache_read_tokens_estimate",
+                    "cache_write_tokens_estimate", "estimated")
             .with_columns(date=pl.col("ts").dt.date()))
 
 
@@ -191,7 +192,8 @@ def _write_pairs(name: str, path: Path, rollup: DeltaTable | None, events: pl.La
     pair_of = _pair_columns(name)
     pairs = pl.concat([events.filter(on_dates).select(pair_of),
                        pl.scan_delta(rollup).filter(on_dates).select(keys)]).unique()
-    chosen = events.with_columns(_pair_columns(name)).join(pairs, on=keys, how="semi")
+    chosen = events.with_columns(_pair_columns(name)).join(pairs, on=keys, how="semi",
+                                                           nulls_equal=True)
     data = build(chosen).collect(engine="streaming")
     replace_pairs(rollup, data, pairs.collect(), keys, properties)
 

@@ -26,7 +26,14 @@ from polars.testing import assert_frame_equal
 from pipeline.compactor import run_compaction
 from pipeline.config import Home, load_home
 from pipeline.query import GROUP_KEYS, ReportQuery
-from pipeline.reports import cell_keys, cells_from_events, open_cells, summarize
+from pipeline.reports import (
+    cell_keys,
+    cells_from_events,
+    context_from_events,
+    open_cells,
+    run_context_report,
+    summarize,
+)
 from pipeline.tailer import Tailer
 
 ZONES = ["UTC", "Asia/Kathmandu", "America/St_Johns", "Europe/Berlin", "Pacific/Chatham"]
@@ -81,6 +88,23 @@ def snapshot(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def compilation(draw: st.DrawFn) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_type": "context_compiled",
+        "event_id": f"c{draw(st.integers(0, 20))}",
+        "ts": stamp(draw(st.integers(1, 4)), draw(st.integers(0, 1439)), "Z"),
+        "agent": draw(st.sampled_from(["claude", "codex"])),
+        "prefix_bytes": draw(st.integers(0, 900)),
+        "volatile_bytes": draw(st.integers(0, 300)),
+        "prefix_hash": draw(st.sampled_from(["h1", "h2"])),
+    }
+    for key, values in (("role", ["dev", "qa"]), ("session_id", ["s1", "s2"])):
+        if draw(st.booleans()):
+            event[key] = draw(st.sampled_from(values))
+    return event
+
+
+@st.composite
 def query(draw: st.DrawFn) -> ReportQuery:
     keys = draw(st.lists(st.sampled_from(GROUP_KEYS), min_size=1, max_size=3, unique=True))
     since = draw(st.none() | st.integers(1, 4).map(lambda d: date(2025, 3, d)))
@@ -118,8 +142,8 @@ def report(cells: pl.LazyFrame, by: tuple[str, ...]) -> pl.DataFrame:
 
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(batches=st.lists(st.lists(usage_event() | snapshot(), max_size=12), min_size=1,
-                        max_size=4),
+@given(batches=st.lists(st.lists(usage_event() | snapshot() | compilation(), max_size=12),
+                        min_size=1, max_size=4),
        data=st.data(), priced=st.booleans())
 def test_the_rollups_answer_as_every_event_does(tmp_path_factory: pytest.TempPathFactory,
                                                 batches: list[list[dict[str, Any]]],
@@ -133,3 +157,4 @@ def test_the_rollups_answer_as_every_event_does(tmp_path_factory: pytest.TempPat
         expected = report(cells_from_events(home, asked, keys), asked.by)
         found = report(open_cells(home, asked, keys), asked.by)
         assert_frame_equal(found, expected, check_exact=False, rel_tol=1e-9)
+        assert_frame_equal(run_context_report(home, asked), context_from_events(home, asked))
