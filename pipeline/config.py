@@ -40,6 +40,7 @@ CONFIG_TEMPLATE = """\
 [compactor]
 # lock_timeout = 60.0        # seconds a second compaction waits for the first
 # target_file_mb = 128       # --optimize merges small files up to this size
+# auto_optimize_files = 16   # compaction merges a partition's small files past this many (0: never)
 # vacuum_retention_hours = 168
 
 [budgets]
@@ -121,6 +122,10 @@ class CompactorSettings:
 
     lock_timeout: float = _setting(60.0, least=0)
     target_file_mb: int = _setting(128, least=1, most=100_000)
+    # Small files (under half of target_file_mb) a partition may hold before compaction
+    # merges them, as Delta's auto compaction does; 0 turns it off. Why 16, see
+    # `maintenance.optimize_small_files`.
+    auto_optimize_files: int = _setting(16, least=0, most=10_000)
     vacuum_retention_hours: float = _setting(168.0, least=0)
 
 

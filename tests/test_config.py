@@ -311,7 +311,8 @@ def test_unknown_key_names_the_dotted_field_and_suggests(tmp_path: Path, text: s
 
 def test_unknown_key_with_nothing_close_lists_every_setting(tmp_path: Path) -> None:
     error = load_error(tmp_path, "[compactor]\nzzz = 1\n")
-    assert error.hint == "settings: lock_timeout, target_file_mb, vacuum_retention_hours"
+    assert error.hint == ("settings: lock_timeout, target_file_mb, auto_optimize_files, "
+                          "vacuum_retention_hours")
     error = load_error(tmp_path, "[budgets]\nweekly_cost_usd = 5\n")  # not a setting (yet)
     assert error.field == "budgets.weekly_cost_usd"
     assert error.hint is not None and error.hint.endswith(
@@ -345,6 +346,7 @@ RANGES: dict[str, tuple[type, float, bool, float]] = {
     "tailer.parallel_min_bytes": (int, 0, True, math.inf),
     "compactor.lock_timeout": (float, 0, True, math.inf),
     "compactor.target_file_mb": (int, 1, True, 100_000),
+    "compactor.auto_optimize_files": (int, 0, True, 10_000),
     "compactor.vacuum_retention_hours": (float, 0, True, math.inf),
     "budgets.daily_tokens": (int, 0, True, math.inf),
     "budgets.weekly_tokens": (int, 0, True, math.inf),
@@ -462,6 +464,7 @@ def test_the_edges_of_each_range(tmp_path: Path, name: str) -> None:
     ("tailer.parallel_min_bytes", -1, "must be at least 0, got -1"),
     ("compactor.lock_timeout", -5.0, "must be at least 0, got -5.0"),
     ("compactor.target_file_mb", 100_001, "must be between 1 and 100000, got 100001"),
+    ("compactor.auto_optimize_files", -1, "must be between 0 and 10000, got -1"),
     ("budgets.warning_ratio", 0, "must be greater than 0 and at most 1, got 0"),
     ("budgets.warning_ratio", 1.5, "must be greater than 0 and at most 1, got 1.5"),
     ("budgets.agents.claude.daily_tokens", -1, "must be at least 0, got -1"),
