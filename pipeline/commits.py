@@ -7,7 +7,6 @@ inserts their winners. Either way one atomic commit, carrying the streams' trans
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,13 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 
 from pipeline.dedupe import id_hash
 from pipeline.errors import LakeError, StorageError, display_path, native_stderr_captured
-from pipeline.maintenance import is_storage_refusal, panic_summary, remove_uncommitted_files
+from pipeline.ledger import dates_sql
+from pipeline.maintenance import (
+    data_files,
+    is_storage_refusal,
+    panic_summary,
+    remove_uncommitted_files,
+)
 from pipeline.poison import Unwritable, scratch_probe, split_writable
 from pipeline.resolve import FILE, ROW, Resolution, staged_scan
 
@@ -103,7 +108,7 @@ def write_commit(commit: Commit, data: pl.DataFrame
 
 def _write(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> None:
     """One Delta commit; a failed one leaves no files behind, and says why in one line."""
-    started_ns = time.time_ns()
+    before = data_files(commit.table)
     try:
         with native_stderr_captured() as captured:
             if tombstones.is_empty():
@@ -111,7 +116,7 @@ def _write(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> None
             else:
                 _replace(commit, rows, tombstones)
     except Exception as exc:
-        remove_uncommitted_files(commit.table, started_ns - 1)
+        remove_uncommitted_files(commit.table, before=before)
         panic = panic_summary("".join(captured))
         detail = (str(exc).splitlines() or [""])[0] or panic or type(exc).__name__
         if is_storage_refusal(exc, panic):
@@ -147,10 +152,10 @@ def _replace(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> No
     written = lake_rows(rows).with_columns(pl.lit(False).alias(TOMBSTONE))
     doomed = tombstones.with_columns(pl.lit(True).alias(TOMBSTONE))
     source = pl.concat([written, doomed], how="diagonal_relaxed")
-    days = ", ".join(f"'{day}'" for day in sorted(set(tombstones["date"].cast(pl.String))))
+    days = dates_sql(tombstones["date"].cast(pl.String).to_list())
     columns = [name for name in written.columns if name != TOMBSTONE]
     table = DeltaTable(str(commit.table))
-    (table.merge(source, predicate=f"s.{TOMBSTONE} AND t.date IN ({days}) AND "
+    (table.merge(source, predicate=f"s.{TOMBSTONE} AND t.date IN {days} AND "
                                    "t.event_id = s.event_id AND t.date = s.date",
                  source_alias="s", target_alias="t", merge_schema=True, writer_properties=WRITER,
                  commit_properties=_properties(commit, pl.concat([rows["date"],
@@ -169,10 +174,9 @@ def _trial_write(uri: str, rows: pl.DataFrame) -> None:
 
 def rewrite_dates(table: DeltaTable, dates: list[str], rows: pl.DataFrame) -> None:
     """Replace the partitions of `dates` with `rows` (which hold `_id_hash`) in one commit."""
-    days = ", ".join(f"'{day}'" for day in dates)
     with native_stderr_captured():
         write_deltalake(table, rows.drop(FILE, ROW, strict=False), mode="overwrite",
-                        predicate=f"date IN ({days})", schema_mode="merge",
+                        predicate=f"date IN {dates_sql(dates)}", schema_mode="merge",
                         writer_properties=WRITER,
                         commit_properties=CommitProperties(
                             custom_metadata={DATES_KEY: ",".join(dates)}))

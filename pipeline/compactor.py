@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -54,8 +55,10 @@ from pipeline.ledger import (
     table_path,
 )
 from pipeline.maintenance import (
+    checkpoint_if_due,
     compaction_lock,
     optimize_lake,
+    optimize_small_files,
     remove_files_of_killed_writes,
     vacuum_lake,
 )
@@ -63,7 +66,7 @@ from pipeline.poison import Unwritable, quarantine_unwritable
 from pipeline.pricing import pricing_for
 from pipeline.recovery import Restaged, restage
 from pipeline.resolve import needs_upgrade, resolve, staged_scan, upgrade_table
-from pipeline.rollups import sync_rollups
+from pipeline.rollups import rollup_dirs, sync_rollups
 from pipeline.stage import BatchId, all_batch_files, fsync_dir, staged_files
 from pipeline.swap import recover_interrupted_rebuild
 
@@ -126,6 +129,7 @@ def run_compaction(home: Home, *, lock_timeout: float | None = None,
                 _make_commits(run, [commit for event_type, files in plan.items()
                                     for commit in _plan_commits(run, event_type, files)])
             result.rollups_rebuilt = _sync_rollups(home)
+            result.optimized = _tidy(home)
             prune(home.state, _still_staged(home), watermark.stream)
         except OSError as exc:
             if is_storage_failure(exc):
@@ -142,6 +146,26 @@ def _sync_rollups(home: Home) -> list[str]:
     thresholds = pricing_for(home).thresholds
     return [name for path in table_dirs(home)
             for name in sync_rollups(home, path.name, thresholds)]
+
+
+def _tidy(home: Home) -> dict[str, int]:
+    """Merge the small files of crowded partitions, and of every day before today holding
+    more than one, in the event tables and the rollups; checkpoint their logs. Returns the
+    files merged per table."""
+    settings, merged = home.compactor, {}
+    today = datetime.now(UTC).date()
+    for path in [*table_dirs(home), *rollup_dirs(home)]:
+        table = open_table(path)
+        if table is None:
+            continue
+        removed = optimize_small_files(table, settings.auto_optimize_files,
+                                       settings.target_file_mb << 20, settled_before=today)
+        if removed:
+            merged[path.name] = removed
+        checkpoint_if_due(table)
+    record_versions(home, {path.name: table.version() for path in table_dirs(home)
+                           if (table := open_table(path)) is not None})
+    return merged
 
 
 def _staged_types(home: Home) -> list[str]:

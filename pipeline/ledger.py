@@ -19,6 +19,9 @@ never loads it.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,7 +59,7 @@ def table_dirs(home: Home) -> list[Path]:
     return sorted(p for p in home.lake.iterdir() if (p / "_delta_log").is_dir())
 
 
-_opened: dict[str, DeltaTable] = {}
+_opened: dict[str, tuple[DeltaTable, tuple[object, ...]]] = {}
 
 
 def open_table(path: Path) -> DeltaTable | None:
@@ -65,18 +68,19 @@ def open_table(path: Path) -> DeltaTable | None:
 
     Opening a table replays its log (30-70 ms for a year of commits); a table opened before
     in this process is brought up to date instead, reading only the commits since. It is
-    opened anew if its current version's commit file is gone (the table was replaced, or
-    lost commits).
+    opened anew if its log directory is another one (a rebuild swapped the lake in), or
+    its current version's commit file is gone (commits lost).
     """
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
 
-    key = str(path)
+    key, log = str(path), path / "_delta_log"
     known = _opened.get(key)
     try:
-        if known is not None and (path / "_delta_log" / f"{known.version():020d}.json").exists():
-            known.update_incremental()
-            return known
+        if known is not None and _identity(log) == known[1] \
+                and (log / f"{known[0].version():020d}.json").exists():
+            known[0].update_incremental()
+            return known[0]
         table = DeltaTable(key)
     except TableNotFoundError:
         _opened.pop(key, None)
@@ -87,8 +91,21 @@ def open_table(path: Path) -> DeltaTable | None:
         if "gap" in detail:
             detail = "a commit file is missing from its _delta_log (the versions have a gap)"
         raise DamagedFile("lake table", path, detail[:300], hint=REBUILD_HINT) from exc
-    _opened[key] = table
+    _opened[key] = (table, _identity(log))
     return table
+
+
+def _identity(log: Path) -> tuple[object, ...]:
+    """What tells one table's log from another's at the same path: the directory's inode
+    and its first commit's (a table deleted and made anew gets other ones)."""
+    found: list[object] = []
+    for path in (log, log / f"{0:020d}.json"):
+        try:
+            st = os.stat(path)
+            found.append((st.st_dev, st.st_ino, st.st_mtime_ns))
+        except OSError:
+            found.append(None)
+    return tuple(found)
 
 
 def stream_batch(table: DeltaTable | None, stream: str) -> int:
@@ -168,3 +185,9 @@ def check_not_behind(home: Home, event_type: str, table: DeltaTable | None) -> N
     if problem is not None:
         raise LakeError(problem + "; the events of those commits are gone from the lake",
                         hint=REBUILD_HINT)
+
+
+def dates_sql(dates: Iterable[str | date]) -> str:
+    """Dates as a SQL list of DATE literals for a Delta predicate: `(DATE '2025-03-01', ...)`
+    (delta-rs does not compare a date column with text)."""
+    return "(" + ", ".join(f"DATE '{day}'" for day in sorted({str(d) for d in dates})) + ")"

@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import orjson
 import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
@@ -63,23 +63,30 @@ def local_path(uri: str) -> Path:
     return Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
 
 
-def remove_uncommitted_files(table_dir: Path, since_ns: int) -> int:
-    """Delete Parquet files under a table written after `since_ns` (a time no commit since
-    made) that the table does not reference. Returns how many."""
-    table = open_table(table_dir)
-    referenced = set() if table is None else {local_path(u) for u in table.file_uris()}
-    removed = 0
+def data_files(table_dir: Path) -> set[Path]:
+    """Every Parquet file under a table's directory, committed or not."""
+    found: set[Path] = set()
     for directory, _dirs, names in os.walk(table_dir):
         if "_delta_log" in Path(directory).parts:
             continue
-        for name in names:
-            path = Path(directory) / name
-            if not name.endswith(".parquet") or path in referenced:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime_ns > since_ns:
-                    path.unlink()
-                    removed += 1
+        found.update(Path(directory) / name for name in names if name.endswith(".parquet"))
+    return found
+
+
+def remove_uncommitted_files(table_dir: Path, since_ns: int = 0,
+                             before: set[Path] | None = None) -> int:
+    """Delete Parquet files under a table that it does not reference and that a write left:
+    those not in `before` (the files there were before the write), or, without it, those
+    modified after `since_ns` (a time no commit since made). Returns how many."""
+    table = open_table(table_dir)
+    referenced = set() if table is None else {local_path(u) for u in table.file_uris()}
+    removed = 0
+    for path in data_files(table_dir) - referenced:
+        with contextlib.suppress(FileNotFoundError):
+            if (path not in before) if before is not None else (
+                    path.stat().st_mtime_ns > since_ns):
+                path.unlink()
+                removed += 1
     return removed
 
 
@@ -166,13 +173,13 @@ def optimize_small_files(table: DeltaTable, max_files: int, target_bytes: int,
                if count > max_files or (count > 1 and _settled(columns, key, settled_before))]
     if not crowded:
         return 0
-    started_ns = time.time_ns()
+    before = data_files(local_path(table.table_uri))
     try:
         with delta_errors("optimize", table):
             metrics = table.optimize.compact(partition_filters=_filter(columns, crowded),
                                              target_size=target_bytes)
     except BaseException:
-        remove_uncommitted_files(local_path(table.table_uri), started_ns - 1)
+        remove_uncommitted_files(local_path(table.table_uri), before=before)
         raise
     return int(metrics.get("numFilesRemoved", 0))
 
@@ -251,3 +258,21 @@ def _vacuum(table: DeltaTable, hours: int) -> int:
 def _under(root: Path, name: str) -> Path:
     path = local_path(name)
     return path if path.is_absolute() else root / path
+
+
+CHECKPOINT_EVERY = 10  # commits: opening a table replays its log since the last checkpoint
+
+
+def checkpoint_if_due(table: DeltaTable) -> bool:
+    """Write a checkpoint of a table's log when CHECKPOINT_EVERY commits or more came after
+    the last one (a year of five-minute runs: 30-70 ms to open without, 15-25 with)."""
+    last = local_path(table.table_uri) / "_delta_log" / "_last_checkpoint"
+    try:
+        since = int(orjson.loads(last.read_bytes())["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        since = -1
+    if table.version() - since < CHECKPOINT_EVERY:
+        return False
+    with delta_errors("checkpoint", table):
+        table.create_checkpoint()
+    return True

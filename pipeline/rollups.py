@@ -32,7 +32,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from pipeline.config import Home
 from pipeline.counting import context_estimates, nano_usd, snapshot_increments, usage_rows
 from pipeline.errors import native_stderr_captured
-from pipeline.ledger import open_table
+from pipeline.ledger import dates_sql, open_table
 
 ROLLUPS_DIR = "_rollups"
 SOURCE_APP = "tally-source"
@@ -52,6 +52,12 @@ _NO_CHANGE = {"OPTIMIZE", "VACUUM START", "VACUUM END"}
 def rollup_path(home: Home, name: str) -> Path:
     """Where a rollup table lives."""
     return home.lake / ROLLUPS_DIR / name
+
+
+def rollup_dirs(home: Home) -> list[Path]:
+    """The rollup tables that exist."""
+    return [path for name in SOURCES if ((path := rollup_path(home, name)) / "_delta_log")
+            .is_dir()]
 
 
 # ---------------------------------------------------------------- building (pure)
@@ -222,4 +228,4 @@ def replace_pairs(rollup: DeltaTable, data: pl.DataFrame, pairs: pl.DataFrame,
 
 
 def _dates_in(dates: Iterable[str]) -> str:
-    return "date IN (" + ", ".join(f"'{d}'" for d in sorted(dates)) + ")"
+    return "date IN " + dates_sql(dates)

@@ -140,7 +140,7 @@ def report(cells: pl.LazyFrame, by: tuple[str, ...]) -> pl.DataFrame:
     return summarize(cells, by).collect()
 
 
-@settings(max_examples=400, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+@settings(max_examples=25, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(batches=st.lists(st.lists(usage_event() | snapshot() | compilation(), max_size=12),
                         min_size=1, max_size=4),

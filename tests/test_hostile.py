@@ -121,6 +121,7 @@ def test_3_rebuild_after_pruned_logs_refuses_and_keeps_the_lake(home: Home) -> N
 
 
 def test_4_lost_delta_log_files_are_noticed(home: Home) -> None:
+    home.config_path.write_text("[compactor]\nauto_optimize_files = 0\n")  # a commit a run
     for _ in range(5):
         write(home.logs / "a.jsonl", 100)
         ok(tally(home, "tail", "--once"))
@@ -357,6 +358,7 @@ def test_8_a_negative_lock_timeout_is_a_usage_error(home: Home) -> None:
 
 
 def test_9_files_of_a_killed_compaction_are_removed_by_the_next(home: Home) -> None:
+    home.config_path.write_text("[compactor]\nauto_optimize_files = 0\n")  # files as written
     write(home.logs / "a.jsonl", 50)
     ok(tally(home, "tail", "--once"))
     ok(tally(home, "compact"))

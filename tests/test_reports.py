@@ -9,12 +9,12 @@ from typing import Any
 import polars as pl
 import pytest
 
+from pipeline.counting import context_estimates, snapshot_increments, with_local_date
 from pipeline.dedupe import dedupe
 from pipeline.errors import UnknownTimeZone, UsageError
 from pipeline.frames import FrameBuilder, stage_schema
 from pipeline.pricing import shipped_pricing
 from pipeline.progress import progress_view
-from pipeline.counting import context_estimates, snapshot_increments, with_local_date
 from pipeline.query import (
     REPORT_COLUMNS,
     ReportQuery,
