@@ -57,9 +57,9 @@ from pipeline.ledger import (
 from pipeline.maintenance import (
     checkpoint_if_due,
     compaction_lock,
+    killed_writes_removed,
     optimize_lake,
     optimize_small_files,
-    remove_files_of_killed_writes,
     vacuum_lake,
 )
 from pipeline.poison import Unwritable, quarantine_unwritable
@@ -117,9 +117,10 @@ def run_compaction(home: Home, *, lock_timeout: float | None = None,
     """Move every committed stage batch into the lake; safe to kill and re-run at any point."""
     started = time.monotonic()
     result = CompactionResult(recovered=recover_interrupted_rebuild(home, lock_timeout))
-    with compaction_lock(home, lock_timeout):
+    with compaction_lock(home, lock_timeout), \
+            killed_writes_removed(home, [*table_dirs(home), *rollup_dirs(home)]) as removed:
+        result.uncommitted_files_removed = removed
         try:
-            result.uncommitted_files_removed = remove_files_of_killed_writes(home)
             watermark = read_watermark(home.state)
             plan = {t: staged_files(home.stage, t, watermark) for t in _staged_types(home)}
             rows = _count_rows(home, plan, result)

@@ -98,11 +98,25 @@ def last_commit_ns(table: DeltaTable | None) -> int:
     return int(history[0].get("timestamp", 0)) * 1_000_000 if history else 0
 
 
-def remove_files_of_killed_writes(home: Home) -> int:
-    """Delete the Parquet files of compactions killed while writing (newer than the last
-    commit of their table, and referenced by none)."""
-    return sum(remove_uncommitted_files(path, last_commit_ns(open_table(path)))
-               for path in table_dirs(home))
+RUN_MARKER = "compacting"  # in state/: a run under way, or one that was killed
+
+
+@contextlib.contextmanager
+def killed_writes_removed(home: Home, tables: list[Path]) -> Iterator[int]:
+    """Around a compaction run: if the run before was killed (its marker is still there),
+    first delete the Parquet files its writes left in `tables` (newer than their table's
+    last commit, referenced by none), and yield how many. The marker is set for this run,
+    and removed when it ends, whichever way but a kill."""
+    marker = home.state / RUN_MARKER
+    removed = 0
+    if marker.exists():
+        removed = sum(remove_uncommitted_files(path, last_commit_ns(open_table(path)))
+                      for path in tables)
+    marker.touch()
+    try:
+        yield removed
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- optimize and vacuum

@@ -44,6 +44,7 @@ from pipeline.errors import LakeError
 from pipeline.events import Validator
 from pipeline.lake import scan_events
 from pipeline.ledger import app_id, open_table, stream_batch, table_path
+from pipeline.maintenance import RUN_MARKER
 from pipeline.schemas import SchemaSet, load_schemas, schema_dir
 from pipeline.stage import BatchId, batch_id, batch_name, staged_files
 from pipeline.tailer import PollResult, Tailer
@@ -414,7 +415,8 @@ def test_files_written_but_never_committed_are_invisible_and_removed(home: Home)
     run_compaction(home)
     (live,) = live_files(home)
     orphan = live.with_name("part-00000-00000000-dead-beef-0000-000000000000-c000.zstd.parquet")
-    shutil.copy(live, orphan)  # what a compaction killed inside write_deltalake leaves
+    shutil.copy(live, orphan)  # what a compaction killed inside write_deltalake leaves,
+    (home.state / RUN_MARKER).touch()  # with its run's marker
     assert lake(home).height == 30 and events(home).height == 30
     append(home, "a.jsonl", day_events("b", ["2025-08-01"], 5))
     tail(home)

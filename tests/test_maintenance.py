@@ -26,12 +26,13 @@ from hypothesis import strategies as st
 from pipeline.config import Home
 from pipeline.errors import LakeError
 from pipeline.maintenance import (
+    RUN_MARKER,
     is_storage_refusal,
+    killed_writes_removed,
     last_commit_ns,
     optimize_lake,
     optimize_small_files,
     panic_summary,
-    remove_files_of_killed_writes,
     remove_uncommitted_files,
     vacuum_lake,
 )
@@ -84,8 +85,13 @@ def test_every_table_of_a_home_is_cleaned_of_killed_writes(home: Home) -> None:
     for name in ("agent_token_usage", "tool_call"):
         table_with_commits(home.lake / name, 2)
         stray(home.lake / name, "part-killed.parquet")
-    assert remove_files_of_killed_writes(home) == 2
-    assert remove_files_of_killed_writes(home) == 0
+    tables = [home.lake / name for name in ("agent_token_usage", "tool_call")]
+    with killed_writes_removed(home, tables) as removed:  # the run before finished
+        assert removed == 0
+    (home.state / RUN_MARKER).touch()  # the run before was killed
+    with killed_writes_removed(home, tables) as removed:
+        assert removed == 2
+    assert not (home.state / RUN_MARKER).exists()
 
 
 def test_vacuum_counts_only_files_it_deleted(home: Home) -> None:
