@@ -52,11 +52,22 @@ def table_path(home: Home, event_type: str) -> Path:
     return home.lake / event_type
 
 
+ROLLUPS_DIR = "_rollups"  # lake/_rollups/<name>: tables derived from the events
+
+
 def table_dirs(home: Home) -> list[Path]:
-    """The directories under lake/ that hold a Delta table."""
+    """The directories under lake/ that hold an event table."""
     if not home.lake.is_dir():
         return []
     return sorted(p for p in home.lake.iterdir() if (p / "_delta_log").is_dir())
+
+
+def all_table_dirs(home: Home) -> list[Path]:
+    """Every Delta table of the lake: the event tables, then the rollups."""
+    rollups = home.lake / ROLLUPS_DIR
+    derived = sorted(p for p in rollups.iterdir() if (p / "_delta_log").is_dir()) \
+        if rollups.is_dir() else []
+    return [*table_dirs(home), *derived]
 
 
 _opened: dict[str, tuple[DeltaTable, tuple[object, ...]]] = {}

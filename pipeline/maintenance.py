@@ -34,7 +34,7 @@ from pipeline.errors import (
     is_storage_failure,
     native_stderr_captured,
 )
-from pipeline.ledger import REBUILD_HINT, open_table, record_versions, table_dirs
+from pipeline.ledger import REBUILD_HINT, all_table_dirs, open_table, record_versions
 
 STORAGE_MARKERS = ("No space left", "os error 28", "Disk quota", "os error 122",
                    "Read-only file system", "os error 30", "Permission denied", "os error 13")
@@ -129,13 +129,19 @@ def compaction_lock(home: Home, timeout: float | None) -> ProcessLock:
 
 
 def tables(home: Home) -> list[tuple[str, DeltaTable]]:
-    """(event type, table) of every table in the lake."""
+    """(name, table) of every table in the lake: an event type, or `_rollups/<name>`."""
     found: list[tuple[str, DeltaTable]] = []
-    for path in table_dirs(home):
+    for path in all_table_dirs(home):
         table = open_table(path)
         if table is not None:
-            found.append((path.name, table))
+            found.append((path.relative_to(home.lake).as_posix(), table))
     return found
+
+
+def _record(home: Home, name: str, table: DeltaTable) -> None:
+    """Record an event table's version (rollups catch up by themselves: not recorded)."""
+    if "/" not in name:
+        record_versions(home, {name: table.version()})
 
 
 def optimize_lake(home: Home, target_mb: int | None = None,
@@ -148,7 +154,7 @@ def optimize_lake(home: Home, target_mb: int | None = None,
             with delta_errors("optimize", table):
                 metrics = table.optimize.compact(target_size=target)
             merged[event_type] = int(metrics.get("numFilesRemoved", 0))
-            record_versions(home, {event_type: table.version()})
+            _record(home, event_type, table)
     return merged
 
 
@@ -238,7 +244,7 @@ def vacuum_lake(home: Home, retention_hours: float | None = None,
         for event_type, table in tables(home):
             with delta_errors("vacuum", table):
                 removed[event_type] = _vacuum(table, math.ceil(hours))  # never less than asked
-            record_versions(home, {event_type: table.version()})
+            _record(home, event_type, table)
     return removed
 
 

@@ -265,6 +265,46 @@ def run_report(home: Home, query: ReportQuery) -> Report:
     return Report(rows=grouped, by=query.by, unpriced_models=missing["model"].to_list())
 
 
+@dataclass(frozen=True)
+class ReportCheck:
+    """The rollups' answer to a report beside the count from every event."""
+
+    from_rollups: pl.DataFrame
+    from_events: pl.DataFrame
+
+    @property
+    def same(self) -> bool:
+        """Whether the two agree on every group and column (cost to a nano-dollar)."""
+        return self.differences().is_empty() and (
+            self.from_rollups.height == self.from_events.height)
+
+    def differences(self) -> pl.DataFrame:
+        """The groups whose figures differ, each with its two versions."""
+        both = self.from_rollups.join(self.from_events, on=list(self.keys), how="full",
+                                      suffix="_from_events", nulls_equal=True,
+                                      coalesce=True)
+        differs = pl.any_horizontal(
+            ~pl.col(c).eq_missing(pl.col(f"{c}_from_events")) if c != "cost_usd" else
+            ((pl.col(c) - pl.col(f"{c}_from_events")).abs() > 1e-9)
+            | (pl.col(c).is_null() != pl.col(f"{c}_from_events").is_null())
+            for c in REPORT_COLUMNS)
+        return both.filter(differs)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The group keys."""
+        return tuple(c for c in self.from_rollups.columns if c not in REPORT_COLUMNS)
+
+
+@reread_if_vanished
+def check_report(home: Home, query: ReportQuery) -> ReportCheck:
+    """A report from the rollups and the same report counted from every event."""
+    keys = cell_keys(check_query(query).by)
+    from_rollups = summarize(open_cells(home, query, keys).collect().lazy(), query.by)
+    from_events = summarize(cells_from_events(home, query, keys).collect().lazy(), query.by)
+    return ReportCheck(from_rollups.collect(), from_events.collect())
+
+
 @reread_if_vanished
 def run_daily_summary(home: Home, day: date, query: ReportQuery) -> DailySummary:
     """The seed's daily report of `day` (in `query.tz`), for `query.agents` or everyone."""

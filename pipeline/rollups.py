@@ -32,9 +32,8 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from pipeline.config import Home
 from pipeline.counting import context_estimates, nano_usd, snapshot_increments, usage_rows
 from pipeline.errors import native_stderr_captured
-from pipeline.ledger import dates_sql, open_table
+from pipeline.ledger import ROLLUPS_DIR, dates_sql, open_table
 
-ROLLUPS_DIR = "_rollups"
 SOURCE_APP = "tally-source"
 DATES_KEY = "tally.dates"
 BUCKET = "15m"

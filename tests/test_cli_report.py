@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import polars as pl
 import pytest
 from click.testing import CliRunner, Result
 
@@ -372,3 +373,24 @@ def test_report_is_the_same_before_and_after_compaction(tmp_path: Path) -> None:
     tail_once(home)
     rows = as_json(run(home, "report", "--format", "json", "--since", "2025-08-29"))
     assert next(r for r in rows if r["agent"] == "claude")["total_tokens"] == 46_000
+
+
+def test_check_says_the_rollups_agree_and_exits_5_when_they_do_not(tmp_path: Path) -> None:
+    root = tmp_path / "home"
+    init_home(root)
+    shutil.rmtree(root / "logs")
+    shutil.copytree(SAMPLE_LOGS, root / "logs", ignore=shutil.ignore_patterns("invalid", "*.md"))
+    home = load_home(root)
+    tail_once(home)
+    run_compaction(home)
+    agreed = CliRunner().invoke(main, ["report", "--by", "agent,day", "--check",
+                                       "--home", str(root)])
+    assert agreed.exit_code == 0, agreed.output
+    assert "check: the rollups' answer equals the count from every event" in agreed.stderr
+    usage = root / "lake" / "_rollups" / "usage"
+    tampered = pl.read_delta(str(usage)).with_columns(pl.col("output_tokens") + 1)
+    tampered.write_delta(usage, mode="overwrite")  # the same transactions: not caught up
+    differs = CliRunner().invoke(main, ["report", "--by", "agent,day", "--check",
+                                        "--home", str(root)])
+    assert differs.exit_code == 5
+    assert "differs from the count from every event" in differs.stderr

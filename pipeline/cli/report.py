@@ -23,11 +23,13 @@ from pipeline.cli.options import (
     require_home,
 )
 from pipeline.config import Home
-from pipeline.errors import UsageError
+from pipeline.errors import LakeError, UsageError
 from pipeline.pricing import RATE_NAMES, PriceTable, pricing_for
 from pipeline.progress import run_progress
 from pipeline.query import COST_MODES, DEFAULT_BY, GROUP_KEYS, ReportQuery, check_timezone, parse_by
 from pipeline.reports import (
+    ReportCheck,
+    check_report,
     run_context_report,
     run_daily_summary,
     run_report,
@@ -216,12 +218,15 @@ def _warn_unpriced(models: list[str], events: int) -> None:
 @tz_option
 @cost_mode_option
 @format_option(*FORMATS)
+@click.option("--check", is_flag=True,
+              help="also count the report from every event, and say whether the rollups' "
+                   "answer is the same (exit 5 if not)")
 @new_home_option  # checked below: a subcommand has its own --home
 @click.pass_context
 def report(ctx: click.Context, home: Home, by_text: str, since: datetime | None,
            until: datetime | None, agents: tuple[str, ...], roles: tuple[str, ...],
            phases: tuple[str, ...], models: tuple[str, ...], tz: str, cost_mode: str,
-           fmt: str) -> None:
+           fmt: str, check: bool) -> None:
     """Tokens and cost per agent, role, phase, day, week, month, model, task or session.
 
     Counts every validated event once, compacted or still staged: token-usage rows
@@ -235,6 +240,7 @@ def report(ctx: click.Context, home: Home, by_text: str, since: datetime | None,
       tally report --by role,phase                  # per agent role per phase
       tally report --by agent,week --since 2025-08-01 --tz Europe/Istanbul
       tally report --by model --agent claude --cost-mode calculate --format json
+      tally report --by agent,day --check           # the rollups against every event
       tally report daily-summary --date 2025-08-29 --format json
     """
     if ctx.invoked_subcommand is not None:
@@ -247,6 +253,20 @@ def report(ctx: click.Context, home: Home, by_text: str, since: datetime | None,
     result = run_report(home, query)
     render(result.rows, fmt, totals=True)
     _warn_unpriced(result.unpriced_models, int(result.rows["unpriced_events"].sum()))
+    if check:
+        _render_check(check_report(home, query))
+
+
+def _render_check(checked: ReportCheck) -> None:
+    if checked.same:
+        click.echo(f"check: the rollups' answer equals the count from every event "
+                   f"({checked.from_events.height:,} group(s))", err=True)
+        return
+    differences = checked.differences()
+    raise LakeError(f"check: the rollups' answer differs from the count from every event in "
+                    f"{differences.height:,} group(s), e.g. {differences.row(0, named=True)}",
+                    hint="run `tally compact`, which brings the rollups up to date; if they "
+                         "still differ, `tally rebuild` makes them again from the logs")
 
 
 def _refuse_report_options(ctx: click.Context) -> None:
