@@ -88,7 +88,7 @@ def query_cells(home: Home, query: ReportQuery, keys: Sequence[str],
     dirty = _dirty_dates(usage, model.lagging.get(USAGE, set()) if model else set())
     used = _usage_cells(usage, model, dirty, query, keys, table)
     tracked = _tracked(usage, model, dirty)
-    increments = _increments(progress, model)
+    increments = _increments(progress, model, query)
     counted = increment_cells(increments, tracked, query, keys, table)
     columns = counted.collect_schema().names()
     return pl.concat([used.select(columns), counted])
@@ -131,10 +131,9 @@ def _usage_cells(usage: Events, model: ReadModel | None, dirty: list[date],
         if _exact(rows, table.thresholds):
             clean = rollup_cells(rows.filter(selection(query)), keys, table, query.cost_mode)
     if clean is None:  # every usage row from the events, pruned to the query's dates
-        return _event_cells(usage.all(), query, keys, table)
-    lake = usage.kept_lake()
-    recent = [frame.filter(pl.col("ts").dt.date().is_in(dirty)) for frame in (lake,)
-              if frame is not None]
+        return _event_cells(usage.all(utc_window(query)), query, keys, table)
+    lake = usage.kept_lake(pl.col("date").is_in(dirty))
+    recent = [lake] if lake is not None else []
     if usage.stage is not None:
         recent.append(usage.stage)
     if not recent:
@@ -203,61 +202,67 @@ def _tracked(usage: Events, model: ReadModel | None, dirty: list[date]) -> pl.La
             return pl.LazyFrame(schema={"agent": pl.String, "task": pl.String})
         return events.filter(pl.col("task").is_not_null()).select(PAIR).unique()
     parts = [rollup.filter(~pl.col("date").is_in(dirty)).select(PAIR)]
-    lake = usage.kept_lake()
+    lake = usage.kept_lake(pl.col("date").is_in(dirty))
     if lake is not None:
-        parts.append(lake.filter(pl.col("ts").dt.date().is_in(dirty)).select(PAIR))
+        parts.append(lake.select(PAIR))
     if usage.stage is not None:
         parts.append(usage.stage.select(PAIR))
     return pl.concat(parts).filter(pl.col("task").is_not_null()).unique()
 
 
-def _increments(progress: Events, model: ReadModel | None) -> pl.LazyFrame:
-    """Every snapshot's increment: from the rollup, but for the pairs it may have wrong."""
-    events = progress.all()
-    if events is None:
+def _increments(progress: Events, model: ReadModel | None,
+                query: ReportQuery) -> pl.LazyFrame:
+    """Every snapshot's increment the query's dates may hold: from the rollup, but for the
+    pairs it may have wrong."""
+    if progress.lake is None and progress.stage is None:
         return pl.LazyFrame(schema={**_empty_progress_rows()})
-    return _derived(progress, events, model, "increments", PROGRESS, PAIR,
-                    snapshot_increments)
+    return _derived(progress, lambda frame: frame, model, "increments", PROGRESS, PAIR,
+                    snapshot_increments, query)
 
 
-def context_rows(home: Home, model: ReadModel | None) -> pl.LazyFrame | None:
-    """Every compilation with its cache estimates: from the context rollup, but for the
-    (role, session) pairs it may have wrong; None without compilations."""
+def context_rows(home: Home, model: ReadModel | None,
+                 query: ReportQuery) -> pl.LazyFrame | None:
+    """Every compilation the query's dates may hold, with its cache estimates: from the
+    context rollup, but for the (role, session) pairs it may have wrong; None without
+    compilations."""
     compiled = open_events(home, CONTEXT)
-    events = compiled.all()
-    if events is None:
+    if compiled.lake is None and compiled.stage is None:
         return None
-    return _derived(compiled, events.with_columns(pl.coalesce("role", "agent").alias("role")),
-                    model, "context", CONTEXT, ["role", "session_id"], context_estimates)
+    return _derived(compiled, lambda frame: frame.with_columns(
+        pl.coalesce("role", "agent").alias("role")), model, "context", CONTEXT,
+        ["role", "session_id"], context_estimates, query)
 
 
-def _derived(source: Events, events: pl.LazyFrame, model: ReadModel | None, name: str,
-             event_type: str, pair: list[str],
-             build: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.LazyFrame:
-    """Rows a rollup derives per pair of keys (their order matters): the rollup's, with
-    those of every pair that has staged rows, or rows on dates the rollup lags behind, or
-    lake rows a staged row replaces, derived again from the events."""
+def _derived(source: Events, prepare: Callable[[pl.LazyFrame], pl.LazyFrame],
+             model: ReadModel | None, name: str, event_type: str, pair: list[str],
+             build: Callable[[pl.LazyFrame], pl.LazyFrame],
+             query: ReportQuery) -> pl.LazyFrame:
+    """Rows a rollup derives per pair of keys (their order matters), on the query's dates:
+    the rollup's, with those of every pair that has staged rows, or rows on dates the
+    rollup lags behind, or lake rows a staged row replaces, derived again from the events
+    (all of the pair's: they depend on every one)."""
     rollup = model.rollup(name) if model else None
     if rollup is None:
-        return build(events)
+        events = source.all()
+        assert events is not None
+        return build(prepare(events)).filter(utc_window(query, EVENT_DATE))
     lagging = sorted(model.lagging.get(event_type, set())) if model else []
-    parts = [rollup.filter(pl.col("date").cast(pl.String).is_in(lagging)).select(pair)]
-    lake = source.kept_lake()
-    if lake is not None:
-        on_lagging = EVENT_DATE.cast(pl.String).is_in(lagging)
-        parts.append(_pairs(lake.filter(on_lagging), pair))
-        if not source.replaced.is_empty():
-            parts.append(_pairs(source.lake.join(source.replaced.lazy().select("event_id"),
-                                                 on="event_id", how="semi")
-                                if source.lake is not None else lake.clear(), pair))
-    if source.stage is not None:
-        parts.append(_pairs(source.stage, pair))
+    on_lagging = pl.col("date").cast(pl.String).is_in(lagging)
+    parts = [rollup.filter(on_lagging).select(pair)]
+    for frame in (source.kept_lake(on_lagging) if lagging else None, source.replaced_rows(),
+                  source.stage):
+        if frame is not None:
+            parts.append(_pairs(frame, pair))
     dirty = pl.concat(parts).unique().collect()
+    kept = rollup.filter(utc_window(query)).drop("date")
     if dirty.is_empty():
-        return rollup.drop("date")
-    kept = rollup.join(dirty.lazy(), on=pair, how="anti", nulls_equal=True).drop("date")
-    again = build(events.join(dirty.lazy(), on=pair, how="semi", nulls_equal=True))
-    return pl.concat([kept, again], how="diagonal_relaxed")
+        return kept
+    everything = source.all()
+    assert everything is not None
+    again = build(prepare(everything).join(dirty.lazy(), on=pair, how="semi",
+                                           nulls_equal=True))
+    return pl.concat([kept.join(dirty.lazy(), on=pair, how="anti", nulls_equal=True),
+                      again.filter(utc_window(query, EVENT_DATE))], how="diagonal_relaxed")
 
 
 def _pairs(frame: pl.LazyFrame, pair: list[str]) -> pl.LazyFrame:

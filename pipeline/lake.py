@@ -36,23 +36,39 @@ STAGE_HINT = ("run `tally compact`: it sets the damaged file aside and stages it
 @dataclass(frozen=True)
 class Events:
     """A type's events, each once: the lake's rows less those a staged row `replaces`
-    (their event_ids and UTC dates), plus the staged rows that count."""
+    (their event_ids and UTC dates), plus the staged rows that count. `raw` is the table's
+    scan, with its `date` partition column, that `lake` conforms to the stage's columns."""
 
     lake: pl.LazyFrame | None
     stage: pl.LazyFrame | None
     replaced: pl.DataFrame
+    raw: pl.LazyFrame | None = None
+    schema: dict[str, pl.DataType] | None = None
 
-    def all(self) -> pl.LazyFrame | None:
-        """Every event, once."""
-        parts = [self.kept_lake(), self.stage]
+    def all(self, dates: pl.Expr | None = None) -> pl.LazyFrame | None:
+        """Every event, once; with `dates` (an expression on the UTC `date`), only the lake
+        partitions it selects are read (the staged rows are all kept)."""
+        parts = [self.kept_lake(dates), self.stage]
         found = [part for part in parts if part is not None]
         return pl.concat(found, how="vertical") if found else None
 
-    def kept_lake(self) -> pl.LazyFrame | None:
-        """The lake's rows less those replaced by staged rows."""
-        if self.lake is None or self.replaced.is_empty():
-            return self.lake
-        return self.lake.join(self.replaced.lazy(), on="event_id", how="anti")
+    def kept_lake(self, dates: pl.Expr | None = None) -> pl.LazyFrame | None:
+        """The lake's rows less those replaced by staged rows; with `dates`, only the
+        partitions it selects (read from those alone)."""
+        lake = self.lake
+        if dates is not None and self.raw is not None and self.schema is not None:
+            lake = conform(self.raw.filter(dates), self.schema)
+        if lake is None or self.replaced.is_empty():
+            return lake
+        return lake.join(self.replaced.lazy().select("event_id"), on="event_id", how="anti")
+
+    def replaced_rows(self) -> pl.LazyFrame | None:
+        """The lake's rows that staged rows replace (read from their partitions alone)."""
+        if self.replaced.is_empty() or self.raw is None or self.schema is None:
+            return None
+        days = self.replaced.get_column("date").unique().implode()
+        return conform(self.raw.filter(pl.col("date").is_in(days)), self.schema).join(
+            self.replaced.lazy().select("event_id"), on="event_id", how="semi")
 
 
 def scan_events(home: Home, event_type: str,
@@ -79,13 +95,14 @@ def open_events(home: Home, event_type: str, schemas: SchemaSet | None = None) -
     stage = dedupe(pl.concat(parts, how="vertical"), event_type) if parts else None
     if table is None:
         return Events(None, stage, _NO_EVENT_IDS)
-    lake = conform(pl.scan_delta(table), schema)
+    raw = pl.scan_delta(table)
+    lake = conform(raw, schema)
     if needs_upgrade(table):  # written before the rule was kept on write: apply it here
         everything = lake if stage is None else pl.concat([lake, stage])
         return Events(None, dedupe(everything, event_type), _NO_EVENT_IDS)
     if stage is None:
-        return Events(lake, None, _NO_EVENT_IDS)
-    return _against_lake(lake, pl.scan_delta(table), stage, event_type, schema)
+        return Events(lake, None, _NO_EVENT_IDS, raw, schema)
+    return _against_lake(lake, raw, stage, event_type, schema)
 
 
 _NO_EVENT_IDS = pl.DataFrame(schema={"event_id": pl.String, "date": pl.Date})
@@ -96,7 +113,7 @@ def _against_lake(lake: pl.LazyFrame, raw: pl.LazyFrame, stage: pl.LazyFrame,
     """Staged rows ranked against the lake's rows of the same event_ids."""
     matched = matching_hashes(stage.select(id_hash()), raw.select(ID_HASH))
     if matched.is_empty():
-        return Events(lake, stage, _NO_EVENT_IDS)
+        return Events(lake, stage, _NO_EVENT_IDS, raw, schema)
     wanted = pl.col(ID_HASH).is_in(matched.implode())
     candidates = pl.concat([
         stage.with_columns(id_hash()).filter(wanted).with_columns(pl.lit(1, pl.Int8).alias(ORIGIN)),
@@ -107,7 +124,7 @@ def _against_lake(lake: pl.LazyFrame, raw: pl.LazyFrame, stage: pl.LazyFrame,
     replaced = lost.filter(pl.col(ORIGIN) == 0).select(
         "event_id", pl.col("ts").dt.date().alias("date"))
     kept = stage.join(beaten.lazy(), on="event_id", how="anti") if beaten.height else stage
-    return Events(lake, kept, replaced)
+    return Events(lake, kept, replaced, raw, schema)
 
 
 def _read_stage(home: Home, event_type: str) -> list[tuple[BatchId, pl.DataFrame]]:

@@ -326,7 +326,7 @@ def run_usage(home: Home, today: date, query: ReportQuery) -> pl.DataFrame:
 @reread_if_vanished
 def run_context_report(home: Home, query: ReportQuery) -> pl.DataFrame:
     """Per role: context compilations and their estimated cache hit ratio."""
-    estimates = context_rows(home, ReadModel.open(home))
+    estimates = context_rows(home, ReadModel.open(home), check_query(query))
     if estimates is None:
         estimates = context_estimates(pl.LazyFrame(schema=stage_schema("context_compiled")))
     selected = filter_rows(with_local_date(estimates, check_query(query).tz), query)
