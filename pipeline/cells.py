@@ -18,7 +18,6 @@ tests hold the two against each other.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import date, timedelta
 
 import polars as pl
@@ -48,35 +47,49 @@ ROLLUP_KEYS = {"agent", "role", "phase", "model", "_date"}
 PAIR = ["agent", "task"]
 
 
-@dataclass(frozen=True)
 class ReadModel:
-    """The rollups of a home, and per event table the dates they do not reflect yet."""
+    """The rollups of a home, opened as they are asked for, and per event table the dates
+    they do not reflect yet."""
 
-    tables: dict[str, pl.LazyFrame]
-    lagging: dict[str, set[str]]  # by event type
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self._tables: dict[str, pl.LazyFrame | None] = {}
+        self.lagging: dict[str, set[str]] = {}
 
     @classmethod
-    def open(cls, home: Home) -> ReadModel | None:
-        """The rollups, or None when one cannot be used (missing, or its lag unknown)."""
-        tables: dict[str, pl.LazyFrame] = {}
-        lagging: dict[str, set[str]] = {}
-        for name, event_type in SOURCES.items():
-            source = open_table(home.lake / event_type)
-            rollup = open_table(rollup_path(home, name))
-            if source is None:
-                continue
-            if rollup is None:
-                return None
-            touched = touched_since(source, reflected(rollup))
-            if touched is None:
-                return None
-            tables[name] = pl.scan_delta(rollup)
-            lagging[event_type] = lagging.get(event_type, set()) | touched
-        return cls(tables, lagging)
+    def open(cls, home: Home) -> ReadModel:
+        """The rollups of a home (nothing is read yet)."""
+        return cls(home)
 
     def rollup(self, name: str) -> pl.LazyFrame | None:
-        """A rollup's rows, None when its event table does not exist."""
-        return self.tables.get(name)
+        """A rollup's rows, None when it cannot be used (missing, or what it lags behind
+        unknown) or its event table does not exist."""
+        if name not in self._tables:
+            self._tables[name] = self._opened(name)
+        return self._tables[name]
+
+    def _opened(self, name: str) -> pl.LazyFrame | None:
+        event_type = SOURCES[name]
+        source_log = self.home.lake / event_type / "_delta_log"
+        if not source_log.is_dir():
+            return None
+        rollup = open_table(rollup_path(self.home, name))
+        if rollup is None:
+            return None
+        version = reflected(rollup)
+        if version is not None and not (source_log / f"{version + 1:020d}.json").exists():
+            touched: set[str] | None = set()  # no commit after the one it reflects
+        else:
+            source = open_table(source_log.parent)
+            touched = None if source is None else touched_since(source, version)
+        if touched is None:
+            return None
+        self.lagging[event_type] = self.lagging.get(event_type, set()) | touched
+        return pl.scan_delta(rollup)
+
+    def lag(self, event_type: str) -> set[str]:
+        """The dates of an event table its rollups do not reflect (once they are opened)."""
+        return self.lagging.get(event_type, set())
 
 
 def query_cells(home: Home, query: ReportQuery, keys: Sequence[str],
@@ -85,7 +98,9 @@ def query_cells(home: Home, query: ReportQuery, keys: Sequence[str],
     selects: usage rows, plus the snapshot increments of pairs without usage rows."""
     table = pricing_for(home)
     usage, progress = open_events(home, USAGE), open_events(home, PROGRESS)
-    dirty = _dirty_dates(usage, model.lagging.get(USAGE, set()) if model else set())
+    if model is not None:
+        model.rollup("usage")  # what it lags behind makes dates dirty
+    dirty = _dirty_dates(usage, model.lag(USAGE) if model else set())
     used = _usage_cells(usage, model, dirty, query, keys, table)
     tracked = _tracked(usage, model, dirty)
     increments = _increments(progress, model, query)
@@ -214,7 +229,8 @@ def _increments(progress: Events, model: ReadModel | None,
                 query: ReportQuery) -> pl.LazyFrame:
     """Every snapshot's increment the query's dates may hold: from the rollup, but for the
     pairs it may have wrong."""
-    if progress.lake is None and progress.stage is None:
+    if progress.stage is None and (model is None or model.rollup("increments") is None) \
+            and progress.lake is None:
         return pl.LazyFrame(schema={**_empty_progress_rows()})
     return _derived(progress, lambda frame: frame, model, "increments", PROGRESS, PAIR,
                     snapshot_increments, query)
@@ -226,7 +242,8 @@ def context_rows(home: Home, model: ReadModel | None,
     context rollup, but for the (role, session) pairs it may have wrong; None without
     compilations."""
     compiled = open_events(home, CONTEXT)
-    if compiled.lake is None and compiled.stage is None:
+    if compiled.stage is None and (model is None or model.rollup("context") is None) \
+            and compiled.lake is None:
         return None
     return _derived(compiled, lambda frame: frame.with_columns(
         pl.coalesce("role", "agent").alias("role")), model, "context", CONTEXT,
@@ -246,7 +263,7 @@ def _derived(source: Events, prepare: Callable[[pl.LazyFrame], pl.LazyFrame],
         events = source.all()
         assert events is not None
         return build(prepare(events)).filter(utc_window(query, EVENT_DATE))
-    lagging = sorted(model.lagging.get(event_type, set())) if model else []
+    lagging = sorted(model.lag(event_type)) if model else []
     on_lagging = pl.col("date").cast(pl.String).is_in(lagging)
     parts = [rollup.filter(on_lagging).select(pair)]
     for frame in (source.kept_lake(on_lagging) if lagging else None, source.replaced_rows(),

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import polars as pl
 
@@ -26,6 +25,9 @@ from pipeline.resolve import needs_upgrade
 from pipeline.schemas import SchemaSet, load_schemas
 from pipeline.stage import BatchId, staged_files
 
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
 READ_ATTEMPTS = 5
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -33,17 +35,43 @@ STAGE_HINT = ("run `tally compact`: it sets the damaged file aside and stages it
               "again from the logs")
 
 
-@dataclass(frozen=True)
 class Events:
     """A type's events, each once: the lake's rows less those a staged row `replaces`
     (their event_ids and UTC dates), plus the staged rows that count. `raw` is the table's
-    scan, with its `date` partition column, that `lake` conforms to the stage's columns."""
+    scan, with its `date` partition column, that `lake` conforms to the stage's columns.
 
-    lake: pl.LazyFrame | None
-    stage: pl.LazyFrame | None
-    replaced: pl.DataFrame
-    raw: pl.LazyFrame | None = None
-    schema: dict[str, pl.DataType] | None = None
+    Without staged rows the table is opened only when its rows are asked for: a report the
+    rollups answer alone never opens it.
+    """
+
+    def __init__(self, stage: pl.LazyFrame | None, replaced: pl.DataFrame, *,
+                 table: Callable[[], DeltaTable | None] | None = None,
+                 schema: dict[str, pl.DataType] | None = None, event_type: str = "") -> None:
+        self.stage = stage
+        self.replaced = replaced
+        self._table = table
+        self.schema = schema
+        self.event_type = event_type
+
+    @functools.cached_property
+    def _scans(self) -> tuple[pl.LazyFrame | None, pl.LazyFrame | None]:
+        table = self._table() if self._table is not None else None
+        if table is None or self.schema is None:
+            return None, None
+        raw = pl.scan_delta(table)
+        if needs_upgrade(table):  # written before the rule was kept on write: apply it here
+            return None, dedupe(conform(raw, self.schema), self.event_type)
+        return raw, conform(raw, self.schema)
+
+    @property
+    def raw(self) -> pl.LazyFrame | None:
+        """The table's scan (with `date`), None without a table (or one to upgrade)."""
+        return self._scans[0]
+
+    @property
+    def lake(self) -> pl.LazyFrame | None:
+        """The table's rows in the stage's columns, None without a table."""
+        return self._scans[1]
 
     def all(self, dates: pl.Expr | None = None) -> pl.LazyFrame | None:
         """Every event, once; with `dates` (an expression on the UTC `date`), only the lake
@@ -84,7 +112,11 @@ def open_events(home: Home, event_type: str, schemas: SchemaSet | None = None) -
     # vanishes before we read it is in the table we open next; batches read from the stage
     # that the table already holds are dropped.
     staged = _read_stage(home, event_type)
-    table = open_table(table_path(home, event_type))
+    path = table_path(home, event_type)
+    if not staged:  # the table is opened when its rows are asked for
+        return Events(None, _NO_EVENT_IDS, table=lambda: open_table(path), schema=schema,
+                      event_type=event_type)
+    table = open_table(path)
     held: dict[str, int] = {}
     parts = []
     for batch, frame in staged:
@@ -93,27 +125,25 @@ def open_events(home: Home, event_type: str, schemas: SchemaSet | None = None) -
         if batch.number > held[batch.stream]:
             parts.append(conform(frame.lazy(), schema))
     stage = dedupe(pl.concat(parts, how="vertical"), event_type) if parts else None
-    if table is None:
-        return Events(None, stage, _NO_EVENT_IDS)
-    raw = pl.scan_delta(table)
-    lake = conform(raw, schema)
-    if needs_upgrade(table):  # written before the rule was kept on write: apply it here
-        everything = lake if stage is None else pl.concat([lake, stage])
-        return Events(None, dedupe(everything, event_type), _NO_EVENT_IDS)
-    if stage is None:
-        return Events(lake, None, _NO_EVENT_IDS, raw, schema)
-    return _against_lake(lake, raw, stage, event_type, schema)
+    opened = Events(stage, _NO_EVENT_IDS, table=lambda: table, schema=schema,
+                    event_type=event_type)
+    if stage is None or opened.raw is None or opened.lake is None:
+        if stage is not None and opened.lake is not None:  # an older tally's table
+            everything = dedupe(pl.concat([opened.lake, stage]), event_type)
+            return Events(everything, _NO_EVENT_IDS, schema=schema, event_type=event_type)
+        return opened
+    return _against_lake(opened, opened.lake, opened.raw, stage, event_type, schema)
 
 
 _NO_EVENT_IDS = pl.DataFrame(schema={"event_id": pl.String, "date": pl.Date})
 
 
-def _against_lake(lake: pl.LazyFrame, raw: pl.LazyFrame, stage: pl.LazyFrame,
+def _against_lake(opened: Events, lake: pl.LazyFrame, raw: pl.LazyFrame, stage: pl.LazyFrame,
                   event_type: str, schema: dict[str, pl.DataType]) -> Events:
     """Staged rows ranked against the lake's rows of the same event_ids."""
     matched = matching_hashes(stage.select(id_hash()), raw.select(ID_HASH))
     if matched.is_empty():
-        return Events(lake, stage, _NO_EVENT_IDS, raw, schema)
+        return opened
     wanted = pl.col(ID_HASH).is_in(matched.implode())
     candidates = pl.concat([
         stage.with_columns(id_hash()).filter(wanted).with_columns(pl.lit(1, pl.Int8).alias(ORIGIN)),
@@ -124,7 +154,8 @@ def _against_lake(lake: pl.LazyFrame, raw: pl.LazyFrame, stage: pl.LazyFrame,
     replaced = lost.filter(pl.col(ORIGIN) == 0).select(
         "event_id", pl.col("ts").dt.date().alias("date"))
     kept = stage.join(beaten.lazy(), on="event_id", how="anti") if beaten.height else stage
-    return Events(lake, kept, replaced, raw, schema)
+    table = opened._table
+    return Events(kept, replaced, table=table, schema=schema, event_type=event_type)
 
 
 def _read_stage(home: Home, event_type: str) -> list[tuple[BatchId, pl.DataFrame]]:

@@ -399,7 +399,10 @@ def test_tally_debug_reraises(runner: CliRunner, tmp_path: Path, args: list[str]
 def walk(command: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     yield path
     if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
+        context = click.Context(command)
+        for name in command.list_commands(context):  # lazy commands too
+            sub = command.get_command(context, name)
+            assert sub is not None
             yield from walk(sub, (*path, name))
 
 
