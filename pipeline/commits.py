@@ -147,7 +147,7 @@ def _replace(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> No
     written = lake_rows(rows).with_columns(pl.lit(False).alias(TOMBSTONE))
     doomed = tombstones.with_columns(pl.lit(True).alias(TOMBSTONE))
     source = pl.concat([written, doomed], how="diagonal_relaxed")
-    days = ", ".join(f"'{day}'" for day in sorted(set(tombstones["date"].cast(pl.String))))
+    days = ", ".join(f"DATE '{day}'" for day in sorted(set(tombstones["date"].cast(pl.String))))
     columns = [name for name in written.columns if name != TOMBSTONE]
     table = DeltaTable(str(commit.table))
     (table.merge(source, predicate=f"s.{TOMBSTONE} AND t.date IN ({days}) AND "
@@ -169,7 +169,7 @@ def _trial_write(uri: str, rows: pl.DataFrame) -> None:
 
 def rewrite_dates(table: DeltaTable, dates: list[str], rows: pl.DataFrame) -> None:
     """Replace the partitions of `dates` with `rows` (which hold `_id_hash`) in one commit."""
-    days = ", ".join(f"'{day}'" for day in dates)
+    days = ", ".join(f"DATE '{day}'" for day in dates)
     with native_stderr_captured():
         write_deltalake(table, rows.drop(FILE, ROW, strict=False), mode="overwrite",
                         predicate=f"date IN ({days})", schema_mode="merge",
