@@ -30,6 +30,7 @@ from click.testing import CliRunner
 from conftest import stderr_on_a_terminal
 from deltalake import DeltaTable
 
+import pipeline.files
 from pipeline import compactor
 from pipeline.checkpoint import read_watermark
 from pipeline.cli import main
@@ -552,6 +553,55 @@ def test_duplicate_event_ids_count_once_keeping_the_largest_total(home: Home) ->
     assert written["event_id"].n_unique() == written.height == 4  # once each, in the lake too
     tokens = dict(zip(*written.select("event_id", "input_tokens"), strict=True))
     assert tokens == {"lake-wins": 900, "retry": 5000, "single": 100, "stage-wins": 700}
+
+
+def test_duplicates_arriving_months_later_replace_their_row_or_add_nothing(
+        home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    def rows(frame: pl.DataFrame) -> set[tuple[Any, ...]]:
+        return set(frame.select("event_id", "_source", "_offset", "date").iter_rows())
+
+    january = [usage(f"jan-{i}", f"2025-01-{10 + i % 3}T08:00:{i:02d}Z", input_tokens=100 + i)
+               for i in range(12)]
+    no_id = {k: v for k, v in usage("-", "2025-01-11T09:00:00Z").items() if k != "event_id"}
+    append(home, "agent-jan.jsonl", [*january, no_id, progress("jan-p", "2025-01-12T10:00:00Z",
+                                                                progress=40)])
+    assert tail(home).staged == 14
+    run_compaction(home)
+    before, progress_before = lake(home), lake(home, PROGRESS)
+    assert before.height == 13 and progress_before.height == 1
+    # The log is rotated away; a week later the tailer forgets the file (its identity and
+    # offset: FORGET_AFTER_SECONDS), which it keeps in mind until its next commit.
+    saved = (home.logs / "agent-jan.jsonl").read_bytes()
+    (home.logs / "agent-jan.jsonl").unlink()
+    monkeypatch.setattr(pipeline.files, "FORGET_AFTER_SECONDS", 0)
+    with Tailer(home) as tailer:
+        tailer.poll()
+        assert tailer.checkpoint.files == {}
+        # June: the old log comes back from a backup under another name (one that sorts
+        # after the original's), and producer retries of two January events have larger
+        # totals: one with its January ts, one with a June ts.
+        (home.logs / "restored").mkdir()
+        (home.logs / "restored" / "agent-jan.jsonl").write_bytes(saved)
+        append(home, "agent-jun.jsonl", [
+            usage("jun-1", "2025-06-03T12:00:00Z"),
+            usage("jan-3", "2025-01-10T08:00:03Z", input_tokens=9000),
+            usage("jan-7", "2025-06-03T12:05:00Z", input_tokens=8000)])
+        # The copy is read as a new file of the old identity: its derived ids are equal.
+        assert tailer.poll().staged == 14 + 3
+    run_compaction(home)
+
+    after = lake(home)
+    assert after["event_id"].n_unique() == after.height == 13 + 1
+    june = after.filter(pl.col("_source") == "agent-jun.jsonl")
+    assert set(june.select("event_id", "date", "input_tokens").iter_rows()) == {
+        ("jun-1", date(2025, 6, 3), 100), ("jan-3", date(2025, 1, 10), 9000),
+        ("jan-7", date(2025, 6, 3), 8000)}  # each in the partition of its own ts
+    # The rest is January's rows as they were, from the original file: the copy added
+    # nothing, and the two rows the retries replaced are gone from their partitions.
+    others = after.filter(pl.col("_source") != "agent-jun.jsonl")
+    assert rows(others) == rows(before.filter(~pl.col("event_id").is_in(["jan-3", "jan-7"])))
+    assert rows(lake(home, PROGRESS)) == rows(progress_before)
+    assert stage_files(home) == []
 
 
 def test_duckdb_and_pyarrow_read_the_table(home: Home) -> None:
