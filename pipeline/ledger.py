@@ -77,10 +77,11 @@ def open_table(path: Path) -> DeltaTable | None:
     """The Delta table at `path` as of now, or None when there is none yet; DamagedFile if
     its log cannot be read.
 
-    Opening a table replays its log (30-70 ms for a year of commits); a table opened before
-    in this process is brought up to date instead, reading only the commits since. It is
-    opened anew if its log directory is another one (a rebuild swapped the lake in), or
-    its current version's commit file is gone (commits lost).
+    Opening a table replays its log from its last checkpoint; a table opened before in this
+    process is handed out again while no commit came after it. Otherwise it is opened anew
+    rather than brought up to date in place: a Polars scan resolves its files from the
+    table object when collected, so moving a shared object on would move the scans others
+    built on it (a reader would see a batch in the stage and in the table).
     """
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
@@ -89,8 +90,8 @@ def open_table(path: Path) -> DeltaTable | None:
     known = _opened.get(key)
     try:
         if known is not None and _identity(log) == known[1] \
-                and (log / f"{known[0].version():020d}.json").exists():
-            known[0].update_incremental()
+                and (log / f"{known[0].version():020d}.json").exists() \
+                and not (log / f"{known[0].version() + 1:020d}.json").exists():
             return known[0]
         table = DeltaTable(key)
     except TableNotFoundError:
@@ -108,14 +109,16 @@ def open_table(path: Path) -> DeltaTable | None:
 
 def _identity(log: Path) -> tuple[object, ...]:
     """What tells one table's log from another's at the same path: the directory's inode
-    and its first commit's (a table deleted and made anew gets other ones)."""
+    and its first commit's inode and time (a table deleted and made anew gets other ones).
+    Not the directory's time: every commit changes it."""
     found: list[object] = []
-    for path in (log, log / f"{0:020d}.json"):
+    for path, times in ((log, False), (log / f"{0:020d}.json", True)):
         try:
             st = os.stat(path)
-            found.append((st.st_dev, st.st_ino, st.st_mtime_ns))
         except OSError:
-            found.append(None)
+            found.append(None)  # a log cleaned up after a checkpoint drops its first commits
+            continue
+        found.append((st.st_dev, st.st_ino, st.st_mtime_ns if times else None))
     return tuple(found)
 
 

@@ -3,6 +3,7 @@ tailer reads instead of the lake, and tables found older than compaction left th
 
 from __future__ import annotations
 
+import polars as pl
 import pyarrow as pa
 import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
@@ -96,3 +97,17 @@ def test_a_gap_in_the_delta_log_is_a_damaged_table_in_one_line(home: Home) -> No
         open_table(table_path(home, "agent_token_usage"))
     assert "gap" in raised.value.message and "\n" not in raised.value.message
     assert "rebuild" in (raised.value.hint or "")
+
+
+def test_a_table_handed_out_is_not_moved_by_a_later_open(home: Home) -> None:
+    commit(home, "agent_token_usage", {"s": 1})
+    path = table_path(home, "agent_token_usage")
+    first = open_table(path)
+    assert first is not None and open_table(path) is first  # nothing new: the same object
+    scan = pl.scan_delta(first)  # resolves its files when collected
+    commit(home, "agent_token_usage", {"s": 2})
+    later = open_table(path)
+    assert later is not None and later is not first
+    assert (first.version(), later.version()) == (0, 1)
+    assert scan.collect().height == 1 and pl.scan_delta(later).collect().height == 2
+    assert stream_batch(first, "s") == 1 and stream_batch(later, "s") == 2
