@@ -78,7 +78,7 @@ def open_table(path: Path) -> DeltaTable | None:
     its log cannot be read.
 
     Opening a table replays its log from its last checkpoint; a table opened before in this
-    process is handed out again while no commit came after it. Otherwise it is opened anew
+    process is handed out again while its log is unchanged. Otherwise it is opened anew
     rather than brought up to date in place: a Polars scan resolves its files from the
     table object when collected, so moving a shared object on would move the scans others
     built on it (a reader would see a batch in the stage and in the table).
@@ -108,17 +108,16 @@ def open_table(path: Path) -> DeltaTable | None:
 
 
 def _identity(log: Path) -> tuple[object, ...]:
-    """What tells one table's log from another's at the same path: the directory's inode
-    and its first commit's inode and time (a table deleted and made anew gets other ones).
-    Not the directory's time: every commit changes it."""
+    """What tells one table's log from another's at the same path, or the same log changed
+    (a commit added or a commit file lost): the inodes and times of the directory and of
+    its first commit (a table deleted and made anew gets other ones)."""
     found: list[object] = []
-    for path, times in ((log, False), (log / f"{0:020d}.json", True)):
+    for path in (log, log / f"{0:020d}.json"):
         try:
             st = os.stat(path)
+            found.append((st.st_dev, st.st_ino, st.st_mtime_ns))
         except OSError:
             found.append(None)  # a log cleaned up after a checkpoint drops its first commits
-            continue
-        found.append((st.st_dev, st.st_ino, st.st_mtime_ns if times else None))
     return tuple(found)
 
 

@@ -40,9 +40,9 @@ def spent_per_task(cells: pl.LazyFrame) -> pl.LazyFrame:
 def progress_view(progress: pl.LazyFrame, cells: pl.LazyFrame, agents: Sequence[str] = (),
                   statuses: Sequence[str] = ()) -> pl.LazyFrame:
     """Folded task states with tokens so far, filtered by agent and latest status."""
+    if agents:  # before the fold: a task's snapshots all share its agent
+        progress = progress.filter(pl.col("agent").is_in(list(agents)))
     folded = fold_progress(progress)
-    if agents:
-        folded = folded.filter(pl.col("agent").is_in(list(agents)))
     if statuses:
         folded = folded.filter(pl.col("status").is_in(list(statuses)))
     return (folded.join(spent_per_task(cells), on=["agent", "task"], how="left")
@@ -58,4 +58,4 @@ def run_progress(home: Home, agents: Sequence[str] = (),
     query = ReportQuery(agents=tuple(agents))
     cells = open_cells(home, query, ["agent", "task"])
     progress = all_events(home, "task_progress")
-    return progress_view(progress, cells, agents, statuses).collect()
+    return progress_view(progress, cells, agents, statuses).collect(engine="streaming")
