@@ -1,5 +1,6 @@
-"""Shared fixtures: a fresh tally home in tmp_path, valid event lines with unique ids, and
-the tally command run with its stderr on a terminal."""
+"""Shared fixtures: a fresh tally home in tmp_path, valid event lines with unique ids, small
+frames of staged events and their cost cells, and the tally command run with its stderr on a
+terminal."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import polars as pl
 import pytest
 
 from pipeline.config import Home, init_home, load_home
+from pipeline.counting import snapshot_increments
+from pipeline.frames import FrameBuilder, stage_schema
+from pipeline.pricing import shipped_pricing
+from pipeline.query import ReportQuery, counted_cells
 
 _ids = itertools.count(1)
 TS = "2025-03-01T12:00:00Z"
@@ -59,6 +65,49 @@ def sized_event(length: int) -> dict[str, Any]:
 def event_line(**overrides: Any) -> bytes:
     """One valid agent_token_usage line, newline included, with a unique event_id."""
     return orjson.dumps(event(**overrides)) + b"\n"
+
+
+# ---------------------------------------------------------------- small frames of staged events
+
+_frame_ids = itertools.count(1)
+
+
+def events(event_type: str, *rows: dict[str, Any]) -> pl.LazyFrame:
+    """A typed frame of events as the tailer stages them (defaults: agent claude, one ts)."""
+    full = [{"event_type": event_type, "event_id": f"e{next(_frame_ids)}", "agent": "claude",
+             "ts": "2025-08-29T12:00:00Z", **row} for row in rows]
+    frame = FrameBuilder(event_type).build(full, ["test.jsonl"] * len(full),
+                                           list(range(len(full))))
+    return frame.lazy()
+
+
+def none(event_type: str) -> pl.LazyFrame:
+    """An empty staged frame of `event_type`."""
+    return pl.LazyFrame(schema=stage_schema(event_type))
+
+
+def usage(**fields: Any) -> dict[str, Any]:
+    """An agent_token_usage row for `events`: 100 in, 10 out on claude-sonnet-4-5."""
+    return {"model": "claude-sonnet-4-5", "input_tokens": 100, "output_tokens": 10, **fields}
+
+
+def snapshot(ts: str, task: str = "T-1", **tokens: Any) -> dict[str, Any]:
+    """An in_progress task_progress row for `events`; `tokens` become its tokens_used."""
+    return {"ts": ts, "task": task, "status": "in_progress", "tokens_used": tokens or None}
+
+
+def compiled(hash_: str, ts: str, role: str | None = "dev", session: str = "s1",
+             **fields: Any) -> dict[str, Any]:
+    """A context_compiled row for `events`: a 1000-byte prefix and 200 volatile bytes."""
+    return {"prefix_hash": hash_, "ts": ts, "role": role, "session_id": session,
+            "prefix_bytes": 1000, "volatile_bytes": 200, **fields}
+
+
+def counted(usage_rows: pl.LazyFrame, progress: pl.LazyFrame, keys: list[str],
+            query: ReportQuery | None = None) -> pl.LazyFrame:
+    """The priced cost cells keyed by `keys` of usage rows and snapshots, shipped prices."""
+    increments = snapshot_increments(progress).collect()
+    return counted_cells(usage_rows, increments, query or ReportQuery(), keys, shipped_pricing())
 
 
 def make_home(root: Path, config: str = "") -> Home:

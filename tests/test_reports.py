@@ -1,28 +1,18 @@
-"""pipeline.reports and pipeline.progress: each counting rule of DESIGN.md on small frames."""
+"""pipeline.reports: each counting rule of DESIGN.md on small frames, as the reports, the daily
+summary, the usage windows and the context summary show it."""
 
 from __future__ import annotations
 
-import itertools
 from datetime import date
 from typing import Any
 
 import polars as pl
 import pytest
+from conftest import compiled, counted, events, none, snapshot, usage
 
-from pipeline.counting import context_estimates, snapshot_increments, with_local_date
+from pipeline.counting import context_estimates, with_local_date
 from pipeline.dedupe import dedupe
-from pipeline.errors import UnknownTimeZone, UsageError
-from pipeline.frames import FrameBuilder, stage_schema
-from pipeline.pricing import shipped_pricing
-from pipeline.progress import progress_view
-from pipeline.query import (
-    REPORT_COLUMNS,
-    ReportQuery,
-    check_query,
-    check_timezone,
-    counted_cells,
-    parse_by,
-)
+from pipeline.query import REPORT_COLUMNS, ReportQuery
 from pipeline.reports import (
     DailySummary,
     cell_keys,
@@ -33,44 +23,15 @@ from pipeline.reports import (
     usage_windows,
 )
 
-_ids = itertools.count(1)
-
-
-def events(event_type: str, *rows: dict[str, Any]) -> pl.LazyFrame:
-    """A typed frame of events as the tailer stages them (defaults: agent claude, one ts)."""
-    full = [{"event_type": event_type, "event_id": f"e{next(_ids)}", "agent": "claude",
-             "ts": "2025-08-29T12:00:00Z", **row} for row in rows]
-    frame = FrameBuilder(event_type).build(full, ["test.jsonl"] * len(full),
-                                           list(range(len(full))))
-    return frame.lazy()
-
-
-def none(event_type: str) -> pl.LazyFrame:
-    return pl.LazyFrame(schema=stage_schema(event_type))
-
-
-def usage(**fields: Any) -> dict[str, Any]:
-    return {"model": "claude-sonnet-4-5", "input_tokens": 100, "output_tokens": 10, **fields}
-
-
-def snapshot(ts: str, task: str = "T-1", **tokens: Any) -> dict[str, Any]:
-    return {"ts": ts, "task": task, "status": "in_progress", "tokens_used": tokens or None}
-
 
 def report(usage_rows: pl.LazyFrame | None = None, progress: pl.LazyFrame | None = None,
            query: ReportQuery | None = None) -> list[dict[str, Any]]:
     """The report rows the CLI would print, as dicts."""
     query = query or ReportQuery()
-    cells = _cells(usage_rows if usage_rows is not None else none("agent_token_usage"),
-                   progress if progress is not None else none("task_progress"),
-                   cell_keys(query.by), query)
+    cells = counted(usage_rows if usage_rows is not None else none("agent_token_usage"),
+                    progress if progress is not None else none("task_progress"),
+                    cell_keys(query.by), query)
     return summarize(cells, query.by).collect().to_dicts()
-
-
-def increments(*rows: dict[str, Any]) -> list[dict[str, Any]]:
-    frame = snapshot_increments(events("task_progress", *rows)).collect()
-    return frame.select("ts", "input_tokens", "output_tokens", "other_tokens").with_columns(
-        pl.col("ts").dt.strftime("%m-%d %H:%M")).to_dicts()
 
 
 # ---------------------------------------------------------------- agent_token_usage deltas
@@ -107,87 +68,13 @@ def test_duplicate_event_ids_count_once_keeping_the_largest() -> None:
 # ---------------------------------------------------------------- task_progress snapshots
 
 
-def test_increments_between_snapshots_go_to_the_later_day() -> None:
-    # gemini GM-004 in sample_logs: 0 and 950 on 08-28, 2,500 on 08-29.
-    found = increments(
-        snapshot("2025-08-28T14:00:00Z", prompt=0, completion=0, total=0),
-        snapshot("2025-08-28T17:30:00Z", prompt=400, completion=550, total=950),
-        snapshot("2025-08-29T13:00:00Z", prompt=1000, completion=1500, total=2500),
-    )
-    assert found == [
-        {"ts": "08-28 17:30", "input_tokens": 400, "output_tokens": 550, "other_tokens": 0},
-        {"ts": "08-29 13:00", "input_tokens": 600, "output_tokens": 950, "other_tokens": 0},
-    ]
+def test_snapshot_increments_count_on_the_day_of_the_later_snapshot() -> None:
+    # gemini GM-004 in sample_logs: 950 on 08-28, 2,500 on 08-29.
     rows = report(progress=events("task_progress",
                                   snapshot("2025-08-28T17:30:00Z", total=950),
                                   snapshot("2025-08-29T13:00:00Z", total=2500)))
     assert [(r["day"], r["total_tokens"], r["events"]) for r in rows] == [
         ("2025-08-28", 950, 1), ("2025-08-29", 1550, 1)]
-
-
-def test_snapshots_are_ordered_by_ts_not_by_arrival() -> None:
-    found = increments(snapshot("2025-08-29T13:00:00Z", total=5000),
-                       snapshot("2025-08-29T12:00:00Z", total=2200))
-    assert [(r["ts"], r["other_tokens"]) for r in found] == [
-        ("08-29 12:00", 2200), ("08-29 13:00", 2800)]
-
-
-def test_first_snapshot_counts_from_zero() -> None:
-    found = increments(snapshot("2025-08-29T13:00:00Z", prompt=2000, completion=3000,
-                                total=5000))
-    assert found == [{"ts": "08-29 13:00", "input_tokens": 2000, "output_tokens": 3000,
-                      "other_tokens": 0}]
-
-
-def test_total_beyond_prompt_and_completion_is_other() -> None:
-    # codex RAG_MIGRATION: named counters and a total, no prompt or completion.
-    found = increments(snapshot("2025-08-29T13:00:00Z", embedding_generation=15000,
-                                code_completion=3000, total=18000))
-    assert found[0]["other_tokens"] == 18000 and found[0]["input_tokens"] == 0
-
-
-def test_without_total_the_named_counters_add_up() -> None:
-    found = increments(
-        snapshot("2025-08-29T12:00:00Z", prompt=100, completion=50, embedding_generation=1000),
-        snapshot("2025-08-29T13:00:00Z", prompt=300, completion=50, embedding_generation=1500,
-                 code_completion=20),
-    )
-    assert [(r["input_tokens"], r["output_tokens"], r["other_tokens"]) for r in found] == [
-        (100, 50, 1000), (200, 0, 520)]
-
-
-def test_a_counter_reset_counts_the_new_value() -> None:
-    found = increments(snapshot("2025-08-29T10:00:00Z", prompt=4000, total=5000),
-                       snapshot("2025-08-29T11:00:00Z", prompt=600, total=1000),
-                       snapshot("2025-08-29T12:00:00Z", prompt=900, total=1500))
-    assert [(r["input_tokens"], r["other_tokens"]) for r in found] == [
-        (4000, 1000), (600, 400), (300, 200)]
-
-
-def test_status_only_and_unchanged_snapshots_are_not_usage() -> None:
-    found = increments(snapshot("2025-08-29T10:00:00Z"),  # no tokens_used at all
-                       snapshot("2025-08-29T11:00:00Z", total=0),
-                       snapshot("2025-08-29T12:00:00Z", total=700),
-                       snapshot("2025-08-29T13:00:00Z", total=700))
-    assert [r["other_tokens"] for r in found] == [700]
-
-
-def test_each_agent_and_task_has_its_own_counter() -> None:
-    found = snapshot_increments(events(
-        "task_progress",
-        snapshot("2025-08-29T10:00:00Z", task="A", total=100),
-        snapshot("2025-08-29T11:00:00Z", task="B", total=100),
-        {**snapshot("2025-08-29T12:00:00Z", task="A", total=150), "agent": "gemini"},
-        snapshot("2025-08-29T13:00:00Z", task="A", total=400),
-    )).collect()
-    assert found.select("agent", "task", "other_tokens").sort(pl.all()).rows() == [
-        ("claude", "A", 100), ("claude", "A", 300), ("claude", "B", 100), ("gemini", "A", 150)]
-
-
-def test_snapshot_model_comes_from_tokens_used() -> None:
-    found = snapshot_increments(events("task_progress", snapshot(
-        "2025-08-29T13:00:00Z", prompt=1000, completion=0, model="gpt-4"))).collect()
-    assert found["model"].to_list() == ["gpt-4"]
 
 
 def test_snapshots_count_only_for_tasks_without_usage_rows() -> None:
@@ -275,24 +162,6 @@ def test_filters_by_agent_role_phase_and_model() -> None:
     assert len(report(frame, query=by_agent)) == 2
 
 
-def test_parse_by() -> None:
-    assert parse_by("role, phase,role") == ("role", "phase")
-    with pytest.raises(UsageError, match="cannot group by colour"):
-        parse_by("agent,colour")
-    with pytest.raises(UsageError):
-        parse_by(" , ")
-
-
-def test_bad_time_zone_and_ranges_are_usage_errors() -> None:
-    assert check_timezone("Asia/Tokyo") == "Asia/Tokyo"
-    with pytest.raises(UnknownTimeZone, match="Mars/Olympus"):
-        check_timezone("Mars/Olympus")
-    with pytest.raises(UsageError, match="after"):
-        check_query(ReportQuery(since=date(2025, 9, 1), until=date(2025, 8, 1)))
-    with pytest.raises(UsageError, match="cost mode"):
-        check_query(ReportQuery(cost_mode="guess"))
-
-
 # ---------------------------------------------------------------- cost
 
 
@@ -300,7 +169,7 @@ def test_unpriced_models_get_null_cost_and_are_counted() -> None:
     frame = events("agent_token_usage", usage(model="local-llama-3-8b"), usage(model=None))
     rows = report(frame)
     assert rows[0]["cost_usd"] is None and rows[0]["unpriced_events"] == 2
-    cells = _cells(frame, none("task_progress"), ["agent"])
+    cells = counted(frame, none("task_progress"), ["agent"])
     assert unpriced_models(cells).collect()["model"].to_list() == [
         "(no model)", "local-llama-3-8b"]
 
@@ -341,12 +210,6 @@ def test_snapshot_increments_are_priced_by_their_model() -> None:
 # ---------------------------------------------------------------- daily summary, usage
 
 
-def _cells(usage_rows: pl.LazyFrame, progress: pl.LazyFrame, keys: list[str],
-           query: ReportQuery | None = None) -> pl.LazyFrame:
-    increments = snapshot_increments(progress).collect()
-    return counted_cells(usage_rows, increments, query or ReportQuery(), keys, shipped_pricing())
-
-
 def test_daily_summary_tasks_and_completions() -> None:
     usage_rows = events("agent_token_usage", usage(task="A", input_tokens=3000, output_tokens=0),
                         usage(task="B", input_tokens=1000, output_tokens=0))
@@ -358,7 +221,7 @@ def test_daily_summary_tasks_and_completions() -> None:
         {"task": "C", "status": "completed", "ts": "2025-08-28T10:00:00Z"},  # another day
         {"task": "D", "status": "started", "ts": "2025-08-29T09:00:00Z"},
     )
-    per_agent = daily_totals(_cells(usage_rows, progress, ["agent", "_date", "task"]),
+    per_agent = daily_totals(counted(usage_rows, progress, ["agent", "_date", "task"]),
                              with_local_date(progress, "UTC"), date(2025, 8, 29)).collect()
     summary = DailySummary(day=date(2025, 8, 29), agents=per_agent)
     shape = summary.seed_shape()
@@ -373,7 +236,7 @@ def test_daily_summary_tasks_and_completions() -> None:
 def test_daily_summary_without_completions_has_no_average() -> None:
     usage_rows = events("agent_token_usage", usage(model="local-llama-3-8b"))
     progress = none("task_progress")
-    per_agent = daily_totals(_cells(usage_rows, progress, ["agent", "_date", "task"]),
+    per_agent = daily_totals(counted(usage_rows, progress, ["agent", "_date", "task"]),
                              with_local_date(progress, "UTC"), date(2025, 8, 29)).collect()
     total = DailySummary(day=date(2025, 8, 29), agents=per_agent).seed_shape()["total"]
     assert total["avg_tokens_per_task"] is None and total["cost"] is None
@@ -385,7 +248,7 @@ def test_usage_windows_today_week_and_all_time() -> None:
                    usage(ts="2025-08-25T12:00:00Z", input_tokens=10, output_tokens=0),  # Monday
                    usage(ts="2025-08-24T12:00:00Z", input_tokens=100, output_tokens=0),
                    {**usage(model="local-llama-3-8b"), "agent": "cursor"})
-    cells = _cells(frame, none("task_progress"), ["agent", "_date"])
+    cells = counted(frame, none("task_progress"), ["agent", "_date"])
     rows = usage_windows(cells, date(2025, 8, 29)).collect()
     claude, cursor = rows.to_dicts()
     assert (claude["today_tokens"], claude["week_tokens"], claude["total_tokens"]) == (
@@ -395,38 +258,6 @@ def test_usage_windows_today_week_and_all_time() -> None:
 
 
 # ---------------------------------------------------------------- context cache estimates
-
-
-def compiled(hash_: str, ts: str, role: str = "dev", session: str = "s1",
-             **fields: Any) -> dict[str, Any]:
-    return {"prefix_hash": hash_, "ts": ts, "role": role, "session_id": session,
-            "prefix_bytes": 1000, "volatile_bytes": 200, **fields}
-
-
-def test_context_cache_reads_and_writes_are_derived_per_role_and_session() -> None:
-    frame = events("context_compiled",
-                   compiled("h1", "2025-08-29T10:00:00Z"),
-                   compiled("h1", "2025-08-29T10:01:00Z"),  # same prefix: read
-                   compiled("h1", "2025-08-29T10:02:00Z", role="qa"),  # qa's first: write
-                   compiled("h1", "2025-08-29T10:03:00Z", session="s2"),  # new session: write
-                   compiled("h2", "2025-08-29T10:04:00Z"),  # plan changed: write
-                   compiled("h2", "2025-08-29T10:05:00Z"))  # read
-    found = context_estimates(frame).collect()
-    assert found.select("role", "cache_read_tokens_estimate",
-                        "cache_write_tokens_estimate").rows() == [
-        ("dev", 0, 1000), ("dev", 1000, 0), ("qa", 0, 1000), ("dev", 0, 1000),
-        ("dev", 0, 1000), ("dev", 1000, 0)]
-    assert found["input_tokens_estimate"].to_list() == [1200] * 6
-
-
-def test_explicit_estimates_win_and_input_estimate_scales_the_prefix() -> None:
-    frame = events("context_compiled",
-                   compiled("h1", "2025-08-29T10:00:00Z", cache_read_tokens_estimate=7),
-                   compiled("h1", "2025-08-29T10:01:00Z", input_tokens_estimate=600))
-    found = context_estimates(frame).collect()
-    assert found.select("cache_read_tokens_estimate", "cache_write_tokens_estimate",
-                        "input_tokens_estimate", "estimated").rows() == [
-        (7, 0, 1200, False), (500, 0, 600, True)]
 
 
 def test_context_summary_per_role() -> None:
@@ -440,30 +271,3 @@ def test_context_summary_per_role() -> None:
                        "cache_hits": 0, "cache_hit_ratio": 0.0}
     assert rows[1]["role"] == "dev" and rows[1]["cache_hits"] == 2
     assert rows[1]["cache_hit_ratio"] == pytest.approx(2 / 3)
-
-
-# ---------------------------------------------------------------- progress view
-
-
-def test_progress_folds_the_latest_value_of_each_field() -> None:
-    progress = events(
-        "task_progress",
-        {"task": "GM-004", "ts": "2025-08-28T14:00:00Z", "status": "started", "progress": 0,
-         "name": "Dashboard", "remaining": ["a", "b"], "tokens_used": {"total": 0}},
-        {"task": "GM-004", "ts": "2025-08-29T13:00:00Z", "status": "in_progress",
-         "progress": 60, "remaining": ["b"], "tokens_used": {"total": 2500}},
-        {"task": "GM-004", "ts": "2025-08-29T12:00:00Z", "status": "blocked"},  # older
-        {"task": "CL-1", "ts": "2025-08-29T12:00:00Z", "status": "completed",
-         "deliverables": ["x.js"]},
-    )
-    cells = _cells(none("agent_token_usage"), progress, ["agent", "task"])
-    view = progress_view(progress, cells).collect().to_dicts()
-    assert [(r["task"], r["status"]) for r in view] == [("CL-1", "completed"),
-                                                       ("GM-004", "in_progress")]
-    gm = view[1]
-    assert (gm["name"], gm["progress"], gm["remaining"], gm["tokens"], gm["snapshots"]) == (
-        "Dashboard", 60.0, ["b"], 2500, 3)
-    assert view[0]["deliverables"] == ["x.js"] and view[0]["tokens"] == 0
-    only = progress_view(progress, cells, statuses=["completed"]).collect()
-    assert only["task"].to_list() == ["CL-1"]
-    assert progress_view(progress, cells, agents=["gemini"]).collect().height == 0
