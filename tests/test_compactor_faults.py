@@ -320,7 +320,7 @@ def test_kills_landed_everywhere() -> None:
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 USAGE_REPEATS = ("larger", "smaller", "same total", "copy", "other day")
 OTHER_REPEATS = ("changed", "copy")
-DUPLICATE_SEEDS = range(300, 306)
+DUPLICATE_SEEDS = range(300, 312)
 KILL_DUPLICATES: Counter[str] = Counter()  # where the kills landed, per compaction cycle
 
 
