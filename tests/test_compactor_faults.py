@@ -320,7 +320,7 @@ def test_kills_landed_everywhere() -> None:
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 USAGE_REPEATS = ("larger", "smaller", "same total", "copy", "other day")
 OTHER_REPEATS = ("changed", "copy")
-DUPLICATE_SEEDS = range(300, 306)
+DUPLICATE_SEEDS = range(300, 312)
 KILL_DUPLICATES: Counter[str] = Counter()  # where the kills landed, per compaction cycle
 
 
@@ -755,23 +755,25 @@ def test_a_reader_during_compaction_sees_whole_commits_only(seed: int, tmp_path:
     for reader in readers:
         reader.start()
     path = str(table_path(home, USAGE))
-    while True:
-        running = process.poll() is None
-        try:
-            if open_table(Path(path)) is not None:
-                raw_counts.append(pl.scan_delta(path).select(pl.len()).collect().item())
-            # Lake plus stage before ranking: a batch in both would show here.
-            rows = lake_and_stage(home)
-            if rows is not None:
-                union_counts.append(rows.height)
-                assert rows.n_unique() == rows.height, "a row seen twice (lake + stage)"
-        except FileNotFoundError as exc:  # _scan_once alone: scan_events retries these
-            errors.append(str(exc))
-        if not running:
-            break
-    finished.set()
-    for reader in readers:
-        reader.join()
+    try:  # whatever fails here, the readers stop: pytest waits for them before it exits
+        while True:
+            running = process.poll() is None
+            try:
+                if open_table(Path(path)) is not None:
+                    raw_counts.append(pl.scan_delta(path).select(pl.len()).collect().item())
+                # Lake plus stage before ranking: a batch in both would show here.
+                rows = lake_and_stage(home)
+                if rows is not None:
+                    union_counts.append(rows.height)
+                    assert rows.n_unique() == rows.height, "a row seen twice (lake + stage)"
+            except FileNotFoundError as exc:  # _scan_once alone: scan_events retries these
+                errors.append(str(exc))
+            if not running:
+                break
+    finally:
+        finished.set()
+        for reader in readers:
+            reader.join()
     out, err = process.communicate()
     assert process.returncode == 0, err
     assert int(out.split()[1].replace(",", "")) == sum(total.values())
