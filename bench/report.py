@@ -85,7 +85,7 @@ import duckdb
 import polars as pl
 from deltalake import DeltaTable
 
-from bench.common import ChildStopped, log, run_child
+from bench.common import ChildStopped, log, precompile, run_child
 from bench.generate import append_in_slices, write_log
 from pipeline.pricing import shipped_pricing
 
@@ -624,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
             "generator": hashlib.sha256((REPO / "bench" / "generate.py").read_bytes())
             .hexdigest()[:16]}
     log(f"tally: {TALLY}, package {package} (source {digest})")
+    precompile(package)
     home, prepared = prepare(root, spec)
     days = week_of(args.week)
     asked = questions(home, days)

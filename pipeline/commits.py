@@ -15,7 +15,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 
 from pipeline.dedupe import id_hash
 from pipeline.errors import LakeError, StorageError, display_path, native_stderr_captured
-from pipeline.ledger import dates_sql
+from pipeline.ledger import dates_sql, open_table
 from pipeline.maintenance import (
     data_files,
     is_storage_refusal,
@@ -108,7 +108,10 @@ def write_commit(commit: Commit, data: pl.DataFrame
 
 def _write(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> None:
     """One Delta commit; a failed one leaves no files behind, and says why in one line."""
-    before = data_files(commit.table)
+    # A write adds files only to the partitions of its rows and of the rows it deletes.
+    dates = sorted(set(pl.concat([rows["date"], tombstones["date"]]).cast(pl.String)
+                       .drop_nulls().to_list()))
+    before = data_files(commit.table, dates)
     try:
         with native_stderr_captured() as captured:
             if tombstones.is_empty():
@@ -116,7 +119,7 @@ def _write(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> None
             else:
                 _replace(commit, rows, tombstones)
     except Exception as exc:
-        remove_uncommitted_files(commit.table, before=before)
+        remove_uncommitted_files(commit.table, before=before, dates=dates)
         panic = panic_summary("".join(captured))
         detail = (str(exc).splitlines() or [""])[0] or panic or type(exc).__name__
         if is_storage_refusal(exc, panic):
@@ -142,7 +145,9 @@ def _properties(commit: Commit, dates: pl.Series) -> CommitProperties:
 
 
 def _append(commit: Commit, rows: pl.DataFrame) -> None:
-    write_deltalake(str(commit.table), lake_rows(rows), mode="append", partition_by=["date"],
+    # Through the table opened before, if any: the commit brings it up to date (ledger).
+    target = open_table(commit.table) or str(commit.table)
+    write_deltalake(target, lake_rows(rows), mode="append", partition_by=["date"],
                     schema_mode="merge", writer_properties=WRITER,
                     commit_properties=_properties(commit, rows["date"]))
 
@@ -154,7 +159,7 @@ def _replace(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> No
     source = pl.concat([written, doomed], how="diagonal_relaxed")
     days = dates_sql(tombstones["date"].cast(pl.String).to_list())
     columns = [name for name in written.columns if name != TOMBSTONE]
-    table = DeltaTable(str(commit.table))
+    table = open_table(commit.table) or DeltaTable(str(commit.table))
     (table.merge(source, predicate=f"s.{TOMBSTONE} AND t.date IN {days} AND "
                                    "t.event_id = s.event_id AND t.date = s.date",
                  source_alias="s", target_alias="t", merge_schema=True, writer_properties=WRITER,

@@ -70,7 +70,7 @@ def all_table_dirs(home: Home) -> list[Path]:
     return [*table_dirs(home), *derived]
 
 
-_opened: dict[str, tuple[DeltaTable, tuple[object, ...]]] = {}
+_opened: dict[str, tuple[DeltaTable, tuple[object, ...], int]] = {}
 
 
 def open_table(path: Path) -> DeltaTable | None:
@@ -78,10 +78,11 @@ def open_table(path: Path) -> DeltaTable | None:
     its log cannot be read.
 
     Opening a table replays its log from its last checkpoint; a table opened before in this
-    process is handed out again while its log is unchanged. Otherwise it is opened anew
-    rather than brought up to date in place: a Polars scan resolves its files from the
-    table object when collected, so moving a shared object on would move the scans others
-    built on it (a reader would see a batch in the stage and in the table).
+    process is handed out again while its log is unchanged, or changed only by commits made
+    through that object (compaction writing), which brought it up to date. Otherwise it is
+    opened anew rather than brought up to date in place: a Polars scan resolves its files
+    from the table object when collected, so moving a shared object on would move the scans
+    others built on it (a reader would see a batch in the stage and in the table).
     """
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
@@ -89,10 +90,14 @@ def open_table(path: Path) -> DeltaTable | None:
     key, log = str(path), path / "_delta_log"
     known = _opened.get(key)
     try:
-        if known is not None and _identity(log) == known[1] \
-                and (log / f"{known[0].version():020d}.json").exists() \
-                and not (log / f"{known[0].version() + 1:020d}.json").exists():
-            return known[0]
+        if known is not None:
+            table, identity, version = known
+            now, current = _identity(log), table.version()
+            if (now == identity or current > version) and now[1] == identity[1] \
+                    and (log / f"{current:020d}.json").exists() \
+                    and not (log / f"{current + 1:020d}.json").exists():
+                _opened[key] = (table, now, current)
+                return table
         table = DeltaTable(key)
     except TableNotFoundError:
         _opened.pop(key, None)
@@ -103,7 +108,7 @@ def open_table(path: Path) -> DeltaTable | None:
         if "gap" in detail:
             detail = "a commit file is missing from its _delta_log (the versions have a gap)"
         raise DamagedFile("lake table", path, detail[:300], hint=REBUILD_HINT) from exc
-    _opened[key] = (table, _identity(log))
+    _opened[key] = (table, _identity(log), table.version())
     return table
 
 

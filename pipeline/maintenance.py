@@ -14,7 +14,7 @@ import contextlib
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import date
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -63,25 +63,30 @@ def local_path(uri: str) -> Path:
     return Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
 
 
-def data_files(table_dir: Path) -> set[Path]:
-    """Every Parquet file under a table's directory, committed or not."""
+def data_files(table_dir: Path, dates: Iterable[str] | None = None) -> set[Path]:
+    """Every Parquet file under a table's directory, committed or not; with `dates`, only
+    those of these date partitions."""
+    roots = [table_dir] if dates is None else [table_dir / f"date={day}" for day in dates]
     found: set[Path] = set()
-    for directory, _dirs, names in os.walk(table_dir):
-        if "_delta_log" in Path(directory).parts:
-            continue
-        found.update(Path(directory) / name for name in names if name.endswith(".parquet"))
+    for root in roots:
+        for directory, _dirs, names in os.walk(root):
+            if "_delta_log" in Path(directory).parts:
+                continue
+            found.update(Path(directory) / name for name in names if name.endswith(".parquet"))
     return found
 
 
 def remove_uncommitted_files(table_dir: Path, since_ns: int = 0,
-                             before: set[Path] | None = None) -> int:
-    """Delete Parquet files under a table that it does not reference and that a write left:
-    those not in `before` (the files there were before the write), or, without it, those
-    modified after `since_ns` (a time no commit since made). Returns how many."""
+                             before: set[Path] | None = None,
+                             dates: Iterable[str] | None = None) -> int:
+    """Delete Parquet files under a table (in the partitions of `dates`, if given) that it
+    does not reference and that a write left: those not in `before` (the files there were
+    before the write), or, without it, those modified after `since_ns` (a time no commit
+    since made). Returns how many."""
     table = open_table(table_dir)
     referenced = set() if table is None else {local_path(u) for u in table.file_uris()}
     removed = 0
-    for path in data_files(table_dir) - referenced:
+    for path in data_files(table_dir, dates) - referenced:
         with contextlib.suppress(FileNotFoundError):
             if (path not in before) if before is not None else (
                     path.stat().st_mtime_ns > since_ns):

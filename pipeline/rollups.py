@@ -176,7 +176,8 @@ def _write(name: str, path: Path, rollup: DeltaTable | None, source: DeltaTable,
     data = frame.collect(engine="streaming")
     predicate = None if touched is None or rollup is None else _dates_in(touched)
     with native_stderr_captured():
-        write_deltalake(str(path), data, mode="overwrite", partition_by=["date"],
+        write_deltalake(str(path) if rollup is None else rollup, data, mode="overwrite",
+                        partition_by=["date"],
                         predicate=predicate, schema_mode="overwrite" if predicate is None
                         else None, commit_properties=properties)
 
@@ -184,7 +185,8 @@ def _write(name: str, path: Path, rollup: DeltaTable | None, source: DeltaTable,
 def _write_pairs(name: str, path: Path, rollup: DeltaTable | None, events: pl.LazyFrame,
                  touched: set[str] | None, properties: CommitProperties) -> None:
     """Increments and context rows depend on every row of their pair (their order): the
-    pairs with rows on the touched dates, before or after, are computed again whole."""
+    pairs with rows on the touched dates, before or after, are computed again whole, and
+    the dates their rows are on are written anew in one commit."""
     build = increment_rows if name == "increments" else context_rows
     keys = list(PAIRS[name])
     if touched is None or rollup is None:
@@ -193,37 +195,32 @@ def _write_pairs(name: str, path: Path, rollup: DeltaTable | None, events: pl.La
             write_deltalake(str(path), data, mode="overwrite", partition_by=["date"],
                             schema_mode="overwrite", commit_properties=properties)
         return
-    on_dates = pl.col("date").cast(pl.String).is_in(sorted(touched))
+    current = pl.scan_delta(rollup)
     pair_of = _pair_columns(name)
-    pairs = pl.concat([events.filter(on_dates).select(pair_of),
-                       pl.scan_delta(rollup).filter(on_dates).select(keys)]).unique()
-    chosen = events.with_columns(_pair_columns(name)).join(pairs, on=keys, how="semi",
-                                                           nulls_equal=True)
-    data = build(chosen).collect(engine="streaming")
-    replace_pairs(rollup, data, pairs.collect(), keys, properties)
+    on_touched = pl.col("date").cast(pl.String).is_in(sorted(touched))
+    pairs = pl.concat([events.filter(on_touched).select(pair_of),
+                       current.filter(on_touched).select(keys)]).unique().collect()
+    # Every date a pair has events on (its rows before were on these too: a commit that
+    # deleted an event named the event's date), plus the touched dates themselves.
+    dates = sorted(touched | set(
+        events.select(*pair_of, "date").join(pairs.lazy(), on=keys, how="semi",
+                                             nulls_equal=True)
+        .select(pl.col("date").cast(pl.String).unique()).collect().to_series().to_list()))
+    on_dates = pl.col("date").cast(pl.String).is_in(dates)
+    again = build(events.filter(on_dates).with_columns(pair_of)
+                  .join(pairs.lazy(), on=keys, how="semi", nulls_equal=True))
+    others = current.filter(on_dates).join(pairs.lazy(), on=keys, how="anti", nulls_equal=True)
+    data = pl.concat([others, again], how="diagonal_relaxed").collect(engine="streaming")
+    with native_stderr_captured():
+        write_deltalake(rollup, data, mode="overwrite", partition_by=["date"],
+                        predicate=_dates_in(dates), schema_mode="merge",
+                        commit_properties=properties)
 
 
 def _pair_columns(name: str) -> list[pl.Expr]:
     if name == "context":  # an agent without roles is its own role, as context_estimates says
         return [pl.coalesce("role", "agent").alias("role"), pl.col("session_id")]
     return [pl.col("agent"), pl.col("task")]
-
-
-def replace_pairs(rollup: DeltaTable, data: pl.DataFrame, pairs: pl.DataFrame,
-                  keys: Sequence[str], properties: CommitProperties) -> None:
-    """Delete every row of `pairs` and insert `data`, in one MERGE commit."""
-    doomed = pairs.with_columns(pl.lit(True).alias("_tombstone"))
-    source = pl.concat([data.with_columns(pl.lit(False).alias("_tombstone")), doomed],
-                       how="diagonal_relaxed")
-    match = " AND ".join(f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in keys)
-    columns = [c for c in data.columns]
-    with native_stderr_captured():
-        (rollup.merge(source, predicate=f"s._tombstone AND {match}", source_alias="s",
-                      target_alias="t", merge_schema=True, commit_properties=properties)
-         .when_matched_delete()
-         .when_not_matched_insert(updates={c: f"s.{c}" for c in columns},
-                                  predicate="NOT s._tombstone")
-         .execute())
 
 
 def _dates_in(dates: Iterable[str]) -> str:
