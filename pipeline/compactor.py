@@ -42,6 +42,7 @@ from pipeline.errors import (
     is_storage_failure,
 )
 from pipeline.events import Validator
+from pipeline.id_index import index_dir, lake_hashes
 from pipeline.journal import prune
 from pipeline.ledger import (
     REBUILD_HINT,
@@ -279,7 +280,9 @@ def _plan_commits(run: _Run, event_type: str,
         return []
     try:
         table = _upgraded(run, event_type, table)
-        resolution = resolve([f for _, f in pending], table, event_type)
+        hashes = (None if table is None
+                  else lake_hashes(index_dir(run.home.state, event_type), table, path))
+        resolution = resolve([f for _, f in pending], table, event_type, hashes)
     except FileNotFoundError as exc:  # a data file of the table is gone
         raise DamagedFile("lake table", path, f"a data file it references is missing: {exc}",
                           hint=REBUILD_HINT) from exc

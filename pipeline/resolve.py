@@ -68,20 +68,29 @@ def lake_scan(table: DeltaTable | None) -> pl.LazyFrame | None:
     return None if table is None else pl.scan_delta(table)
 
 
-def resolve(files: list[Path], table: DeltaTable | None, event_type: str) -> Resolution:
+def resolve(files: list[Path], table: DeltaTable | None, event_type: str,
+            lake_hashes: pl.LazyFrame | None = None) -> Resolution:
     """The run's decisions for the pending stage `files` of one type against its `table`
-    (which `upgrade_table` has given an `_id_hash` column)."""
+    (which `upgrade_table` has given an `_id_hash` column). `lake_hashes`, (`_id_hash`,
+    `date`) of at least every lake row (pipeline.id_index), narrows the lake rows read to
+    the dates of the matched hashes; without it, the table's hash column is read."""
     lake = lake_scan(table)
-    hashes = (lake.select(ID_HASH) if lake is not None
-              else pl.LazyFrame(schema={ID_HASH: pl.Int64}))
-    matched = matching_hashes(staged_scan(files).select(id_hash()), hashes)
+    if lake_hashes is None:
+        lake_hashes = (lake.select(ID_HASH, "date") if lake is not None
+                       else pl.LazyFrame(schema={ID_HASH: pl.Int64, "date": pl.Date}))
+    matched = matching_hashes(staged_scan(files).select(id_hash()), lake_hashes.select(ID_HASH))
     if matched.is_empty():
         return Resolution.nothing()
     wanted = pl.col(ID_HASH).is_in(matched.implode())
     candidates = [staged_scan(files).with_columns(id_hash()).filter(wanted)
                   .with_columns(pl.lit(1, pl.Int8).alias(ORIGIN))]
     if lake is not None:
-        candidates.append(lake.filter(wanted).with_columns(pl.lit(0, pl.Int8).alias(ORIGIN)))
+        dates = lake_hashes.filter(wanted).select(pl.col("date").unique()).collect()
+        if not dates.is_empty():
+            on_dates = (pl.col("date").is_in(dates.get_column("date").implode())
+                        if dates.get_column("date").null_count() == 0 else pl.lit(True))
+            candidates.append(lake.filter(on_dates & wanted)
+                              .with_columns(pl.lit(0, pl.Int8).alias(ORIGIN)))
     rows = pl.concat(candidates, how="diagonal_relaxed").collect(engine="streaming")
     return _decided(rows, event_type)
 

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import orjson
 import polars as pl
+import pytest
 from conftest import make_home
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from pipeline.compactor import run_compaction
 from pipeline.config import Home
 from pipeline.frames import FrameBuilder
+from pipeline.id_index import lake_hashes
 from pipeline.resolve import FILE, ROW, needs_upgrade, resolve
 from pipeline.tailer import Tailer
 
@@ -34,7 +36,9 @@ def stage_file(tmp_path: Path, name: str, rows: list[dict[str, object]]) -> Path
     return path
 
 
-def test_decisions_span_the_run_and_the_lake(home: Home, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hashes_from", ["table", "index"])
+def test_decisions_span_the_run_and_the_lake(home: Home, tmp_path: Path,
+                                             hashes_from: str) -> None:
     (home.logs / "a.jsonl").write_bytes(b"".join(orjson.dumps(
         {k: v for k, v in usage(i, "2025-03-01T10:00:00Z", n).items() if not k.startswith("_")}
     ) + b"\n" for i, n in [("in-lake-wins", 50), ("in-lake-loses", 5)]))
@@ -46,7 +50,10 @@ def test_decisions_span_the_run_and_the_lake(home: Home, tmp_path: Path) -> None
     second = stage_file(tmp_path, "2.arrow", [usage("in-lake-loses", "2025-03-05T10:00:00Z", 9),
                                               usage("twice", "2025-03-02T10:00:00Z", 4,
                                                     offset=1)])
-    decided = resolve([first, second], DeltaTable(str(home.lake / USAGE)), USAGE)
+    table = DeltaTable(str(home.lake / USAGE))
+    hashes = (None if hashes_from == "table"
+              else lake_hashes(tmp_path / "index", table, home.lake / USAGE))
+    decided = resolve([first, second], table, USAGE, hashes)
     # Dropped: file 0 row 0 (the lake's 50 wins) and file 0 row 1 ("twice" with 3 < 4).
     assert sorted(decided.dropped.rows()) == [(0, 0), (0, 1)]
     assert decided.replaced.select("event_id", FILE).rows() == [("in-lake-loses", 1)]
