@@ -142,9 +142,14 @@ def _usage_cells(usage: Events, model: ReadModel | None, dirty: list[date],
     clean = None
     if rollup is not None and set(keys) <= ROLLUP_KEYS:
         chosen = rollup.filter(utc_window(query), ~pl.col("date").is_in(dirty))
-        rows = _localized(chosen, query.tz)
-        if _exact(rows, table.thresholds):
-            clean = rollup_cells(rows.filter(selection(query)), keys, table, query.cost_mode)
+        rows = _localized(chosen, query.tz).filter(selection(query))
+        # One read of the rollup: cells grouped also by whether their rows can be priced
+        # and placed in days exactly; any that cannot, and the events answer instead.
+        flagged = rollup_cells(rows.with_columns(_inexact=_inexact(query.tz, table.thresholds)),
+                               [*keys, "_inexact"], table, query.cost_mode
+                               ).collect(engine="streaming")
+        if not flagged.get_column("_inexact").any():
+            clean = flagged.drop("_inexact").lazy()
     if clean is None:  # every usage row from the events, pruned to the query's dates
         return _event_cells(usage.all(utc_window(query)), query, keys, table)
     lake = usage.kept_lake(pl.col("date").is_in(dirty))
@@ -176,14 +181,15 @@ def _localized(rollup: pl.LazyFrame, tz: str) -> pl.LazyFrame:
     return rollup.with_columns(_date=local.dt.date(), _local=local)
 
 
-def _exact(rows: pl.LazyFrame, thresholds: Sequence[int]) -> bool:
-    """Whether the rollup rows can be priced and placed in local days exactly."""
+def _inexact(tz: str, thresholds: Sequence[int]) -> pl.Expr:
+    """Whether a rollup row cannot be priced (a threshold within its prompt class) or
+    placed in a local day (a bucket off the zone's 15-minute grid) exactly."""
     undecided = [~((pl.col("prompt_above") >= t)
                    | (pl.col("prompt_upto").is_not_null() & (pl.col("prompt_upto") <= t)))
                  for t in thresholds]
-    off_grid = (pl.col("_local").dt.minute() % 15 != 0) | (pl.col("_local").dt.second() != 0)
-    found = rows.select(pl.any_horizontal(off_grid, *undecided).any()).collect()
-    return not bool(found.item())
+    off_grid = ([] if tz == "UTC" else  # buckets are whole UTC quarter hours
+                [(pl.col("_local").dt.minute() % 15 != 0) | (pl.col("_local").dt.second() != 0)])
+    return pl.any_horizontal(pl.lit(False), *off_grid, *undecided)
 
 
 def rollup_cells(rows: pl.LazyFrame, keys: Sequence[str], table: PriceTable,

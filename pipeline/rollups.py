@@ -9,7 +9,9 @@ Four Delta tables under `lake/_rollups/`, each derived from one event table:
   The class (`prompt_above`, `prompt_upto`) is the pair of long-context thresholds around
   a request's prompt, so any price table whose thresholds are among them prices it exactly.
 - `usage_tasks`: per date, the (agent, task) pairs with usage rows: snapshot increments of
-  those pairs do not count (DESIGN.md's precedence rule).
+  those pairs do not count (DESIGN.md's precedence rule). Every report with increments
+  reads all of it, and it is small (a row per date and pair), so it is one file, not
+  partitioned, and rewritten whole by each update.
 - `increments` (from task_progress): each snapshot's increment over its (agent, task)'s
   previous one, with its envelope.
 - `context` (from context_compiled): each compilation with its cache estimates.
@@ -172,14 +174,34 @@ def _write(name: str, path: Path, rollup: DeltaTable | None, source: DeltaTable,
         return
     chosen = events if touched is None else events.filter(
         pl.col("date").cast(pl.String).is_in(sorted(touched)))
-    frame = (usage_rollup(chosen, thresholds) if name == "usage" else usage_task_pairs(chosen))
-    data = frame.collect(engine="streaming")
+    if name == "usage_tasks":
+        _write_whole(path, rollup, usage_task_pairs(chosen), touched, properties)
+        return
+    data = usage_rollup(chosen, thresholds).collect(engine="streaming")
     predicate = None if touched is None or rollup is None else _dates_in(touched)
     with native_stderr_captured():
         write_deltalake(str(path) if rollup is None else rollup, data, mode="overwrite",
                         partition_by=["date"],
                         predicate=predicate, schema_mode="overwrite" if predicate is None
                         else None, commit_properties=properties)
+
+
+def _write_whole(path: Path, rollup: DeltaTable | None, fresh: pl.LazyFrame,
+                 touched: set[str] | None, properties: CommitProperties) -> None:
+    """Rewrite an unpartitioned rollup as one file: its rows of the dates not touched, and
+    `fresh`, the touched dates' rows computed again (every row when `touched` is None)."""
+    parts = [fresh]
+    if rollup is not None and touched is not None:
+        parts.insert(0, pl.scan_delta(rollup).filter(
+            ~pl.col("date").cast(pl.String).is_in(sorted(touched))))
+    data = pl.concat(parts, how="diagonal_relaxed").collect(engine="streaming")
+    # A table an older tally partitioned by date is made unpartitioned too.
+    layout = rollup is None or bool(rollup.metadata().partition_columns)
+    with native_stderr_captured():
+        write_deltalake(str(path) if rollup is None else rollup, data, mode="overwrite",
+                        partition_by=[] if layout else None,
+                        schema_mode="overwrite" if layout else None,
+                        commit_properties=properties)
 
 
 def _write_pairs(name: str, path: Path, rollup: DeltaTable | None, events: pl.LazyFrame,

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import shutil
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pipeline.cli import main
+from pipeline.cli.report import render
 from pipeline.compactor import run_compaction
 from pipeline.config import Home, init_home, load_home
 from pipeline.counting import context_estimates
@@ -394,3 +396,18 @@ def test_check_says_the_rollups_agree_and_exits_5_when_they_do_not(tmp_path: Pat
                                         "--home", str(root)])
     assert differs.exit_code == 5
     assert "differs from the count from every event" in differs.stderr
+
+
+def test_json_records_round_floats_and_write_times_as_utc_text(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    frame = pl.DataFrame({
+        "day": [date(2026, 3, 1), None],
+        "last": [datetime(2026, 3, 1, 9, 30, tzinfo=UTC), None],
+        "cost_usd": [0.1234564999, float("nan")],
+        "tasks": [["a", "b"], []],
+        "tokens": [12, None]})
+    render(frame, "json")
+    assert json.loads(capsys.readouterr().out) == [
+        {"day": "2026-03-01", "last": "2026-03-01T09:30:00Z", "cost_usd": 0.123456,
+         "tasks": ["a", "b"], "tokens": 12},
+        {"day": None, "last": None, "cost_usd": None, "tasks": [], "tokens": None}]

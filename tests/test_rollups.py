@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import polars as pl
 from conftest import make_home
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from pipeline.compactor import run_compaction
 from pipeline.config import Home
@@ -121,3 +121,41 @@ def test_a_run_killed_before_it_caught_the_rollups_up_is_caught_up_by_the_next(
     rows = pl.read_delta(str(rollup_path(home, "usage")))
     assert rows.filter(pl.col("date").cast(pl.String) == "2025-03-01").is_empty()
     assert rows["input_tokens"].sum() == 907
+
+
+def usage_task_rows(home: Home) -> list[tuple[str, str, str]]:
+    rows = pl.read_delta(str(rollup_path(home, "usage_tasks")))
+    return sorted((str(d), a, t) for d, a, t in rows.select("date", "agent", "task").rows())
+
+
+def test_usage_tasks_stays_one_file_whatever_dates_it_holds(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    feed(home, usage("x", "2025-03-01T10:00:00Z", task="T1"),
+         usage("y", "2025-03-02T10:00:00Z", task="T2"))
+    run_compaction(home)
+    feed(home, usage("z", "2025-03-05T10:00:00Z", task="T3"),
+         usage("x", "2025-03-03T10:00:00Z", task="T9", input_tokens=900))  # x moves
+    run_compaction(home)
+    table = DeltaTable(str(rollup_path(home, "usage_tasks")))
+    assert table.metadata().partition_columns == []
+    assert len(table.file_uris()) == 1
+    assert usage_task_rows(home) == [("2025-03-02", "a", "T2"), ("2025-03-03", "a", "T9"),
+                                     ("2025-03-05", "a", "T3")]
+
+
+def test_a_usage_tasks_table_partitioned_by_date_is_made_one_file(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    feed(home, usage("x", "2025-03-01T10:00:00Z", task="T1"))
+    run_compaction(home)
+    path = rollup_path(home, "usage_tasks")
+    older = pl.read_delta(str(path))  # as an older tally kept it: a partition per date
+    write_deltalake(str(path), older, mode="overwrite", partition_by=["date"],
+                    schema_mode="overwrite",
+                    commit_properties=CommitProperties(app_transactions=[Transaction(
+                        SOURCE_APP, DeltaTable(str(home.lake / USAGE)).version())]))
+    assert DeltaTable(str(path)).metadata().partition_columns == ["date"]
+    feed(home, usage("y", "2025-03-04T10:00:00Z", task="T2"))
+    run_compaction(home)
+    assert DeltaTable(str(path)).metadata().partition_columns == []
+    assert usage_task_rows(home) == [("2025-03-01", "a", "T1"), ("2025-03-04", "a", "T2")]
+    report_equals_the_count_from_every_event(home)

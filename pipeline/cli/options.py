@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import math
 import os
 import sys
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
+import orjson
 
 from pipeline.config import Home, load_home, setting_bounds
 from pipeline.errors import (
@@ -99,9 +99,13 @@ def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:
                         show_default=True, help="output format")
 
 
+_JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
 def echo_json(value: Any) -> None:
-    """Print a value as indented JSON."""
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    """Print a value as indented JSON (dates and anything else not JSON as their text)."""
+    # orjson: a year's report is 20k+ records, which the json module takes 0.4 s to print.
+    click.echo(orjson.dumps(value, option=_JSON_OPTIONS, default=str).decode())
 
 
 def fail(error: TallyError) -> None:
