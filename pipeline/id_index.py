@@ -10,7 +10,7 @@ event, and an unreadable one is thrown away and built again.
 
 Layout, under `state/id_index/<event_type>/`: `index.json` (the table's id, the covered
 files and the segments) and segments `<n>.arrow` of (`_id_hash`, `date`), one per run
-that found uncovered files, merged into one when there are more than `MERGE_AT`.
+that found uncovered files; at `MERGE_AT` segments, one is built anew from the table.
 """
 
 from __future__ import annotations
@@ -51,18 +51,21 @@ def lake_hashes(directory: Path, table: DeltaTable, table_dir: Path) -> pl.LazyF
     since deleted: the index in `directory` brought up to date with the table first."""
     files = _current_files(table)
     manifest = _load(directory, str(table.metadata().id))
-    fresh_paths = sorted(set(files) - manifest.covered)
-    fresh = _read_hashes(table_dir, fresh_paths, files)
-    manifest.covered = set(files)
+    fresh = sorted(set(files) - manifest.covered)
+    # Built from every file the first time, and again in place of MERGE_AT segments (which
+    # drops the hashes of files since removed); else only the files not covered are read.
+    whole = not manifest.segments or len(manifest.segments) >= MERGE_AT
+    paths = sorted(files) if whole else fresh
+    rows = _read_hashes(table_dir, paths, files)
     try:
-        if fresh_paths:
-            manifest.segments.append(_write_segment(directory, manifest, fresh))
-        if len(manifest.segments) > MERGE_AT:
-            manifest.segments = [_merged(directory, manifest)]
+        if paths:
+            name = _write_segment(directory, manifest, rows)
+            manifest.segments = [name] if whole else [*manifest.segments, name]
+        manifest.covered = set(files)
         _save(directory, manifest)
-    except OSError:  # no room or no right to keep it: answer from memory this once
-        segments = [s for s in manifest.segments if (directory / s).is_file()]
-        return pl.concat([*(_scan(directory / s) for s in segments), fresh.lazy()])
+    except OSError:  # no room or no right to keep it: answer from the files this once
+        kept = [] if whole else [s for s in manifest.segments if (directory / s).is_file()]
+        return pl.concat([*(_scan(directory / s) for s in kept), rows])
     return pl.concat([_scan(directory / s) for s in manifest.segments]
                      or [pl.LazyFrame(schema=SCHEMA)])
 
@@ -78,16 +81,15 @@ def _current_files(table: DeltaTable) -> dict[str, date | None]:
     return dict(zip(actions.get_column("path").to_list(), dates.to_list(), strict=True))
 
 
-def _read_hashes(root: Path, paths: list[str], dates: dict[str, date | None]) -> pl.DataFrame:
+def _read_hashes(root: Path, paths: list[str], dates: dict[str, date | None]) -> pl.LazyFrame:
     """(`_id_hash`, `date`) of the rows of the data files `paths` of the table at `root`."""
     if not paths:
-        return pl.DataFrame(schema=SCHEMA)
+        return pl.LazyFrame(schema=SCHEMA)
     located = [str(root / unquote(path)) for path in paths]  # the log's paths are URL-encoded
     dated = pl.LazyFrame({"_path": located, "date": [dates[p] for p in paths]},
                          schema={"_path": pl.String, "date": pl.Date})
     return (pl.scan_parquet(located, include_file_paths="_path").select(ID_HASH, "_path")
-            .drop_nulls(ID_HASH).join(dated, on="_path").select(ID_HASH, "date")
-            .collect(engine="streaming"))
+            .drop_nulls(ID_HASH).join(dated, on="_path").select(ID_HASH, "date"))
 
 
 def _scan(path: Path) -> pl.LazyFrame:
@@ -106,26 +108,15 @@ def _load(directory: Path, table_id: str) -> _Manifest:
     return manifest if manifest.table_id == table_id else _Manifest(table_id)
 
 
-def _write_segment(directory: Path, manifest: _Manifest, rows: pl.DataFrame) -> str:
-    """Write `rows` as a new segment; its name."""
+def _write_segment(directory: Path, manifest: _Manifest, rows: pl.LazyFrame) -> str:
+    """Write `rows` as a new segment (streamed: memory stays bounded); its name."""
     directory.mkdir(parents=True, exist_ok=True)
     number = 1 + max((int(s.split(".")[0]) for s in manifest.segments), default=0)
     name = f"{number}.arrow"
-    _write_atomically(directory / name, rows)
+    temporary = directory / (name + ".tmp")
+    rows.sink_ipc(temporary)
+    os.replace(temporary, directory / name)
     return name
-
-
-def _merged(directory: Path, manifest: _Manifest) -> str:
-    """All segments as one, each (hash, date) once; its name (the old ones stay until the
-    manifest no longer names them)."""
-    rows = pl.concat([_scan(directory / s) for s in manifest.segments]).unique().collect()
-    return _write_segment(directory, manifest, rows)
-
-
-def _write_atomically(path: Path, rows: pl.DataFrame) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    rows.write_ipc(temporary)
-    os.replace(temporary, path)
 
 
 def _save(directory: Path, manifest: _Manifest) -> None:

@@ -86,6 +86,17 @@ def test_a_damaged_or_foreign_index_is_built_again(tmp_path: Path, damage: str) 
     assert answer(index, table) == table_rows(table)
 
 
+def test_an_index_built_anew_holds_no_hash_of_a_removed_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table, index = tmp_path / "t", tmp_path / "index"
+    append(table, [1, 2], date(2026, 1, 1))
+    answer(index, table)
+    DeltaTable(str(table)).delete(f"{ID_HASH} = 1")
+    assert (1, date(2026, 1, 1)) in answer(index, table)  # narrowing: a stale hash stays
+    monkeypatch.setattr(id_index, "MERGE_AT", 1)
+    assert answer(index, table) == table_rows(table) == {(2, date(2026, 1, 1))}
+
+
 def test_segments_are_merged_into_one_past_the_limit(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(id_index, "MERGE_AT", 3)
@@ -108,5 +119,5 @@ def test_an_index_that_cannot_be_written_still_answers(tmp_path: Path,
     def full(*_: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(id_index, "_write_atomically", full)
+    monkeypatch.setattr(id_index, "_write_segment", full)
     assert answer(index, table) == table_rows(table)
