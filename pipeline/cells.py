@@ -142,11 +142,13 @@ def _usage_cells(usage: Events, model: ReadModel | None, dirty: list[date],
     clean = None
     if rollup is not None and set(keys) <= ROLLUP_KEYS:
         chosen = rollup.filter(utc_window(query), ~pl.col("date").is_in(dirty))
-        rows = _localized(chosen, query.tz).filter(selection(query))
         # One read of the rollup: cells grouped also by whether their rows can be priced
-        # and placed in days exactly; any that cannot, and the events answer instead.
-        flagged = rollup_cells(rows.with_columns(_inexact=_inexact(query.tz, table.thresholds)),
-                               [*keys, "_inexact"], table, query.cost_mode
+        # and placed in days exactly; any that cannot, and the events answer instead. A row
+        # that cannot is kept whatever the selection: its `_date` may be wrong.
+        rows = (_localized(chosen, query.tz)
+                .with_columns(_inexact=_inexact(query.tz, table.thresholds))
+                .filter(selection(query) | pl.col("_inexact")))
+        flagged = rollup_cells(rows, [*keys, "_inexact"], table, query.cost_mode
                                ).collect(engine="streaming")
         if not flagged.get_column("_inexact").any():
             clean = flagged.drop("_inexact").lazy()

@@ -42,7 +42,7 @@ from pipeline.errors import (
     is_storage_failure,
 )
 from pipeline.events import Validator
-from pipeline.id_index import index_dir, lake_hashes
+from pipeline.id_index import forget, index_dir, lake_hashes
 from pipeline.journal import prune
 from pipeline.ledger import (
     REBUILD_HINT,
@@ -66,7 +66,7 @@ from pipeline.maintenance import (
 from pipeline.poison import Unwritable, quarantine_unwritable
 from pipeline.pricing import pricing_for
 from pipeline.recovery import Restaged, restage
-from pipeline.resolve import needs_upgrade, resolve, staged_scan, upgrade_table
+from pipeline.resolve import Resolution, needs_upgrade, resolve, staged_scan, upgrade_table
 from pipeline.rollups import rollup_dirs, sync_rollups
 from pipeline.stage import BatchId, all_batch_files, fsync_dir, staged_files
 from pipeline.swap import recover_interrupted_rebuild
@@ -280,9 +280,7 @@ def _plan_commits(run: _Run, event_type: str,
         return []
     try:
         table = _upgraded(run, event_type, table)
-        hashes = (None if table is None
-                  else lake_hashes(index_dir(run.home.state, event_type), table, path))
-        resolution = resolve([f for _, f in pending], table, event_type, hashes)
+        resolution = _resolved(run, event_type, [f for _, f in pending], table)
     except FileNotFoundError as exc:  # a data file of the table is gone
         raise DamagedFile("lake table", path, f"a data file it references is missing: {exc}",
                           hint=REBUILD_HINT) from exc
@@ -292,6 +290,21 @@ def _plan_commits(run: _Run, event_type: str,
                               resolution))
         first += len(chunk)
     return commits
+
+
+def _resolved(run: _Run, event_type: str, files: list[Path],
+              table: DeltaTable | None) -> Resolution:
+    """The rule's decisions for a type's pending files, matched through the id index; an
+    index that cannot be read is thrown away and the table's own hashes are read."""
+    if table is None:
+        return resolve(files, table, event_type)
+    index = index_dir(run.home.state, event_type)
+    try:
+        return resolve(files, table, event_type, lake_hashes(index, table, table_path(
+            run.home, event_type)))
+    except pl.exceptions.PolarsError:
+        forget(index)
+        return resolve(files, table, event_type)
 
 
 def _upgraded(run: _Run, event_type: str, table: DeltaTable | None) -> DeltaTable | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -64,10 +65,16 @@ def lake_hashes(directory: Path, table: DeltaTable, table_dir: Path) -> pl.LazyF
         manifest.covered = set(files)
         _save(directory, manifest)
     except OSError:  # no room or no right to keep it: answer from the files this once
-        kept = [] if whole else [s for s in manifest.segments if (directory / s).is_file()]
-        return pl.concat([*(_scan(directory / s) for s in kept), rows])
+        if whole or not all((directory / s).is_file() for s in manifest.segments):
+            return _read_hashes(table_dir, sorted(files), files)
+        return pl.concat([*(_scan(directory / s) for s in manifest.segments), rows])
     return pl.concat([_scan(directory / s) for s in manifest.segments]
                      or [pl.LazyFrame(schema=SCHEMA)])
+
+
+def forget(directory: Path) -> None:
+    """Throw an index away (one that cannot be read); the next run builds it anew."""
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _current_files(table: DeltaTable) -> dict[str, date | None]:
@@ -88,8 +95,13 @@ def _read_hashes(root: Path, paths: list[str], dates: dict[str, date | None]) ->
     located = [str(root / unquote(path)) for path in paths]  # the log's paths are URL-encoded
     dated = pl.LazyFrame({"_path": located, "date": [dates[p] for p in paths]},
                          schema={"_path": pl.String, "date": pl.Date})
-    return (pl.scan_parquet(located, include_file_paths="_path").select(ID_HASH, "_path")
-            .drop_nulls(ID_HASH).join(dated, on="_path").select(ID_HASH, "date"))
+    # Files of older schemas lack columns of newer ones: only `_id_hash` is read. No glob:
+    # a home's path may hold `[` or `*`. A path not matched keeps its hashes (date null:
+    # `resolve` then reads every date).
+    scan = pl.scan_parquet(located, schema={ID_HASH: pl.Int64}, extra_columns="ignore",
+                           glob=False, include_file_paths="_path")
+    return (scan.drop_nulls(ID_HASH).join(dated, on="_path", how="left")
+            .select(ID_HASH, "date"))
 
 
 def _scan(path: Path) -> pl.LazyFrame:

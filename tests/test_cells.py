@@ -158,3 +158,21 @@ def test_the_rollups_answer_as_every_event_does(tmp_path_factory: pytest.TempPat
         found = report(open_cells(home, asked, keys), asked.by)
         assert_frame_equal(found, expected, check_exact=False, rel_tol=1e-9)
         assert_frame_equal(run_context_report(home, asked), context_from_events(home, asked))
+
+
+def test_a_zone_off_the_quarter_hour_grid_counts_the_events_at_a_day_boundary(
+        tmp_path: Path) -> None:
+    # Monrovia kept -00:44:30 until 1972-01-07 00:44:30 UTC, then UTC. The UTC bucket
+    # 00:30-00:45 of that day starts on local 01-06 23:45:30 (off the quarter-hour grid),
+    # but its event at 00:44:40 is local 01-07 00:44:40; the day's other rows are on it.
+    events = [{"event_type": "agent_token_usage", "event_id": f"m{i}", "ts": ts,
+               "agent": "claude", "model": "gpt-5", "input_tokens": tokens}
+              for i, (ts, tokens) in enumerate([("1972-01-07T00:44:40Z", 7),
+                                                ("1972-01-07T00:31:00Z", 100),
+                                                ("1972-01-07T12:00:00Z", 1000)])]
+    home = build(tmp_path / "home", [events], [True], priced=False)
+    asked = ReportQuery(by=("agent", "day"), since=date(1972, 1, 7), tz="Africa/Monrovia")
+    keys = cell_keys(asked.by)
+    found = report(open_cells(home, asked, keys), asked.by)
+    assert_frame_equal(found, report(cells_from_events(home, asked, keys), asked.by))
+    assert found["input_tokens"].to_list() == [1007]

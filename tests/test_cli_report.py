@@ -45,16 +45,21 @@ def home_with(root: Path, events: list[dict[str, Any]], config: str = "") -> Hom
     return home
 
 
-@pytest.fixture(scope="module")
-def sample_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
-    """sample_logs/ (minus the invalid lines) tailed into a stage-only home."""
-    root = tmp_path_factory.mktemp("sample") / "home"
+def tailed_samples(root: Path) -> Home:
+    """A home at `root` whose logs are sample_logs/ (minus the invalid lines), tailed into
+    the stage, not compacted."""
     init_home(root)
     shutil.rmtree(root / "logs")
     shutil.copytree(SAMPLE_LOGS, root / "logs", ignore=shutil.ignore_patterns("invalid", "*.md"))
     home = load_home(root)
     tail_once(home)
     return home
+
+
+@pytest.fixture(scope="module")
+def sample_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
+    """sample_logs/ tailed into a stage-only home, shared by the module's read-only tests."""
+    return tailed_samples(tmp_path_factory.mktemp("sample") / "home")
 
 
 def run(home: Home, *args: str) -> Result:
@@ -348,12 +353,8 @@ def test_every_command_renders_every_format(sample_home: Home, fmt: str) -> None
 
 
 def test_report_is_the_same_before_and_after_compaction(tmp_path: Path) -> None:
-    root = tmp_path / "home"
-    init_home(root)
-    shutil.rmtree(root / "logs")
-    shutil.copytree(SAMPLE_LOGS, root / "logs", ignore=shutil.ignore_patterns("invalid", "*.md"))
-    home = load_home(root)
-    tail_once(home)
+    home = tailed_samples(tmp_path / "home")
+    root = home.root
     commands = [
         ["report", "--by", "agent,role,phase,day,week,month,model,task,session"],
         ["report", "--by", "agent,day", "--tz", "Asia/Tokyo"],
@@ -378,12 +379,8 @@ def test_report_is_the_same_before_and_after_compaction(tmp_path: Path) -> None:
 
 
 def test_check_says_the_rollups_agree_and_exits_5_when_they_do_not(tmp_path: Path) -> None:
-    root = tmp_path / "home"
-    init_home(root)
-    shutil.rmtree(root / "logs")
-    shutil.copytree(SAMPLE_LOGS, root / "logs", ignore=shutil.ignore_patterns("invalid", "*.md"))
-    home = load_home(root)
-    tail_once(home)
+    home = tailed_samples(tmp_path / "home")
+    root = home.root
     run_compaction(home)
     agreed = CliRunner().invoke(main, ["report", "--by", "agent,day", "--check",
                                        "--home", str(root)])
@@ -405,9 +402,11 @@ def test_json_records_round_floats_and_write_times_as_utc_text(
         "last": [datetime(2026, 3, 1, 9, 30, tzinfo=UTC), None],
         "cost_usd": [0.1234564999, float("nan")],
         "tasks": [["a", "b"], []],
-        "tokens": [12, None]})
+        "tokens": [12, None],
+        "share": pl.Series([0.1, None], dtype=pl.Float32)})
     render(frame, "json")
     assert json.loads(capsys.readouterr().out) == [
         {"day": "2026-03-01", "last": "2026-03-01T09:30:00Z", "cost_usd": 0.123456,
-         "tasks": ["a", "b"], "tokens": 12},
-        {"day": None, "last": None, "cost_usd": None, "tasks": [], "tokens": None}]
+         "tasks": ["a", "b"], "tokens": 12, "share": 0.1},
+        {"day": None, "last": None, "cost_usd": None, "tasks": [], "tokens": None,
+         "share": None}]

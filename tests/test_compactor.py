@@ -43,6 +43,7 @@ from pipeline.compactor import (
 from pipeline.config import Home, init_home, load_home
 from pipeline.errors import LakeError
 from pipeline.events import Validator
+from pipeline.id_index import index_dir
 from pipeline.lake import scan_events
 from pipeline.ledger import app_id, open_table, stream_batch, table_path
 from pipeline.maintenance import RUN_MARKER
@@ -602,6 +603,31 @@ def test_duplicates_arriving_months_later_replace_their_row_or_add_nothing(
     assert rows(others) == rows(before.filter(~pl.col("event_id").is_in(["jan-3", "jan-7"])))
     assert rows(lake(home, PROGRESS)) == rows(progress_before)
     assert stage_files(home) == []
+
+
+def test_an_id_index_that_cannot_be_read_is_rebuilt_and_duplicates_still_found(
+        home: Home) -> None:
+    append(home, "a.jsonl", [usage("first", "2025-03-01T10:00:00Z")])
+    tail(home)
+    run_compaction(home)
+    append(home, "a.jsonl", [usage("second", "2025-03-02T10:00:00Z")])
+    tail(home)
+    run_compaction(home)  # the index of the table is built here
+    index = index_dir(home.state, USAGE)
+    segments = list(index.glob("*.arrow"))
+    assert segments
+    for segment in segments:  # readable, but not an index: its hashes are text
+        pl.DataFrame({"_id_hash": ["x"], "date": [date(2025, 3, 1)]}).write_ipc(segment)
+    append(home, "b.jsonl", [usage("first", "2025-03-05T10:00:00Z", input_tokens=900)])
+    tail(home)
+    run_compaction(home)
+    assert sorted(lake(home).select("event_id", "input_tokens").rows()) == [
+        ("first", 900), ("second", 100)]
+    append(home, "b.jsonl", [usage("second", "2025-03-06T10:00:00Z", input_tokens=5)])
+    tail(home)
+    run_compaction(home)  # the index built anew finds it
+    assert sorted(lake(home).select("event_id", "input_tokens").rows()) == [
+        ("first", 900), ("second", 100)]
 
 
 def test_duckdb_and_pyarrow_read_the_table(home: Home) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import math
 import os
 import sys
@@ -105,7 +106,11 @@ _JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASST
 def echo_json(value: Any) -> None:
     """Print a value as indented JSON (dates and anything else not JSON as their text)."""
     # orjson: a year's report is 20k+ records, which the json module takes 0.4 s to print.
-    click.echo(orjson.dumps(value, option=_JSON_OPTIONS, default=str).decode())
+    try:
+        text = orjson.dumps(value, option=_JSON_OPTIONS, default=str).decode()
+    except orjson.JSONEncodeError:  # text orjson refuses (a file name's lone surrogates)
+        text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    click.echo(text)
 
 
 def fail(error: TallyError) -> None:

@@ -118,7 +118,7 @@ def _plain(value: Any) -> Any:
 
 def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:
     """The frame's rows as JSON-ready dicts (see `_plain`)."""
-    frame = frame.with_columns(cs.float().round(6).fill_nan(None))
+    frame = frame.with_columns(cs.float().cast(pl.Float64).round(6).fill_nan(None))
     # Only datetimes and lists need `_plain` once floats are rounded: a year's report has
     # 20k+ rows, too many to convert value by value.
     slow = [name for name, dtype in frame.schema.items()
