@@ -605,6 +605,23 @@ def test_duplicates_arriving_months_later_replace_their_row_or_add_nothing(
     assert stage_files(home) == []
 
 
+def test_duplicates_of_every_earlier_run_are_found_through_the_growing_id_index(
+        home: Home) -> None:
+    for run in range(4):  # the index is built by the second run and grows in the others
+        append(home, "a.jsonl", [usage(f"run{run}-{i}", f"2025-03-0{1 + run}T10:00:{i:02d}Z")
+                                 for i in range(3)])
+        append(home, "b.jsonl", [usage(f"run{earlier}-1", "2025-04-01T10:00:00Z",
+                                       input_tokens=100 + run) for earlier in range(run)])
+        tail(home)
+        run_compaction(home)
+        rows = lake(home)
+        assert rows["event_id"].n_unique() == rows.height == 3 * (run + 1)
+    assert len(list(index_dir(home.state, USAGE).glob("*.arrow"))) == 3
+    winners = lake(home).filter(pl.col("event_id").str.ends_with("-1"))
+    assert sorted(winners.select("event_id", "input_tokens").rows()) == [
+        ("run0-1", 103), ("run1-1", 103), ("run2-1", 103), ("run3-1", 100)]
+
+
 def test_an_id_index_that_cannot_be_read_is_rebuilt_and_duplicates_still_found(
         home: Home) -> None:
     append(home, "a.jsonl", [usage("first", "2025-03-01T10:00:00Z")])
