@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python -m bench.validate
 	$(BIN)/python -m bench.tail
 	$(BIN)/python -m bench.compact
+	$(BIN)/python -m bench.compact_history
 	$(BIN)/python -m bench.report
 
 clean:

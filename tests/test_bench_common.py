@@ -1,4 +1,5 @@
-"""bench.common.run_child: a child's own time and peak memory, and the limits that stop it."""
+"""bench.common: a child's own time and peak memory, the limits that stop it, and bytecode
+compiled ahead of timed children."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import ChildStopped, run_child
+from bench.common import ChildStopped, precompile, run_child
 
 TOUCH = "x = bytearray({mb} * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
 
@@ -51,3 +52,12 @@ def test_memory_limit_kills_the_command() -> None:
     with pytest.raises(ChildStopped, match=r"resident memory .* passed 100 MB"):
         run_child([sys.executable, "-c", TOUCH.format(mb=250) + "import time; time.sleep(5)"],
                   max_rss_mb=100)
+
+
+def test_precompile_writes_the_bytecode_of_each_module(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "mod.py").write_text("VALUE = 1\n")
+    precompile(package)
+    compiled = list((package / "__pycache__").glob("mod.*.pyc"))
+    assert len(compiled) == 1
