@@ -39,6 +39,7 @@ from pipeline.query import (
     increment_cells,
     priced_cells,
     selection,
+    untracked_pairs,
 )
 from pipeline.rollups import SOURCES, reflected, rollup_path, touched_since
 
@@ -104,7 +105,8 @@ def query_cells(home: Home, query: ReportQuery, keys: Sequence[str],
     used = _usage_cells(usage, model, dirty, query, keys, table)
     tracked = _tracked(usage, model, dirty)
     increments = _increments(progress, model, query)
-    counted = increment_cells(increments, tracked, query, keys, table)
+    untracked = untracked_pairs(increments, tracked).collect(engine="streaming")
+    counted = increment_cells(increments, untracked, query, keys, table)
     columns = counted.collect_schema().names()
     return pl.concat([used.select(columns), counted])
 

@@ -46,6 +46,7 @@ from pipeline.query import (
     sums,
     tracked_pairs,
     trim,
+    untracked_pairs,
     usage_cells,
 )
 
@@ -253,7 +254,8 @@ def cells_from_events(home: Home, query: ReportQuery, keys: Sequence[str]) -> pl
     increments = snapshot_increments(trim(all_events(home, "task_progress"), keep)).collect()
     used = usage_cells(trim(all_events(home, "agent_token_usage"), keep),
                        increments["task"].unique(), query, keys, table).collect().lazy()
-    counted = increment_cells(increments.lazy(), tracked_pairs(used), query, keys, table)
+    untracked = untracked_pairs(increments.lazy(), tracked_pairs(used)).collect()
+    counted = increment_cells(increments.lazy(), untracked, query, keys, table)
     return combine_cells(used, counted.collect().lazy())
 
 

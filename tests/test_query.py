@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 import polars as pl
 import pytest
@@ -16,11 +16,13 @@ from pipeline.query import (
     check_query,
     check_timezone,
     cost_cells,
+    increment_cells,
     needed_envelope,
     parse_by,
     selection,
     tracked_pairs,
     trim,
+    untracked_pairs,
     usage_cells,
 )
 
@@ -133,3 +135,22 @@ def test_usage_rows_the_query_leaves_out_still_track_their_task() -> None:
         ("codex", "T1", False, 1)]
     assert sorted(tracked_pairs(cells).collect().rows()) == [
         ("claude", "T1"), ("claude", "T2"), ("codex", "T1")]
+
+
+def test_only_the_increments_of_pairs_without_usage_rows_count() -> None:
+    increments = pl.LazyFrame({
+        "ts": [datetime(2025, 8, 29, 10, tzinfo=UTC)] * 4,
+        "agent": ["claude", "claude", "codex", None], "task": ["T1", "T2", "T1", "T1"],
+        "role": None, "phase": None, "session_id": None, "model": "gpt-5",
+        "input_tokens": [1, 10, 100, 1000], "output_tokens": 0, "cache_read_tokens": 0,
+        "cache_write_tokens": 0, "other_tokens": 0, "cache_write_1h_tokens": 0,
+        "cost_usd": None}, schema_overrides={"role": pl.String, "phase": pl.String,
+                                             "session_id": pl.String, "cost_usd": pl.Float64})
+    tracked = pl.LazyFrame({"agent": ["claude", "gemini"], "task": ["T1", "T1"]})
+    untracked = untracked_pairs(increments, tracked).collect()
+    assert sorted(untracked.rows(), key=str) == [("claude", "T2"), ("codex", "T1"),
+                                                 (None, "T1")]
+    cells = increment_cells(increments, untracked, ReportQuery(), ["agent"],
+                            shipped_pricing()).collect()
+    assert sorted(cells.select("agent", "input_tokens").rows(), key=str) == [
+        ("claude", 10), ("codex", 100), (None, 1000)]
