@@ -96,8 +96,8 @@ def _read_hashes(root: Path, paths: list[str], dates: dict[str, date | None]) ->
     dated = pl.LazyFrame({"_path": located, "date": [dates[p] for p in paths]},
                          schema={"_path": pl.String, "date": pl.Date})
     # Files of older schemas lack columns of newer ones: only `_id_hash` is read. No glob:
-    # a home's path may hold `[` or `*`. A path not matched keeps its hashes (date null:
-    # `resolve` then reads every date).
+    # these are file names, never patterns. A path not matched keeps its hashes (date
+    # null: `resolve` then reads every date).
     scan = pl.scan_parquet(located, schema={ID_HASH: pl.Int64}, extra_columns="ignore",
                            glob=False, include_file_paths="_path")
     return (scan.drop_nulls(ID_HASH).join(dated, on="_path", how="left")
