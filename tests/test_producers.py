@@ -1,4 +1,4 @@
-"""Every producer snippet in the README's "Writing events from any language" section works.
+"""Every producer snippet in docs/producers.md ("Writing events from any language") works.
 
 Each fenced block tagged bash, python, javascript, go or rust is extracted, written to a
 temporary directory and run (twice, to show it appends) with TALLY_HOME pointing at a
@@ -24,8 +24,7 @@ import pytest
 from pipeline.events import Event, Validator
 
 REPO = Path(__file__).resolve().parent.parent
-README = REPO / "README.md"
-SECTION = "## Writing events from any language"
+PRODUCERS = REPO / "docs" / "producers.md"
 LANGUAGES = ("bash", "python", "javascript", "go", "rust")
 FENCE = re.compile(r"^```([a-z]+)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 MAX_SNIPPET_LINES = 36  # short enough to read at a glance (Rust needs its own calendar)
@@ -44,18 +43,10 @@ class Snippet:
         return f"{self.language}-{self.index}"
 
 
-def section_text() -> str:
-    """The README section with the producer snippets, up to the next top-level section."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    return text[start:] if end < 0 else text[start:end]
-
-
 def snippets() -> list[Snippet]:
     found: list[Snippet] = []
     counts: dict[str, int] = {}
-    for match in FENCE.finditer(section_text()):
+    for match in FENCE.finditer(PRODUCERS.read_text(encoding="utf-8")):
         language, code = match.group(1), match.group(2)
         if language in LANGUAGES:
             counts[language] = counts.get(language, 0) + 1
