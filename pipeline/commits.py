@@ -109,7 +109,7 @@ def write_commit(commit: Commit, data: pl.DataFrame
 def _write(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> None:
     """One Delta commit; a failed one leaves no files behind, and says why in one line."""
     # A write adds files only to the partitions of its rows and of the rows it deletes.
-    dates = _date_texts(pl.concat([rows["date"], tombstones["date"]]))
+    dates = date_texts(pl.concat([rows["date"], tombstones["date"]]))
     before = data_files(commit.table, dates)
     try:
         with native_stderr_captured() as captured:
@@ -135,13 +135,13 @@ def lake_rows(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.drop(FILE, ROW, strict=False).with_columns(id_hash())
 
 
-def _date_texts(dates: pl.Series) -> list[str]:
+def date_texts(dates: pl.Series) -> list[str]:
     """The distinct dates of a column, as ISO text, in order."""
     return sorted(dates.unique().drop_nulls().cast(pl.String).to_list())
 
 
 def _properties(commit: Commit, dates: pl.Series) -> CommitProperties:
-    touched = ",".join(_date_texts(dates))
+    touched = ",".join(date_texts(dates))
     return CommitProperties(
         app_transactions=[Transaction(app, batch) for app, batch in commit.batches.items()],
         custom_metadata={"tally.batch": str(max(commit.batches.values())),

@@ -30,6 +30,7 @@ from pipeline.commits import (
     Commit,
     Rows,
     add_partition_date,
+    date_texts,
     read_rows,
     rewrite_dates,
     write_commit,
@@ -343,7 +344,7 @@ def _make_commits(run: _Run, commits: list[Commit]) -> None:
         run.result.events += data.height
         run.result.commits += 1
         run.result.partitions.update(
-            (commit.event_type, day) for day in data["date"].unique().cast(pl.String).to_list())
+            (commit.event_type, day) for day in date_texts(data["date"]))
         run.remove(commit.event_type, commit.files)
         run.done += data.height
         run.progress(run.done)
