@@ -218,6 +218,13 @@ def rollup_cells(rows: pl.LazyFrame, keys: Sequence[str], table: PriceTable,
 # ---------------------------------------------------------------- precedence and increments
 
 
+def tracked_task_pairs(home: Home) -> pl.LazyFrame:
+    """Every (agent, task) pair with usage rows, whose snapshots therefore do not count."""
+    usage, model = open_events(home, USAGE), ReadModel.open(home)
+    model.rollup("usage")  # what it lags behind makes dates dirty
+    return _tracked(usage, model, _dirty_dates(usage, model.lag(USAGE)))
+
+
 def _tracked(usage: Events, model: ReadModel | None, dirty: list[date]) -> pl.LazyFrame:
     """The (agent, task) pairs with usage rows."""
     rollup = model.rollup("usage_tasks") if model else None

@@ -12,8 +12,6 @@ take are quarantined with their origin while the rest is committed (pipeline.poi
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +33,7 @@ from pipeline.commits import (
     rewrite_dates,
     write_commit,
 )
-from pipeline.config import FAULT_ENV, Home
+from pipeline.config import Home, fault
 from pipeline.errors import (
     DamagedFile,
     LakeError,
@@ -80,7 +78,6 @@ Progress = Callable[[int, int], None]
 # Test hook for the kill tests: TALLY_FAULT=compact:<point>:<n> SIGKILLs this process the
 # n-th time (default 1st) it reaches <point>: `before_write` (just before a Delta write) or
 # `after_commit` (a commit done, its stage files not yet removed). Never set in production.
-_fault_hits: dict[str, int] = {}
 __all__ = ["CompactionResult", "optimize_lake", "run_compaction", "vacuum_lake"]
 
 
@@ -335,9 +332,9 @@ def _make_commits(run: _Run, commits: list[Commit]) -> None:
             upcoming = run.read(commits[index + 1])
         data = _with_restaged(run, rows)
         raise_high_water(run.home, commit.batches)
-        _fault("before_write")
+        fault("compact", "before_write")
         data, unwritable = write_commit(commit, data)
-        _fault("after_commit")
+        fault("compact", "after_commit")
         if unwritable:
             quarantine_unwritable(run.home, unwritable)
             run.result.unwritable += unwritable
@@ -392,16 +389,6 @@ def _chunks(files: list[tuple[BatchId, Path]],
     if current:
         chunks.append(current)
     return chunks
-
-
-def _fault(point: str) -> None:
-    spec = os.environ.get(FAULT_ENV, "")
-    if not spec.startswith(f"compact:{point}"):
-        return
-    _fault_hits[point] = _fault_hits.get(point, 0) + 1
-    wanted = spec.split(":")[2] if spec.count(":") >= 2 else "1"
-    if _fault_hits[point] == int(wanted):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _remove(home: Home, event_type: str, files: list[Path]) -> None:

@@ -6,10 +6,12 @@ import difflib
 import math
 import os
 import re
+import signal
 import tomllib
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipeline.errors import ConfigError, display_path
 
@@ -42,15 +44,24 @@ CONFIG_TEMPLATE = """\
 # target_file_mb = 128       # --optimize merges small files up to this size
 # auto_optimize_files = 16   # compaction merges a partition's small files past this many (0: never)
 # vacuum_retention_hours = 168
+# every = 300.0              # seconds between the compactions of `tally run`
 
-[budgets]
+[budgets]                     # 0 turns a budget off
 # daily_tokens = 150000
 # weekly_tokens = 1000000
 # daily_cost_usd = 10.0
+# weekly_cost_usd = 0
 # warning_ratio = 0.8
+# tz = "UTC"                 # IANA time zone of the days and weeks (weeks start on Monday)
 #
-# [budgets.agents.claude]     # per-agent overrides
+# [budgets.agents.claude]     # an agent's own budgets; keys not given take the global value
 # daily_tokens = 80000
+
+[alerts]                      # where budget alerts go, besides the log and the terminal
+# command = "notify-send tally"   # run with the alert JSON on stdin
+# webhook = "https://hooks.slack.com/services/..."  # POSTed the alert JSON with a `text` field
+# timeout = 10.0             # seconds one delivery attempt may take
+# retry_max_seconds = 300.0  # longest wait between attempts of a failing receiver
 
 # [pricing."my-model"]        # USD per million tokens; overrides or extends the shipped table
 # input = 1.0
@@ -127,6 +138,7 @@ class CompactorSettings:
     # `maintenance.optimize_small_files`.
     auto_optimize_files: int = _setting(16, least=0, most=10_000)
     vacuum_retention_hours: float = _setting(168.0, least=0)
+    every: float = _setting(300.0, above=0)  # seconds between `tally run`'s compactions
 
 
 @dataclass(frozen=True)
@@ -136,8 +148,20 @@ class BudgetSettings:
     daily_tokens: int = _setting(150_000, least=0)
     weekly_tokens: int = _setting(1_000_000, least=0)
     daily_cost_usd: float = _setting(10.0, least=0)
+    weekly_cost_usd: float = _setting(0.0, least=0)
     warning_ratio: float = _setting(0.8, above=0, most=1)
+    tz: str = "UTC"
     agents: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where budget alerts are delivered, and how a failing receiver is retried."""
+
+    command: str = ""
+    webhook: str = ""
+    timeout: float = _setting(10.0, above=0, most=3600)
+    retry_max_seconds: float = _setting(300.0, above=0)
 
 
 # [pricing."model"] keys; pipeline.pricing applies them. Rates are USD per million tokens.
@@ -147,8 +171,9 @@ LONG_CONTEXT_THRESHOLD = f"{LONG_CONTEXT_PREFIX}threshold"
 PRICE_KEYS = (*PRICE_RATE_NAMES, LONG_CONTEXT_THRESHOLD,
               *(f"{LONG_CONTEXT_PREFIX}{name}" for name in PRICE_RATE_NAMES))
 RATE_BOUNDS = Bounds(least=0)
-SECTIONS = ("paths", "tailer", "compactor", "budgets", "pricing")
+SECTIONS = ("paths", "tailer", "compactor", "budgets", "alerts", "pricing")
 PATHS_KEYS = ("logs", "include")
+ALERT_TEXT_KEYS = ("command", "webhook")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -174,6 +199,7 @@ class Home:
     tailer: TailerSettings = TailerSettings()
     compactor: CompactorSettings = CompactorSettings()
     budgets: BudgetSettings = BudgetSettings()
+    alerts: AlertSettings = AlertSettings()
     pricing: dict[str, dict[str, float]] = field(default_factory=dict)
     logs_configured: bool = False  # [paths] logs was set in config.toml (see require_logs_dir)
 
@@ -196,6 +222,21 @@ class Home:
     @property
     def lake(self) -> Path:
         return self.root / "lake"
+
+
+_fault_hits: dict[str, int] = {}
+
+
+def fault(stage: str, point: str) -> None:
+    """The kill tests' hook: SIGKILL this process at the n-th `point` of TALLY_FAULT
+    (`stage:point[:n]`, n defaulting to 1)."""
+    parts = os.environ.get(FAULT_ENV, "").split(":")
+    if parts[:2] != [stage, point]:
+        return
+    key = f"{stage}:{point}"
+    _fault_hits[key] = _fault_hits.get(key, 0) + 1
+    if _fault_hits[key] == int(parts[2] if len(parts) > 2 else "1"):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def resolve_home(home: str | Path | None) -> Path:
@@ -242,6 +283,7 @@ def load_home(home: str | Path | None = None) -> Home:
     _known_keys(paths, PATHS_KEYS, "paths", config_path)
     budgets = _table(raw, "budgets", config_path)
     agents = _agents(_table(budgets, "agents", config_path, "budgets"), config_path)
+    alerts = _table(raw, "alerts", config_path)
     return Home(
         root=root,
         logs=root / _logs(paths, config_path),
@@ -249,8 +291,11 @@ def load_home(home: str | Path | None = None) -> Home:
         tailer=_settings(TailerSettings, _table(raw, "tailer", config_path), "tailer", config_path),
         compactor=_settings(CompactorSettings, _table(raw, "compactor", config_path),
                             "compactor", config_path),
-        budgets=_settings(BudgetSettings, {k: v for k, v in budgets.items() if k != "agents"},
-                          "budgets", config_path, ("agents",), agents=agents),
+        budgets=_settings(BudgetSettings, _numbers(budgets, ("agents", "tz")), "budgets",
+                          config_path, ("agents", "tz"), agents=agents,
+                          tz=_time_zone(budgets, config_path)),
+        alerts=_settings(AlertSettings, _numbers(alerts, ALERT_TEXT_KEYS), "alerts",
+                         config_path, ALERT_TEXT_KEYS, **_alert_texts(alerts, config_path)),
         pricing=_pricing(_table(raw, "pricing", config_path), config_path),
         logs_configured="logs" in paths,
     )
@@ -352,6 +397,39 @@ def checked_number(value: Any, kind: type[Any], bounds: Bounds, path: Path,
     return kind(value)
 
 
+def _numbers(values: dict[str, Any], text_keys: tuple[str, ...]) -> dict[str, Any]:
+    """A section's numeric settings: every key but `text_keys`."""
+    return {k: v for k, v in values.items() if k not in text_keys}
+
+
+def _time_zone(budgets: dict[str, Any], path: Path) -> str:
+    """[budgets] tz if it names an IANA time zone."""
+    name = budgets.get("tz", "UTC")
+    try:
+        if not isinstance(name, str) or not name:
+            raise ValueError(name)
+        ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        raise ConfigError(f"unknown time zone {name!r}", path=path, field="budgets.tz",
+                          hint='an IANA name such as "Europe/Paris" or "UTC"') from exc
+    return name
+
+
+def _alert_texts(alerts: dict[str, Any], path: Path) -> dict[str, str]:
+    """[alerts] command and webhook, checked: text, and the webhook an http(s) URL."""
+    texts: dict[str, str] = {}
+    for key in ALERT_TEXT_KEYS:
+        value = alerts.get(key, "")
+        if not isinstance(value, str):
+            raise ConfigError(f"must be text, got {value!r}", path=path, field=f"alerts.{key}")
+        texts[key] = value.strip()
+    if texts["webhook"] and not re.match(r"https?://[^/\s]+", texts["webhook"]):
+        raise ConfigError(f"must be an http:// or https:// URL, got {texts['webhook']!r}",
+                          path=path, field="alerts.webhook",
+                          hint='for example webhook = "http://127.0.0.1:9000/alerts"')
+    return texts
+
+
 def _agents(values: dict[str, Any], path: Path) -> dict[str, dict[str, float]]:
     """Per-agent budget tables, checked key by key like [budgets] itself."""
     agents: dict[str, dict[str, float]] = {}
@@ -361,6 +439,7 @@ def _agents(values: dict[str, Any], path: Path) -> dict[str, dict[str, float]]:
             raise ConfigError("must be a table of budget settings", path=path, field=section,
                               hint=f"write it as [{section}]")
         checked = _settings(BudgetSettings, table, section, path)
+        # The time zone is the home's: an agent's days and weeks are everyone's.
         agents[agent] = {key: getattr(checked, key) for key in table}
     return agents
 
@@ -381,4 +460,5 @@ def _pricing(values: dict[str, Any], path: Path) -> dict[str, dict[str, float]]:
 
 
 _SETTING_SECTIONS: dict[str, type[Any]] = {
-    "tailer": TailerSettings, "compactor": CompactorSettings, "budgets": BudgetSettings}
+    "tailer": TailerSettings, "compactor": CompactorSettings, "budgets": BudgetSettings,
+    "alerts": AlertSettings}

@@ -25,9 +25,11 @@ def _envelope(frame: pl.LazyFrame) -> list[pl.Expr]:
     return [pl.col(c) if c in present else pl.lit(None, pl.String).alias(c) for c in ENVELOPE]
 
 
-def usage_rows(usage: pl.LazyFrame) -> pl.LazyFrame:
-    """agent_token_usage events as counted rows: deltas, summed as they are."""
+def usage_rows(usage: pl.LazyFrame, keep: tuple[str, ...] = ()) -> pl.LazyFrame:
+    """agent_token_usage events as counted rows: deltas, summed as they are (`keep`:
+    further columns to keep, such as event_id)."""
     return usage.select(
+        *keep,
         *_envelope(usage),
         *(pl.col(name).fill_null(0) for name in BUCKETS if name != "other_tokens"),
         pl.lit(0, pl.Int64).alias("other_tokens"),
@@ -36,8 +38,10 @@ def usage_rows(usage: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def snapshot_increments(progress: pl.LazyFrame) -> pl.LazyFrame:
-    """task_progress snapshots as counted rows: the growth of `tokens_used` per (agent, task)."""
+def snapshot_totals(progress: pl.LazyFrame) -> pl.LazyFrame:
+    """task_progress snapshots that carry tokens_used, with their cumulative counts:
+    `input_tokens` (prompt), `output_tokens` (completion), `other_tokens` (what `total`
+    has beyond those) and `_total`; `model` is tokens_used's own model if it names one."""
     tokens = pl.col("tokens_used")
     prompt = tokens.struct.field("prompt").fill_null(0)
     completion = tokens.struct.field("completion").fill_null(0)
@@ -45,16 +49,16 @@ def snapshot_increments(progress: pl.LazyFrame) -> pl.LazyFrame:
               .list.eval(pl.element().str.extract(r"([0-9]+)$").cast(pl.Int64))
               .list.sum().fill_null(0))
     total = pl.coalesce(tokens.struct.field("total"), prompt + completion + extras)
-    cumulative = {
-        "input_tokens": prompt,
-        "output_tokens": completion,
-        "other_tokens": (total - prompt - completion).clip(lower_bound=0),
-        "_total": total,
-    }
-    snapshots = (progress.filter(tokens.is_not_null())
-                 .sort("agent", "task", "ts", "_source", "_offset")
-                 .with_columns(**cumulative,
-                               model=pl.coalesce(tokens.struct.field("model"), "model")))
+    return progress.filter(tokens.is_not_null()).with_columns(
+        input_tokens=prompt, output_tokens=completion,
+        other_tokens=(total - prompt - completion).clip(lower_bound=0), _total=total,
+        model=pl.coalesce(tokens.struct.field("model"), "model"))
+
+
+def snapshot_increments(progress: pl.LazyFrame) -> pl.LazyFrame:
+    """task_progress snapshots as counted rows: the growth of `tokens_used` per (agent, task)."""
+    cumulative = ("input_tokens", "output_tokens", "other_tokens", "_total")
+    snapshots = snapshot_totals(progress).sort("agent", "task", "ts", "_source", "_offset")
     same_task = ((pl.col("agent") == pl.col("agent").shift(1))
                  & (pl.col("task") == pl.col("task").shift(1))).fill_null(False)
     # The first snapshot counts from zero: tokens_used is "so far", i.e. since the task began.

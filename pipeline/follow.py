@@ -22,9 +22,11 @@ RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
 
 Status = Callable[[str], None]
+Polled = Callable[[PollResult], None]  # after every pass, even one that found nothing
 
 
-def follow(tailer: Tailer, on_status: Status | None = None) -> PollResult:
+def follow(tailer: Tailer, on_status: Status | None = None,
+           on_poll: Polled | None = None) -> PollResult:
     """Run until `tailer.stop` is set; watchdog wakes reads, a periodic rescan catches the rest."""
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
     from watchdog.observers import Observer
@@ -45,7 +47,7 @@ def follow(tailer: Tailer, on_status: Status | None = None) -> PollResult:
     tailer.prepare_to_type()  # the first line appended live does not wait for Polars to load
     total = PollResult()
     try:
-        _follow_loop(tailer, changed, wake, total, on_status)
+        _follow_loop(tailer, changed, wake, total, on_status, on_poll)
     finally:
         observer.stop()
         observer.join(timeout=5)
@@ -53,7 +55,7 @@ def follow(tailer: Tailer, on_status: Status | None = None) -> PollResult:
 
 
 def _follow_loop(tailer: Tailer, changed: set[str], wake: threading.Event, total: PollResult,
-                 on_status: Status | None) -> None:
+                 on_status: Status | None, on_poll: Polled | None) -> None:
     settings = tailer.settings
     next_rescan = 0.0
     window = _RateWindow(time.monotonic())
@@ -74,6 +76,8 @@ def _follow_loop(tailer: Tailer, changed: set[str], wake: threading.Event, total
             _sleep(tailer, retry.failed(error))
             continue
         retry.succeeded()
+        if on_poll is not None:
+            on_poll(result)
         _add(total, result)
         window.add(result)
         if on_status and window.due(settings.status_interval):

@@ -103,6 +103,11 @@ class PriceTable:
         `long_tier` is the 1-based position of the model's threshold in `thresholds`: a
         request whose `long_context_tier` reaches it is billed at the long-context rates.
         """
+        return self._frame
+
+    @functools.cached_property
+    def _frame(self) -> pl.DataFrame:
+        # Built once: a following tailer prices every batch with the same table.
         thresholds = self.thresholds
         rows = []
         for name in self.names:

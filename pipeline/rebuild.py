@@ -19,7 +19,7 @@ from deltalake.exceptions import DeltaError
 
 from pipeline.checkpoint import read_watermark
 from pipeline.compactor import CompactionResult, Progress, run_compaction
-from pipeline.config import Home
+from pipeline.config import Home, fault
 from pipeline.errors import TallyError, WouldLoseData, display_path
 from pipeline.lake import scan_events
 from pipeline.schemas import load_schemas
@@ -30,7 +30,6 @@ from pipeline.swap import (
     RETIRED_PREFIX,
     SCRATCH_PREFIX,
     SwapLocks,
-    fault,
     recover,
     roll_forward,
     write_swap_journal,
@@ -81,7 +80,7 @@ def run_rebuild(home: Home, *, force: bool = False, progress: Progress | None = 
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)  # nothing of it was swapped in
             raise
-        fault("before_swap")
+        fault("rebuild", "before_swap")
         backup = roll_forward(home, scratch, locks)
     return RebuildResult(compaction, before, after, backup, recovered)
 

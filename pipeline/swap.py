@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from pathlib import Path
 from types import TracebackType
 
 import orjson
 
 from pipeline.checkpoint import ProcessLock
-from pipeline.config import FAULT_ENV, Home
+from pipeline.config import Home, fault
 from pipeline.errors import StorageError, display_path
 from pipeline.identity import inode_at
 from pipeline.stage import fsync_dir, write_atomic
@@ -41,7 +40,6 @@ READY = "READY"
 # moved), `mid_swap` (after a rename, of a swap or of a recovery), `before_cleanup` (all
 # moved, the old directories not yet deleted) or `mid_cleanup` (after deleting one of
 # them). Never set in production.
-_fault_hits: dict[str, int] = {}
 
 
 def recover_interrupted_rebuild(home: Home, lock_timeout: float | None = None) -> list[str]:
@@ -137,7 +135,7 @@ def _finish_swap(home: Home, scratch: Path, locks: SwapLocks) -> Path | None:
         locks.cover(scratch / "state")
     for name in PARTS:
         _swap_part(home.root, scratch, retired, name)
-    fault("before_cleanup")
+    fault("rebuild", "before_cleanup")
     backup = home.root / f"{BACKUP_PREFIX}{stamp}"
     if not _keeps_old_parts(scratch):
         if retired.exists():
@@ -177,7 +175,7 @@ def _rename(source: Path, target: Path) -> None:
     fsync_dir(target.parent)
     if source.parent != target.parent:
         fsync_dir(source.parent)
-    fault("mid_swap")
+    fault("rebuild", "mid_swap")
 
 
 def _delete_retired(retired: Path) -> None:
@@ -186,11 +184,11 @@ def _delete_retired(retired: Path) -> None:
             shutil.rmtree(part)
         else:
             part.unlink()
-        fault("mid_cleanup")
+        fault("rebuild", "mid_cleanup")
     retired.rmdir()
 
 
-# ---------------------------------------------------------------- locks and faults
+# ---------------------------------------------------------------- locks
 
 
 class SwapLocks:
@@ -228,11 +226,3 @@ class SwapLocks:
 
 
 
-def fault(point: str) -> None:
-    """The kill tests' hook: SIGKILL this process at the n-th `point` of TALLY_FAULT."""
-    parts = os.environ.get(FAULT_ENV, "").split(":")
-    if parts[0] != "rebuild" or len(parts) < 2 or parts[1] != point:
-        return
-    _fault_hits[point] = _fault_hits.get(point, 0) + 1
-    if _fault_hits[point] == int(parts[2] if len(parts) > 2 else "1"):
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -61,6 +61,8 @@ WORKER_MIN_FILE_BYTES = 1 << 20
 LINE_ESTIMATE_MIN_LINES = 16  # a block this long or longer updates the mean line length
 
 Notify = Callable[[str], None]
+# Told of each batch once it is committed, with the event types it staged.
+Committed = Callable[[BatchId, frozenset[str]], None]
 Progress = Callable[[int, int], None]  # (bytes committed, bytes to read) in one pass
 
 
@@ -101,8 +103,10 @@ class Tailer:
     """Reads complete lines from the logs directory into stage/ and quarantine/, exactly once."""
 
     def __init__(self, home: Home, validator: Validator | None = None,
-                 notify: Notify | None = None, lock_timeout: float = 0.0) -> None:
+                 notify: Notify | None = None, lock_timeout: float = 0.0,
+                 on_commit: Committed | None = None) -> None:
         self.home = home
+        self.on_commit = on_commit
         self.settings = home.tailer
         self.validator = validator or Validator()
         self.notify = notify or (lambda message: None)
@@ -422,6 +426,9 @@ class Tailer:
         result.staged += staged
         result.quarantined += len(rejected)
         result.batches += 1
+        if self.on_commit is not None:
+            self.on_commit(batch, frozenset(t for block in staged_blocks
+                                            for t, n in block.counts.items() if n))
         if self._progress:
             self._progress(result.bytes)
 

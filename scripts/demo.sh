@@ -39,6 +39,10 @@ step "tasks still in progress"
 $TALLY progress --status in_progress
 step "usage today, this week, all time (the sample is from 2025-08, so today is empty)"
 $TALLY usage
+step "budgets: the seed's 150,000 tokens and \$10 a day, 1,000,000 tokens a week"
+$TALLY budget
+$TALLY budget --since 2025-08-29 --format json | .venv/bin/python -c \
+  "import json, sys; print('2025-08-29:', [(r['scope'], r['metric'], r['percentage'], r['status']) for r in json.load(sys.stdin) if r['period_start'] == '2025-08-29'])"
 
 step "the lake"
 echo "Delta tables under $TALLY_HOME/lake/ (one per event type, partitioned by date=YYYY-MM-DD)."

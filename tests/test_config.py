@@ -16,6 +16,7 @@ from pipeline.config import (
     BOUNDS,
     CONFIG_TEMPLATE,
     PRICE_KEYS,
+    AlertSettings,
     BudgetSettings,
     CompactorSettings,
     Home,
@@ -269,13 +270,13 @@ def test_unknown_section_suggests_the_close_one(tmp_path: Path, text: str, field
     assert (error.path, error.field) == (tmp_path / "config.toml", field)
     assert error.message == f"{tmp_path / 'config.toml'}: {field}: unknown section"
     assert error.hint == (f"did you mean {close!r}? "
-                          "sections: paths, tailer, compactor, budgets, pricing")
+                          "sections: paths, tailer, compactor, budgets, alerts, pricing")
 
 
 def test_unknown_section_with_nothing_close_lists_the_sections(tmp_path: Path) -> None:
     error = load_error(tmp_path, "[zzz]\n")
     assert error.field == "zzz"
-    assert error.hint == "sections: paths, tailer, compactor, budgets, pricing"
+    assert error.hint == "sections: paths, tailer, compactor, budgets, alerts, pricing"
 
 
 def test_a_setting_outside_its_section_says_where_it_belongs(tmp_path: Path) -> None:
@@ -312,11 +313,12 @@ def test_unknown_key_names_the_dotted_field_and_suggests(tmp_path: Path, text: s
 def test_unknown_key_with_nothing_close_lists_every_setting(tmp_path: Path) -> None:
     error = load_error(tmp_path, "[compactor]\nzzz = 1\n")
     assert error.hint == ("settings: lock_timeout, target_file_mb, auto_optimize_files, "
-                          "vacuum_retention_hours")
-    error = load_error(tmp_path, "[budgets]\nweekly_cost_usd = 5\n")  # not a setting (yet)
-    assert error.field == "budgets.weekly_cost_usd"
+                          "vacuum_retention_hours, every")
+    error = load_error(tmp_path, "[budgets]\nmonthly_tokens = 5\n")
+    assert error.field == "budgets.monthly_tokens"
     assert error.hint is not None and error.hint.endswith(
-        "settings: daily_tokens, weekly_tokens, daily_cost_usd, warning_ratio, agents")
+        "settings: daily_tokens, weekly_tokens, daily_cost_usd, weekly_cost_usd, "
+        "warning_ratio, agents, tz")
     error = load_error(tmp_path, "[budgets.agents.claude]\nagents = {}\n")
     assert error.field == "budgets.agents.claude.agents"
 
@@ -348,6 +350,10 @@ RANGES: dict[str, tuple[type, float, bool, float]] = {
     "compactor.target_file_mb": (int, 1, True, 100_000),
     "compactor.auto_optimize_files": (int, 0, True, 10_000),
     "compactor.vacuum_retention_hours": (float, 0, True, math.inf),
+    "compactor.every": (float, 0, False, math.inf),
+    "budgets.weekly_cost_usd": (float, 0, True, math.inf),
+    "alerts.timeout": (float, 0, False, 3600),
+    "alerts.retry_max_seconds": (float, 0, False, math.inf),
     "budgets.daily_tokens": (int, 0, True, math.inf),
     "budgets.weekly_tokens": (int, 0, True, math.inf),
     "budgets.daily_cost_usd": (float, 0, True, math.inf),
@@ -389,8 +395,9 @@ def loaded(home: Home, name: str) -> float:
 
 def test_the_ranges_cover_every_numeric_setting() -> None:
     for cls, section in ((TailerSettings, "tailer"), (CompactorSettings, "compactor"),
-                         (BudgetSettings, "budgets")):
-        names = {f.name for f in fields(cls) if f.name != "agents"}
+                         (BudgetSettings, "budgets"), (AlertSettings, "alerts")):
+        names = {f.name for f in fields(cls) if f.name not in ("agents", "tz", "command",
+                                                                "webhook")}
         assert names == {f.name for f in fields(cls) if BOUNDS in f.metadata}
         assert {f"{section}.{n}" for n in names} <= set(RANGES)
         defaults = cls()
@@ -533,3 +540,27 @@ def test_a_logs_path_that_is_a_file_is_an_error(tmp_path: Path, configured: bool
     assert info.value.field == "paths.logs"
     assert info.value.message.endswith(f"the logs directory {tmp_path / 'logs'} is not a "
                                        "directory")
+
+
+def test_budgets_tz_must_be_an_iana_zone(tmp_path: Path) -> None:
+    write_config(tmp_path, '[budgets]\ntz = "Europe/Istanbul"\n')
+    assert load_home(tmp_path).budgets.tz == "Europe/Istanbul"
+    for bad in ('"Mars/Olympus"', "3", '""'):
+        error = load_error(tmp_path, f"[budgets]\ntz = {bad}\n")
+        assert error.field == "budgets.tz"
+        assert error.hint is not None and "IANA" in error.hint
+    error = load_error(tmp_path, '[budgets.agents.claude]\ntz = "UTC"\n')
+    assert error.field == "budgets.agents.claude.tz"  # one time zone per home
+
+
+def test_alerts_section(tmp_path: Path) -> None:
+    write_config(tmp_path, '[alerts]\ncommand = " notify-send tally "\n'
+                 'webhook = "http://127.0.0.1:9000/hook"\ntimeout = 2.5\n')
+    alerts = load_home(tmp_path).alerts
+    assert (alerts.command, alerts.webhook, alerts.timeout) == (
+        "notify-send tally", "http://127.0.0.1:9000/hook", 2.5)
+    error = load_error(tmp_path, '[alerts]\nwebhook = "ftp://x"\n')
+    assert error.field == "alerts.webhook"
+    assert load_error(tmp_path, "[alerts]\ncommand = 1\n").field == "alerts.command"
+    assert load_error(tmp_path, "[alerts]\ncomand = 'x'\n").hint.startswith(
+        "did you mean 'command'?")

@@ -297,9 +297,13 @@ class Killed(BaseException):
 
 
 def patch_fault(monkeypatch: pytest.MonkeyPatch, hook: Callable[[str], None]) -> None:
-    """Replace the fault hook, in the swap and where the rebuild calls it."""
-    monkeypatch.setattr(swap, "fault", hook)
-    monkeypatch.setattr(rebuild, "fault", hook)
+    """Replace the rebuild's fault hook, in the swap and where the rebuild calls it."""
+    def rebuild_fault(stage: str, point: str) -> None:
+        assert stage == "rebuild"
+        hook(point)
+
+    monkeypatch.setattr(swap, "fault", rebuild_fault)
+    monkeypatch.setattr(rebuild, "fault", rebuild_fault)
 
 
 def kill_at(monkeypatch: pytest.MonkeyPatch, point: str, nth: int = 1) -> None:

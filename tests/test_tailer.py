@@ -1683,15 +1683,16 @@ def test_the_next_file_is_read_while_the_previous_files_batches_are_checked(
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_the_tailer_loads_polars_only_to_type_lines_itself(tmp_path: Path, workers: int) -> None:
-    """With workers typing every line, `tally tail --once` never loads Polars (0.14 s, 35 MB),
-    not even for several files (a file's last lines end a batch)."""
+    """With workers typing every line, a tailer's pass never loads Polars (0.14 s, 35 MB),
+    not even for several files (a file's last lines end a batch). (`tally tail --once`
+    then counts the budgets, with Polars, if it committed a batch: test_monitor.)"""
     home = make_home(tmp_path / "home", f"[tailer]\nworkers = {workers}\n"
                      "parallel_min_bytes = 1\nbatch_lines = 200\n")
     for name in ("a", "b", "c"):
         append(home.logs / f"{name}.jsonl", *(event_line() for _ in range(250)))
-    code = ("import sys\nfrom pipeline.cli import main\n"
-            f"main(['tail', '--once', '--quiet', '--home', {str(home.root)!r}],"
-            " standalone_mode=False)\n"
+    code = ("import sys\nfrom pipeline.config import load_home\n"
+            "from pipeline.tailer import Tailer\n"
+            f"with Tailer(load_home({str(home.root)!r})) as tailer:\n    tailer.poll()\n"
             "print('polars' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                           text=True, timeout=120)

@@ -19,6 +19,10 @@ LAZY_COMMANDS = {
     "progress": "pipeline.cli.report:progress",
     "usage": "pipeline.cli.report:usage",
     "pricing": "pipeline.cli.report:pricing",
+    "budget": "pipeline.cli.budget:budget",
+    "watch": "pipeline.cli.live:watch",
+    "statusline": "pipeline.cli.live:statusline",
+    "run": "pipeline.cli.live:run",
 }
 
 

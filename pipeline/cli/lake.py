@@ -14,6 +14,7 @@ from pipeline.compactor import (
 )
 from pipeline.config import CompactorSettings, Home
 from pipeline.errors import LakeError, display_path, safe_text
+from pipeline.monitor import check_budgets
 from pipeline.rebuild import changes, run_rebuild
 
 
@@ -59,6 +60,7 @@ def compact(home: Home, lock_timeout: float | None, optimize: bool, target_mb: i
     if vacuum:
         removed = vacuum_lake(home, retention_hours, lock_timeout)
         click.echo("vacuum: " + _per_table(removed, "files deleted"))
+    check_budgets(home, lambda message: click.echo(message, err=True))
 
 
 def _render_repairs(result: CompactionResult) -> None:

@@ -46,7 +46,7 @@ DAY = click.DateTime(formats=["%Y-%m-%d"])
 # ---------------------------------------------------------------- shared options
 
 
-def _split(values: tuple[str, ...]) -> tuple[str, ...]:
+def split_values(values: tuple[str, ...]) -> tuple[str, ...]:
     """Repeatable options also take comma-separated lists."""
     return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
 
@@ -259,8 +259,9 @@ def report(ctx: click.Context, home: Home, by_text: str, since: datetime | None,
         return
     require_home(home)
     query = ReportQuery(by=parse_by(by_text), since=_day(since), until=_day(until),
-                        agents=_split(agents), roles=_split(roles), phases=_split(phases),
-                        models=_split(models), tz=tz, cost_mode=cost_mode)
+                        agents=split_values(agents), roles=split_values(roles),
+                        phases=split_values(phases),
+                        models=split_values(models), tz=tz, cost_mode=cost_mode)
     result = run_report(home, query)
     render(result.rows, fmt, totals=True)
     _warn_unpriced(result.unpriced_models, int(result.rows["unpriced_events"].sum()))
@@ -311,7 +312,7 @@ def daily_summary(home: Home, day: datetime | None, agents: tuple[str, ...], tz:
       tally report daily-summary --date 2025-08-29 --agent claude,gemini,codex
     """
     when = _day(day) or datetime.now(ZoneInfo(tz)).date()
-    summary = run_daily_summary(home, when, ReportQuery(agents=_split(agents), tz=tz,
+    summary = run_daily_summary(home, when, ReportQuery(agents=split_values(agents), tz=tz,
                                                         cost_mode=cost_mode))
     if fmt == "json":
         echo_json(summary.seed_shape())
@@ -340,8 +341,8 @@ def context(home: Home, since: datetime | None, until: datetime | None,
     Example:
       tally report context --since 2025-08-25 --format markdown
     """
-    query = ReportQuery(since=_day(since), until=_day(until), agents=_split(agents),
-                        roles=_split(roles), tz=tz)
+    query = ReportQuery(since=_day(since), until=_day(until), agents=split_values(agents),
+                        roles=split_values(roles), tz=tz)
     render(run_context_report(home, query), fmt, totals=True)
 
 
@@ -367,7 +368,7 @@ def progress(home: Home, agents: tuple[str, ...], statuses: tuple[str, ...], tz:
       tally progress --status in_progress
       tally progress --agent gemini --format json
     """
-    frame = run_progress(home, _split(agents), statuses)
+    frame = run_progress(home, split_values(agents), statuses)
     frame = frame.with_columns(pl.col("last_update").dt.convert_time_zone(tz))
     if fmt in ("table", "markdown"):
         frame = frame.drop("snapshots", "components_completed")
@@ -392,7 +393,7 @@ def usage(home: Home, day: datetime | None, agents: tuple[str, ...], tz: str, co
       tally usage --tz America/New_York --format json
     """
     today = _day(day) or datetime.now(ZoneInfo(tz)).date()
-    frame = run_usage(home, today, ReportQuery(agents=_split(agents), tz=tz,
+    frame = run_usage(home, today, ReportQuery(agents=split_values(agents), tz=tz,
                                                cost_mode=cost_mode))
     if fmt == "json":
         total = _totals_row(frame, "agent")

@@ -11,7 +11,6 @@ import click
 from pipeline.cli.options import new_home_option, progress_bar
 from pipeline.config import Home
 from pipeline.errors import SourceError, display_path
-from pipeline.follow import follow
 from pipeline.tailer import PollResult, Tailer
 
 
@@ -24,14 +23,18 @@ def tail(home: Home, once: bool, quiet: bool) -> None:
 
     Runs in the foreground until SIGINT or SIGTERM, which finish the current batch,
     commit the checkpoint and exit 0. Invalid lines go to <home>/quarantine. With
-    --once on a terminal, a progress bar counts the bytes committed.
+    --once on a terminal, a progress bar counts the bytes committed. Budgets are checked
+    after every batch (with --once, at the end), and alerts delivered.
 
     \b
     Examples:
       tally tail --once            # catch up and exit (cron, tests, the demo)
       tally tail --home ~/.tally   # follow for ever
     """
-    notify = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+    def notify(message: str) -> None:
+        if not quiet or message.startswith("ALERT"):
+            click.echo(message, err=True)
+
     started = time.monotonic()
     with Tailer(home, notify=notify) as tailer:
         _stop_on_signals(tailer)
@@ -39,9 +42,15 @@ def tail(home: Home, once: bool, quiet: bool) -> None:
             with progress_bar("catching up", show=not quiet) as progress:
                 result = tailer.poll(progress=progress)
         else:
-            result = follow(tailer, on_status=notify)
+            from pipeline.service import follow_with_budgets  # Polars: after workers fork
+
+            result = follow_with_budgets(tailer, notify)
     if not quiet:
         click.echo(_summary(result, time.monotonic() - started))
+    if once:
+        from pipeline.monitor import check_budgets_after
+
+        check_budgets_after(home, notify, tailer.checkpoint)
     if once and result.unreadable:
         raise _unreadable(result.unreadable)
 
