@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from pipeline.budgets import Crossing
 from pipeline.checkpoint import ProcessLock
 from pipeline.config import Home, fault
 from pipeline.errors import storage_error
-from pipeline.stage import fsync_dir, write_atomic
-from pipeline.writer import append_event, append_line, now_rfc3339
+from pipeline.stage import fsync_dir
+from pipeline.writer import append_line, encode_event, now_rfc3339
 
 ALERT_LOG = Path("tally") / "budget_alerts.jsonl"
 ALERT_LOCK_TIMEOUT = 10.0  # seconds; another run holds it only while it writes an alert
@@ -58,31 +59,52 @@ def alerted_ids(home: Home) -> set[str]:
     return ids
 
 
-def raise_new_alerts(home: Home, find: Callable[[set[str]], list[Crossing]]
-                     ) -> tuple[list[dict[str, Any]], set[str]]:
+def raise_new_alerts(home: Home, find: Callable[[set[str]], list[Crossing]], *,
+                     outbox: bool) -> tuple[list[dict[str, Any]], set[str]]:
     """Under the alert lock, so that a `tally compact` and a following tailer never both
-    raise one: read the alert log, `find` the crossings it lacks, raise them. Returns
-    their events and every id raised so far."""
+    raise one: read the alert log, `find` the crossings it lacks, raise them (through
+    the outbox if `outbox`). Returns their events and every id raised so far."""
     lock = ProcessLock(home.state / "alerts" / "alerts.lock", "alerting")
     with lock.acquire(ALERT_LOCK_TIMEOUT):
         alerted = alerted_ids(home)
-        return raise_alerts(home, find(alerted), alerted), alerted
+        _log_orphans(home, alerted)
+        return raise_alerts(home, find(alerted), alerted, outbox=outbox), alerted
 
 
-def raise_alerts(home: Home, found: Iterable[Crossing], alerted: set[str]) -> list[dict[str, Any]]:
-    """Put each crossing in the outbox, then append its event to the alert log; return
-    the events written. `alerted` gains their ids."""
+def raise_alerts(home: Home, found: Iterable[Crossing], alerted: set[str], *,
+                 outbox: bool = True) -> list[dict[str, Any]]:
+    """Append each crossing's event to the alert log, after putting it in the outbox if
+    `outbox`; return the events written. `alerted` gains their ids."""
     written = []
     for crossing in found:
         event = crossing.event(now_rfc3339())
-        put_in_outbox(home, event)
+        line = encode_event(event)  # an event the log cannot take is refused before the outbox
+        if outbox:
+            put_in_outbox(home, event)
         fault("alert", "outboxed")
-        _end_torn_line(alert_log(home))
-        append_event(alert_log(home), event)
+        _append(home, line)
         fault("alert", "logged")
         alerted.add(crossing.event_id)
         written.append(event)
     return written
+
+
+def _log_orphans(home: Home, alerted: set[str]) -> None:
+    """Log the outbox's alerts the log lacks: a run was killed between the two writes.
+
+    The alert was raised (and may be delivered already): its line belongs in the log,
+    even if its period's usage has moved on to a higher level since.
+    """
+    for _, entry in pending_alerts(home):
+        event = entry["event"]
+        if event.get("event_id") not in alerted:
+            _append(home, encode_event(event))
+            alerted.add(str(event["event_id"]))
+
+
+def _append(home: Home, line: bytes) -> None:
+    _end_torn_line(alert_log(home))
+    append_line(alert_log(home), line)
 
 
 def _end_torn_line(path: Path) -> None:
@@ -120,18 +142,35 @@ def outbox_path(home: Home, event_id: str) -> Path:
 def put_in_outbox(home: Home, event: dict[str, Any], attempts: int = 0, due: float = 0.0,
                   left: list[str] | None = None) -> None:
     """Store an alert for delivery, durably: `due` is the epoch second of its next try,
-    `left` the receivers that still need it (None: every configured one)."""
+    `left` the receivers that still need it (None: every configured one). A new alert
+    already waiting keeps its entry: its attempts and backoff go on."""
     directory = outbox_dir(home)
+    if attempts == 0 and outbox_path(home, str(event["event_id"])).exists():
+        return
     entry: dict[str, Any] = {"event": event, "attempts": attempts, "due": due}
     if left is not None:
         entry["left"] = left
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(outbox_path(home, str(event["event_id"])),
-                     lambda handle: handle.write(orjson.dumps(entry)))
+        write_unique(outbox_path(home, str(event["event_id"])), orjson.dumps(entry))
         fsync_dir(directory)
     except OSError as exc:
         raise storage_error(exc, "store an alert for delivery", directory) from exc
+
+
+def write_unique(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file of its own beside `path`, fsync it, rename it over
+    `path`: two processes may rewrite one entry at once, and neither sees half of it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def pending_alerts(home: Home) -> list[tuple[Path, dict[str, Any]]]:

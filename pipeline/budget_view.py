@@ -25,7 +25,7 @@ from pipeline.reports import run_report
 from pipeline.totals import NANO, minute_totals
 
 BUDGET_COLUMNS = ("scope", "period", "metric", "period_start", "used", "budget", "percentage",
-                  "status", "burn_per_hour", "projected", "exceeded_at")
+                  "status", "burn_per_hour", "projected", "exceeded_at", "minutes_left")
 
 
 def budget_rows(home: Home, now: datetime, since: date | None = None,

@@ -8,6 +8,7 @@ table, whose missing keys take the global value. A budget of 0 is off.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # the statusline imports this module: keep it light
 
 
 ALL = "all"
+MAX_ID_LENGTH = 128  # the envelope schema's limit on event_id
 PERIODS = ("daily", "weekly")
 METRICS = ("tokens", "cost")
 LEVELS = ("WARNING", "EXCEEDED")  # in rising order: a higher level implies the lower ones
@@ -68,8 +70,13 @@ def alert_kind(metric: str, level: int) -> str:
 
 
 def alert_id(scope: str, period: str, start: date, kind: str) -> str:
-    """The event_id of the one alert of a kind per scope and period: the same every run."""
-    return f"tally-budget:{scope}:{period}:{start.isoformat()}:{kind}"
+    """The event_id of the one alert of a kind per scope and period: the same every run
+    (a scope too long for the schema's 128 characters is shortened with its hash)."""
+    name = f"tally-budget:{scope}:{period}:{start.isoformat()}:{kind}"
+    if len(name) <= MAX_ID_LENGTH:
+        return name
+    digest = hashlib.sha256(scope.encode()).hexdigest()[:16]
+    return alert_id(f"{scope[:32]}~{digest}", period, start, kind)
 
 
 # ---------------------------------------------------------------- periods
@@ -135,10 +142,12 @@ class Crossing:
 
     @property
     def kind(self) -> str:
+        """TOKEN_BUDGET_WARNING and the like."""
         return alert_kind(self.budget.metric, self.level)
 
     @property
     def event_id(self) -> str:
+        """The alert's one event_id (see `alert_id`)."""
         return alert_id(self.budget.scope, self.budget.period, self.start, self.kind)
 
     def event(self, ts: str) -> dict[str, object]:

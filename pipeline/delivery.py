@@ -24,8 +24,9 @@ from typing import Any
 import orjson
 
 from pipeline.alerts import alert_text, pending_alerts, put_in_outbox
+from pipeline.checkpoint import ProcessLock
 from pipeline.config import AlertSettings, Home
-from pipeline.errors import TallyError, safe_text
+from pipeline.errors import LockTimeout, TallyError, safe_text
 
 FIRST_RETRY_SECONDS = 1.0
 IDLE_WAKE_SECONDS = 5.0  # how often an idle deliverer looks at the outbox unasked
@@ -88,17 +89,25 @@ def receivers(settings: AlertSettings) -> dict[str, Callable[[AlertSettings, dic
     return found
 
 
-def deliver_due(home: Home, notify: Notify, now: float | None = None) -> int:
-    """Try every outbox alert that is due; return how many are still waiting."""
-    now = time.time() if now is None else now
-    waiting = 0
-    for path, entry in pending_alerts(home):
-        if entry.get("due", 0) > now:
-            waiting += 1
-            continue
-        if not _deliver(home, path, entry, notify):
-            waiting += 1
-    return waiting
+def deliver_due(home: Home, notify: Notify, now: float | None = None,
+                deadline: float | None = None) -> int:
+    """Try every outbox alert that is due (until the monotonic `deadline`, if given);
+    return how many are still waiting. Another process delivering leaves them to it."""
+    lock = ProcessLock(home.state / "alerts" / "deliver.lock", "delivering alerts")
+    try:
+        lock.acquire(0)
+    except LockTimeout:
+        return len(pending_alerts(home))
+    try:
+        now = time.time() if now is None else now
+        waiting = 0
+        for path, entry in pending_alerts(home):
+            late = deadline is not None and time.monotonic() > deadline
+            if late or entry.get("due", 0) > now or not _deliver(home, path, entry, notify):
+                waiting += 1
+        return waiting
+    finally:
+        lock.release()
 
 
 def _deliver(home: Home, path: Path, entry: dict[str, Any], notify: Notify) -> bool:
@@ -119,7 +128,7 @@ def _deliver(home: Home, path: Path, entry: dict[str, Any], notify: Notify) -> b
         path.unlink(missing_ok=True)
         return True
     attempts = int(entry.get("attempts", 0)) + 1
-    wait = min(settings.retry_max_seconds, FIRST_RETRY_SECONDS * 2 ** (attempts - 1))
+    wait = min(settings.retry_max_seconds, FIRST_RETRY_SECONDS * 2 ** min(attempts - 1, 30))
     for name, why in failures.items():
         notify(f"alert {event['event_id']}: {name} failed (attempt {attempts}): "
                f"{safe_text(why)}; retrying in {wait:g} s")

@@ -17,13 +17,18 @@ def main() -> None:
     """Run `tally` with the process's arguments."""
     home = statusline_home(sys.argv[1:])
     if home is not None:
-        from pipeline.statusline import print_statusline
+        from pipeline.statusline import line_for
 
-        print_statusline(home)
+        sys.stdout.write(line_for(home, read_stdin()) + "\n")
         return
     from pipeline.cli import main as cli_main
 
     cli_main()
+
+
+def read_stdin() -> bytes:
+    """What was piped in; nothing when stdin is a terminal (run by hand)."""
+    return b"" if sys.stdin.isatty() else sys.stdin.buffer.read()
 
 
 def statusline_home(args: list[str]) -> str | None:

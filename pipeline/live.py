@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -29,7 +30,7 @@ from pipeline.budgets import (
     period_usage,
 )
 from pipeline.rates import Burn, burn_rate, current_block
-from pipeline.totals import NANO, LiveTotals, Spend, minute_totals
+from pipeline.totals import NANO, SESSION_HOURS, LiveTotals, Spend, minute_totals
 
 if TYPE_CHECKING:  # the statusline imports this module: keep it light
     from pipeline.config import Home
@@ -38,7 +39,6 @@ LIVE_FILE = "live.json"
 FEED_FILE = "feed.jsonl"
 FEED_MAX_BYTES = 1 << 20  # then feed.jsonl moves to feed.jsonl.1 and starts again
 NO_FILE = -2  # FeedReader.inode while the feed does not exist
-SESSION_HOURS = 48  # sessions active this recently are in live.json
 LEVEL_NAMES = ("ok", "warning", "exceeded")
 PUBLISH_IDLE_SECONDS = 30.0  # live.json is rewritten this often without batches (burn rates)
 
@@ -82,7 +82,7 @@ def budget_row(budget: Budget, start: date, used: float, burn: Burn | None, now:
         "budget": _metric(budget.limit, budget.metric),
         "percentage": round(budget.percentage(used), 2),
         "status": LEVEL_NAMES[budget.level(used)],
-        "burn_per_hour": None, "projected": None, "exceeded_at": None,
+        "burn_per_hour": None, "projected": None, "exceeded_at": None, "minutes_left": None,
     }
     if burn is not None and period_begin(start, tz) <= now < end:
         rate = burn.tokens_per_minute if budget.metric == "tokens" else burn.cost_per_minute
@@ -91,6 +91,7 @@ def budget_row(budget: Budget, start: date, used: float, burn: Burn | None, now:
         left = burn.time_left(used, budget.limit, budget.metric)
         if left and now + left < end:  # not yet exceeded, and will be within the period
             row["exceeded_at"] = _iso((now + left).replace(microsecond=0))
+            row["minutes_left"] = round(left.total_seconds() / 60, 1)
     return row
 
 
@@ -187,6 +188,21 @@ def write_live(home: Home, content: dict[str, Any], lines: Sequence[bytes]) -> N
         pass
     with open(feed, "ab") as handle:
         handle.write(b"".join(lines))
+
+
+def live_age(home: Home) -> float | None:
+    """Seconds since live.json was written, None without one."""
+    try:
+        return time.time() - os.stat(live_path(home)).st_mtime
+    except OSError:
+        return None
+
+
+def kept_live(home: Home) -> bool:
+    """Whether a following tailer keeps live.json (it rewrites it at least every
+    PUBLISH_IDLE_SECONDS)."""
+    age = live_age(home)
+    return age is not None and age < 2 * PUBLISH_IDLE_SECONDS
 
 
 def read_live(home: Home) -> dict[str, Any] | None:

@@ -8,9 +8,10 @@ where given, else the price of the tokens.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import polars as pl
 
@@ -23,7 +24,15 @@ from pipeline.progress import fold_progress
 from pipeline.query import ReportQuery
 from pipeline.reports import run_report
 from pipeline.stage import BatchId, batch_name
-from pipeline.totals import NANO, CountedRow, LiveTotals, Snapshot, Spend, first_kept_day
+from pipeline.totals import (
+    NANO,
+    SESSION_HOURS,
+    CountedRow,
+    LiveTotals,
+    Snapshot,
+    Spend,
+    first_kept_day,
+)
 
 USAGE, PROGRESS = "agent_token_usage", "task_progress"
 TASK_FIELDS = ("name", "status", "progress")
@@ -112,30 +121,43 @@ def _fold_task(totals: LiveTotals, row: dict[str, Any]) -> None:
 
 @reread_if_vanished
 def seed_totals(home: Home, now: datetime) -> LiveTotals:
-    """Exact running totals of the home as of `now`: the current periods from the
-    rollups and the stage, the last day's minutes, task states and latest snapshots."""
+    """Exact running totals of the home as of `now`, read from the rollups and from the
+    events of the last days only: the kept days per agent, the sessions of the last
+    SESSION_HOURS, the last day's minutes, and the tasks of the kept days."""
     tz = home.budgets.tz
     since = first_kept_day(now, tz)
     totals = LiveTotals(tz=tz, first_day=since)
-    _seed_days(home, totals, since)
+    totals.days.update(exact_days(home, since, tz))
+    _seed_sessions(home, totals, now)
     _seed_minutes(home, totals, now)
     _seed_tasks(home, totals, since)
     totals.tracked = {(a, t) for a, t in tracked_task_pairs(home).collect().iter_rows()}
     return totals
 
 
-def _seed_days(home: Home, totals: LiveTotals, since: date) -> None:
-    query = ReportQuery(by=("agent", "session", "day"), since=since, tz=totals.tz)
-    report = run_report(home, query).rows
+@reread_if_vanished
+def exact_days(home: Home, since: date, tz: str) -> dict[tuple[str, date], Spend]:
+    """What each agent used on each local day from `since` on, as `tally report` counts
+    it: from the rollups, plus the stage."""
+    report = run_report(home, ReportQuery(by=("agent", "day"), since=since, tz=tz)).rows
+    days = {}
     for row in report.iter_rows(named=True):
-        day = date.fromisoformat(row["day"])
-        cost = round((row["cost_usd"] or 0) * NANO)
-        totals.days[(row["agent"], day)].add(row["total_tokens"], cost, row["unpriced_events"])
+        days[(row["agent"], date.fromisoformat(row["day"]))] = Spend(
+            row["total_tokens"], round((row["cost_usd"] or 0) * NANO), row["unpriced_events"])
+    return days
+
+
+def _seed_sessions(home: Home, totals: LiveTotals, now: datetime) -> None:
+    """The sessions of the last SESSION_HOURS (sessions are not in the rollups: their
+    days' events are read)."""
+    since = (now - timedelta(hours=SESSION_HOURS)).astimezone(ZoneInfo(totals.tz)).date()
+    query = ReportQuery(by=("agent", "session"), since=since, tz=totals.tz)
+    for row in run_report(home, query).rows.iter_rows(named=True):
         if row["session"] is not None:
             key = (row["agent"], row["session"])
-            totals.sessions[key].add(row["total_tokens"], cost, row["unpriced_events"])
-            end = datetime.combine(day, datetime.min.time(), UTC) + timedelta(days=1)
-            totals.session_last[key] = max(end, totals.session_last.get(key, end))
+            totals.sessions[key].add(row["total_tokens"], round((row["cost_usd"] or 0) * NANO),
+                                     row["unpriced_events"])
+            totals.session_last[key] = now
 
 
 def _seed_minutes(home: Home, totals: LiveTotals, now: datetime) -> None:
@@ -155,22 +177,23 @@ def _seed_minutes(home: Home, totals: LiveTotals, now: datetime) -> None:
 
 
 def _seed_tasks(home: Home, totals: LiveTotals, since: date) -> None:
-    progress = open_events(home, PROGRESS)
-    everything = progress.all()
-    if everything is None:
+    """Task states and each task's latest snapshot, from the snapshots of the kept days.
+
+    A task silent for longer counts its next snapshot from zero in the running totals;
+    an alert is raised only on an exact count (pipeline.monitor), never on that.
+    """
+    recent = open_events(home, PROGRESS).all(pl.col("date") >= since - timedelta(days=1))
+    if recent is None:
         return
-    latest = (snapshot_totals(everything).sort("ts", "_source", "_offset")
-              .group_by("agent", "task")
-              .agg(pl.col("ts", "input_tokens", "output_tokens", "other_tokens", "_total").last())
-              .collect(engine="streaming"))
+    recent = recent.filter(pl.col("ts").dt.date() >= since)
+    latest, folded = pl.collect_all([
+        snapshot_totals(recent).sort("ts", "_source", "_offset").group_by("agent", "task")
+        .agg(pl.col("ts", "input_tokens", "output_tokens", "other_tokens", "_total").last()),
+        fold_progress(recent)])
     for row in latest.iter_rows(named=True):
         totals.snapshots[(row["agent"], row["task"])] = Snapshot(
             row["ts"], row["input_tokens"], row["output_tokens"], row["other_tokens"],
             row["_total"])
-    recent = progress.all(pl.col("date") >= since - timedelta(days=1))
-    if recent is None:
-        return
-    folded = fold_progress(recent.filter(pl.col("ts").dt.date() >= since)).collect()
     for row in folded.iter_rows(named=True):
         totals.tasks[(row["agent"], row["task"])] = {
             "ts": row["last_update"], **{k: row[k] for k in TASK_FIELDS if row[k] is not None}}

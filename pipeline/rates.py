@@ -28,6 +28,7 @@ class Burn:
 
     @property
     def cost_per_hour(self) -> float:
+        """USD per hour at this rate."""
         return self.cost_per_minute * 60
 
     def projected(self, used: float, metric: str, until: datetime, now: datetime) -> float:

@@ -76,6 +76,7 @@ def run_rebuild(home: Home, *, force: bool = False, progress: Progress | None = 
             if before is not None and not force:
                 _refuse_to_shrink(home, before, after)
             locks.cover(fresh.state)  # after the swap it is state/: no tailer may take it
+            _carry_alerts(home, fresh)
             write_swap_journal(scratch, keep=force)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)  # nothing of it was swapped in
@@ -83,6 +84,13 @@ def run_rebuild(home: Home, *, force: bool = False, progress: Progress | None = 
         fault("rebuild", "before_swap")
         backup = roll_forward(home, scratch, locks)
     return RebuildResult(compaction, before, after, backup, recovered)
+
+
+def _carry_alerts(home: Home, fresh: Home) -> None:
+    """Alerts waiting for delivery outlive the swap of state/ (the lake keeps their events)."""
+    pending = home.state / "alerts" / "outbox"
+    if pending.is_dir():
+        shutil.copytree(pending, fresh.state / "alerts" / "outbox", dirs_exist_ok=True)
 
 
 def inventory(home: Home) -> Inventory:

@@ -1,57 +1,28 @@
-"""Following with budgets, and `tally run`: one process that follows the logs, checks
-budgets after every batch, compacts on a schedule and delivers alerts.
+"""`tally run`: one process that follows the logs, checks budgets after every batch,
+compacts on a schedule and delivers alerts.
 
 Compaction runs on a thread of its own, as it would in a process of its own: the tailer
-keeps staging while it runs (their files and locks are apart), and the budget totals
-are counted again from the lake once it committed. SIGTERM stops all three cleanly:
-the batch under way is committed, a compaction under way finishes, and alerts not yet
-delivered stay in the outbox for the next start.
+keeps staging while it runs (their files and locks are apart), and the budget totals,
+which count batches as they commit, are the same before and after it. SIGTERM stops
+all three cleanly: the batch under way is committed, a compaction under way finishes,
+and alerts not yet delivered stay in the outbox for the next start.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline.compactor import CompactionResult, run_compaction
+from pipeline.compactor import run_compaction
 from pipeline.config import Home
 from pipeline.delivery import Deliverer
 from pipeline.errors import TallyError, safe_text
 from pipeline.follow import follow
-from pipeline.live import PUBLISH_IDLE_SECONDS
-from pipeline.monitor import BudgetMonitor
+from pipeline.monitor import BudgetMonitor, LiveFollower
 from pipeline.tailer import PollResult, Tailer
 
 Notify = Callable[[str], None]
-
-
-class LiveFollower:
-    """Wires a budget monitor into a following tailer: counts batches as they commit,
-    publishes after each pass that committed one (or when idle for a while)."""
-
-    def __init__(self, tailer: Tailer, monitor: BudgetMonitor) -> None:
-        self.monitor = monitor
-        self._published = time.monotonic()
-        tailer.on_commit = monitor.batch_committed
-
-    def after_poll(self, result: PollResult) -> None:
-        """Publish what the pass committed, and re-count after a compaction."""
-        idle = time.monotonic() - self._published >= PUBLISH_IDLE_SECONDS
-        if result.batches or self.monitor.stale or idle:
-            self.monitor.publish()
-            self._published = time.monotonic()
-
-
-def follow_with_budgets(tailer: Tailer, notify: Notify) -> PollResult:
-    """`follow`, with budgets checked after every committed batch and alerts delivered."""
-    deliverer = Deliverer(tailer.home, notify).start()
-    try:
-        live = LiveFollower(tailer, BudgetMonitor(tailer.home, notify, deliverer))
-        return follow(tailer, on_status=notify, on_poll=live.after_poll)
-    finally:
-        deliverer.stop()
 
 
 @dataclass
@@ -68,15 +39,16 @@ class Compactions:
     """Compacts every `[compactor] every` seconds on a thread, until stopped."""
 
     def __init__(self, home: Home, notify: Notify, stop: threading.Event,
-                 compacted: Callable[[CompactionResult], None]) -> None:
+                 status: Notify | None = None) -> None:
         self.home = home
         self.notify = notify
+        self.status = status
         self.stop = stop
-        self.compacted = compacted
         self.result = ServiceResult()
         self._thread = threading.Thread(target=self._run, name="tally-compact", daemon=True)
 
     def start(self) -> Compactions:
+        """Start the schedule: the first compaction is one period from now."""
         self._thread.start()
         return self
 
@@ -103,26 +75,25 @@ class Compactions:
             return
         self.result.compactions += 1
         self.result.compacted_events += result.events
-        if result.events:
-            self.notify(f"compact: {result.events:,} events in {result.commits} commit(s), "
+        if result.events and self.status is not None:
+            self.status(f"compact: {result.events:,} events in {result.commits} commit(s), "
                         f"{result.seconds:.2f} s")
-            self.compacted(result)
 
 
-def run_service(home: Home, notify: Notify,
+def run_service(home: Home, notify: Notify, status: Notify | None = None,
                 on_ready: Callable[[Tailer], None] | None = None) -> ServiceResult:
     """Follow, check budgets, compact on a schedule and deliver alerts until the tailer's
-    `stop` is set (`on_ready` gets the tailer first: a signal handler sets it)."""
+    `stop` is set (`on_ready` gets the tailer first: a signal handler sets it). `notify`
+    gets alerts and failures, `status` the tailer's notes and the summary lines."""
     deliverer = Deliverer(home, notify).start()
     try:
-        with Tailer(home, notify=notify) as tailer:
+        with Tailer(home, notify=status or (lambda message: None)) as tailer:
             if on_ready is not None:
                 on_ready(tailer)
-            monitor = BudgetMonitor(home, notify, deliverer)
-            live = LiveFollower(tailer, monitor)
-            compactions = Compactions(home, notify, tailer.stop, _restale(monitor)).start()
+            live = LiveFollower(tailer, BudgetMonitor(home, notify, deliverer))
+            compactions = Compactions(home, notify, tailer.stop, status).start()
             try:
-                tailed = follow(tailer, on_status=notify, on_poll=live.after_poll)
+                tailed = follow(tailer, on_status=status, on_poll=live.after_poll)
             finally:
                 tailer.stop.set()
                 compactions.join()
@@ -130,10 +101,3 @@ def run_service(home: Home, notify: Notify,
         return compactions.result
     finally:
         deliverer.stop()
-
-
-def _restale(monitor: BudgetMonitor) -> Callable[[CompactionResult], None]:
-    def compacted(result: CompactionResult) -> None:
-        monitor.stale = True  # read by the tailer's thread at its next pass
-
-    return compacted

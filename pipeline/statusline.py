@@ -8,7 +8,6 @@ imports nothing heavy: no Polars, no click beyond the command line's own.
 from __future__ import annotations
 
 import os
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,13 +20,11 @@ NO_TOTALS = "tally: no live totals yet (run `tally run`, or `tally tail`)"
 NO_HOME = "tally: no home at {home} (run `tally init --home {home}`, or set TALLY_HOME)"
 
 
-def print_statusline(home: str) -> None:
-    """Read the payload on stdin and print the line for the home at `home`."""
-    payload = parse_payload(b"" if sys.stdin.isatty() else sys.stdin.buffer.read())
+def line_for(home: str, payload_bytes: bytes) -> str:
+    """The line for the home at `home`, given the payload Claude Code piped in."""
     if not os.path.isdir(home):  # a status bar shows stdout: say it there, not as an error
-        sys.stdout.write(NO_HOME.format(home=home) + "\n")
-        return
-    sys.stdout.write(statusline(payload, read_summary(home)) + "\n")
+        return NO_HOME.format(home=home)
+    return statusline(parse_payload(payload_bytes), read_summary(home))
 
 
 def read_summary(home: str) -> dict[str, Any] | None:

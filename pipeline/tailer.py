@@ -62,7 +62,7 @@ LINE_ESTIMATE_MIN_LINES = 16  # a block this long or longer updates the mean lin
 
 Notify = Callable[[str], None]
 # Told of each batch once it is committed, with the event types it staged.
-Committed = Callable[[BatchId, frozenset[str]], None]
+OnCommit = Callable[[BatchId, frozenset[str]], None]
 Progress = Callable[[int, int], None]  # (bytes committed, bytes to read) in one pass
 
 
@@ -104,7 +104,7 @@ class Tailer:
 
     def __init__(self, home: Home, validator: Validator | None = None,
                  notify: Notify | None = None, lock_timeout: float = 0.0,
-                 on_commit: Committed | None = None) -> None:
+                 on_commit: OnCommit | None = None) -> None:
         self.home = home
         self.on_commit = on_commit
         self.settings = home.tailer

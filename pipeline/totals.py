@@ -20,6 +20,7 @@ from pipeline.budgets import DayUsage, local_today
 NANO = 1_000_000_000
 DAYS_KEPT = 8  # a week and the day before: every day a current period can hold
 MINUTES_KEPT = 24 * 60  # enough for a 5-hour block that began up to 10 hours ago
+SESSION_HOURS = 48  # the sessions live.json shows: those active this recently
 SEEN_LIMIT = 500_000  # event ids remembered between seeds; past it, a new seed is due
 
 
@@ -32,6 +33,7 @@ class Spend:
     unpriced: int = 0
 
     def add(self, tokens: int, cost_nano: int, unpriced: int = 0) -> None:
+        """Add usage to this spend."""
         self.tokens += tokens
         self.cost_nano += cost_nano
         self.unpriced += unpriced

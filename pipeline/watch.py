@@ -28,9 +28,9 @@ from rich.text import Text
 from pipeline.budgets import budgets_of
 from pipeline.config import Home
 from pipeline.live import (
-    PUBLISH_IDLE_SECONDS,
     FeedReader,
     feed_path,
+    kept_live,
     live_path,
     read_live,
     summary,
@@ -38,6 +38,7 @@ from pipeline.live import (
 
 POLL_SECONDS = 0.2
 LAKE_REFRESH_SECONDS = 60.0
+FIRST_COUNT_SECONDS = 5.0  # the first view waits this long for the lake's count
 BAR_WIDTH = 20
 QUIT_KEYS = {"q", "Q", "\x03"}
 
@@ -51,32 +52,46 @@ def lake_summary(home: Home) -> dict[str, Any]:
 
 
 class LiveSource:
-    """The freshest summary: live.json while a tailer keeps it, else the lake's."""
+    """The freshest summary: live.json while a tailer keeps it, else the lake's, counted
+    on a thread of its own so that the view still answers its keys meanwhile."""
 
     def __init__(self, home: Home) -> None:
         self.home = home
         self._mtime = -1.0
-        self._lake_at = 0.0
+        self._lake_at = -LAKE_REFRESH_SECONDS
+        self._counting: threading.Thread | None = None
+        self._counted: dict[str, Any] | None = None
         self.content: dict[str, Any] | None = None
         self.from_lake = False
 
     def changed(self) -> bool:
-        """Re-read if live.json changed (or the lake's count is due); whether it did."""
-        try:
+        """Re-read if live.json changed, or take the lake's count once done; whether the
+        content changed."""
+        if kept_live(self.home):
             mtime = os.stat(live_path(self.home)).st_mtime
-        except FileNotFoundError:
-            mtime = -1.0
-        if mtime >= 0 and time.time() - mtime < 2 * PUBLISH_IDLE_SECONDS:
             if mtime == self._mtime:
                 return False
             self._mtime, self.from_lake = mtime, False
             self.content = read_live(self.home) or self.content
             return True
-        if time.monotonic() - self._lake_at < LAKE_REFRESH_SECONDS and self.from_lake:
-            return False
-        self._lake_at, self.from_lake = time.monotonic(), True
-        self.content = lake_summary(self.home)
-        return True
+        if self._counted is not None:
+            self.content, self._counted, self.from_lake = self._counted, None, True
+            return True
+        # Due every LAKE_REFRESH_SECONDS, and at once when live.json went stale.
+        due = not self.from_lake or time.monotonic() - self._lake_at >= LAKE_REFRESH_SECONDS
+        if due and (self._counting is None or not self._counting.is_alive()):
+            self._lake_at = time.monotonic()
+            self._counting = threading.Thread(target=self._count, daemon=True)
+            self._counting.start()
+        return False
+
+    def wait_for_count(self, timeout: float) -> None:
+        """Wait for a lake count under way (a plain or first view has nothing else)."""
+        if self._counting is not None:
+            self._counting.join(timeout)
+
+    def _count(self) -> None:
+        self._counted = lake_summary(self.home)
 
 
 # ---------------------------------------------------------------- drawing
@@ -85,7 +100,7 @@ class LiveSource:
 def view(content: dict[str, Any] | None, from_lake: bool, now: datetime) -> RenderableType:
     """The whole screen for one summary."""
     if content is None:
-        return Text("no usage yet")
+        return Text("counting the lake…")
     source = ("no tailer running: the lake as counted at " if from_lake
               else "live, updated ") + _clock(content["updated"])
     header = Text.assemble(("tally watch", "bold"), f"  {now:%H:%M:%S}  ·  {source}  ·  ",
@@ -179,6 +194,8 @@ def watch_screen(home: Home, stop: threading.Event, console: Console | None = No
     source = LiveSource(home)
     console = console or Console()
     source.changed()
+    source.wait_for_count(FIRST_COUNT_SECONDS)
+    source.changed()
     with _keys() as key, Live(view(source.content, source.from_lake, datetime.now()),
                                console=console, auto_refresh=False, screen=True) as live:
         drawn = time.monotonic()
@@ -195,6 +212,7 @@ def watch_plain(home: Home, stop: threading.Event, out: Callable[[str], None]) -
     """Print a plain line at start and whenever live.json changes, until `stop`."""
     source = LiveSource(home)
     while not stop.is_set():
+        source.wait_for_count(POLL_SECONDS)
         if source.changed() and source.content is not None:
             out(plain_line(source.content, datetime.now()))
         stop.wait(POLL_SECONDS)

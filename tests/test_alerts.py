@@ -22,6 +22,7 @@ from pipeline.alerts import (
 )
 from pipeline.budgets import Budget, Crossing, DayUsage, budgets_of, crossings
 from pipeline.config import BudgetSettings, Home
+from pipeline.errors import StorageError
 from pipeline.events import Event, Validator
 
 TODAY = date(2025, 8, 29)  # a Friday: its week started on Monday the 25th
@@ -109,7 +110,7 @@ def test_raise_alerts_puts_in_the_outbox_before_the_log(home: Home) -> None:
     alert_log(home).mkdir(parents=True)  # a directory where the log file should be
     found = crossings(budgets_of(TOKENS), [day(900)], TODAY, set())
     alerted: set[str] = set()
-    with pytest.raises(Exception):  # noqa: B017 - whatever error; what is left matters
+    with pytest.raises(StorageError, match="cannot append to the log"):
         raise_alerts(home, found, alerted)
     assert alerted == set()
     assert [entry["event"]["event_id"] for _, entry in pending_alerts(home)] == \

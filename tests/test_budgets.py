@@ -144,3 +144,15 @@ def test_any_sequence_of_increments_alerts_each_level_at_most_once(steps: list[i
     assert len(raised) == len(set(raised))
     assert ("TOKEN_BUDGET_EXCEEDED" in raised) == (used >= 150_000)
     assert ("TOKEN_BUDGET_WARNING" in raised) <= (used >= 120_000)
+
+
+def test_a_long_scope_still_gives_a_valid_distinct_event_id() -> None:
+    """The schema allows 128 characters; a long agent name is shortened with its hash."""
+    long_a, long_b = "a" * 200, "a" * 199 + "b"
+    first = alert_id(long_a, "weekly", TODAY, "COST_BUDGET_EXCEEDED")
+    assert len(first) <= 128
+    assert first != alert_id(long_b, "weekly", TODAY, "COST_BUDGET_EXCEEDED")
+    [crossing] = crossings([Budget(long_a, "daily", "tokens", 10, 0.8)],
+                           [DayUsage(long_a, TODAY, 20, 0)], TODAY, set())
+    checked = Validator().validate_object(crossing.event("2026-12-02T10:00:00Z"))
+    assert not hasattr(checked, "reason"), checked

@@ -103,3 +103,25 @@ def test_budget_needs_a_home(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["budget", "--home", str(tmp_path / "missing")])
     assert result.exit_code == 3
     assert "error:" in result.stderr and "tally init" in result.stderr
+
+
+def test_options_before_check_are_refused_not_ignored(tmp_path: Path) -> None:
+    home = home_with(tmp_path / "home")
+    result = CliRunner().invoke(main, ["budget", "--home", str(home.root), "check"])
+    assert result.exit_code == 2
+    assert "--home before 'check' would be ignored" in result.stderr
+    assert "tally budget check --home" in result.stderr
+
+
+def test_json_gives_tokens_as_whole_numbers(tmp_path: Path) -> None:
+    home = home_with(tmp_path / "home", usage("claude", 900))
+    [claude] = [r for r in rows(tally(home, "budget", "--format", "json"))
+                if r["scope"] == "claude"]
+    assert claude["used"] == 900 and isinstance(claude["used"], int)
+
+
+def test_an_agent_without_budgets_of_its_own_is_told_how_to_add_them(tmp_path: Path) -> None:
+    home = home_with(tmp_path / "home")
+    result = tally(home, "budget", "--agent", "gemini")
+    assert result.exit_code == 0
+    assert "[budgets.agents.gemini]" in result.stderr

@@ -19,13 +19,13 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import gone
 
 import pipeline.delivery as delivery
 from pipeline.alerts import alert_text, pending_alerts, put_in_outbox, raise_alerts
 from pipeline.budgets import Budget, Crossing
 from pipeline.config import AlertSettings, Home, init_home, load_home
 from pipeline.delivery import Deliverer, deliver_due
+from tests.conftest import gone
 
 FAR = 1e12  # a `now` past any `due`: every outbox entry is tried
 EVENT = Crossing(Budget("all", "daily", "tokens", 1000, 0.8), date(2025, 8, 29), 1,
@@ -319,3 +319,35 @@ def test_without_receivers_the_outbox_is_cleared(tmp_path: Path) -> None:
     assert deliver_due(home, notes.append) == 1  # the one due later waits
     assert deliver_due(home, notes.append, now=FAR) == 0
     assert entries(home) == [] and notes == []
+
+
+def test_a_receiver_failing_for_days_keeps_its_capped_wait(tmp_path: Path, hook: Hook) -> None:
+    """Attempt 2,000 waits retry_max_seconds like attempt 20: no overflow, no busy loop."""
+    home = home_with(tmp_path / "home", webhook=hook.url, retry_max_seconds=300.0)
+    hook.statuses = [503]
+    put_in_outbox(home, EVENT, attempts=2000, due=0.0)
+    before = time.time()
+    assert deliver_due(home, lambda m: None, now=FAR) == 1
+    [entry] = entries(home)
+    assert entry["attempts"] == 2001
+    assert 299 <= entry["due"] - before <= 301
+
+
+def test_a_second_deliverer_leaves_the_outbox_to_the_first(tmp_path: Path, hook: Hook) -> None:
+    """Two processes delivering at once would send an alert twice: the lock says no."""
+    from pipeline.checkpoint import ProcessLock
+
+    home = home_with(tmp_path / "home", webhook=hook.url)
+    put_in_outbox(home, EVENT)
+    with ProcessLock(home.state / "alerts" / "deliver.lock", "x").acquire(0):
+        assert deliver_due(home, lambda m: None, now=FAR) == 1
+    assert hook.requests == []
+    assert deliver_due(home, lambda m: None, now=FAR) == 0
+    assert len(hook.requests) == 1
+
+
+def test_a_one_shot_delivery_stops_at_its_deadline(tmp_path: Path, hook: Hook) -> None:
+    home = home_with(tmp_path / "home", webhook=hook.url)
+    put_in_outbox(home, EVENT)
+    assert deliver_due(home, lambda m: None, now=FAR, deadline=time.monotonic() - 1) == 1
+    assert hook.requests == []

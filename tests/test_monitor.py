@@ -11,14 +11,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from pipeline.alerts import alert_log, outbox_dir
+from pipeline.alerts import alert_log, outbox_dir, outbox_path, put_in_outbox
+from pipeline.budgets import Budget, Crossing, local_today
 from pipeline.compactor import run_compaction
 from pipeline.config import Home
 from pipeline.monitor import BudgetMonitor, check_budgets, check_budgets_after
@@ -207,7 +208,8 @@ def test_a_cron_tail_with_nothing_new_checks_nothing(tmp_path: Path) -> None:
 
 def test_a_check_that_could_not_alert_is_made_again(tmp_path: Path) -> None:
     """The alert cannot be stored: the watermark is not recorded, the next run alerts."""
-    home = make_home(tmp_path / "home", "[budgets]\ndaily_tokens = 100\n")
+    home = make_home(tmp_path / "home", "[budgets]\ndaily_tokens = 100\n"
+                     "[alerts]\ncommand = 'true'\n")
     append_event(home.logs / "a.jsonl", usage("a", 500))
     with Tailer(home) as tailer:
         tailer.poll()
@@ -276,3 +278,90 @@ def test_a_compaction_and_a_following_tailer_never_both_alert(tmp_path: Path) ->
     finally:
         tailer.close()
     assert len(alerts(home)) == 1 and monitor.raised == []
+
+
+def test_an_alert_is_raised_on_the_exact_count_not_the_running_one(tmp_path: Path) -> None:
+    """A late copy of an event counted before the seed (its id is no longer remembered)
+    inflates the running totals; the exact count says no, and sets them right."""
+    home = make_home(tmp_path / "home", "[budgets]\ndaily_tokens = 1000\nweekly_tokens = 0\n"
+                     "daily_cost_usd = 0\n")
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    old = append_event(home.logs / "a.jsonl", usage("a", 700, now - timedelta(hours=2)))
+    tailer, monitor = in_process(home, lambda: now)
+    try:
+        tailer.poll()
+        run_compaction(home)
+        monitor = BudgetMonitor(home, lambda message: None, clock=lambda: now)  # seeded
+        tailer.on_commit = monitor.batch_committed
+        append_event(home.logs / "a.jsonl", old)  # the same event again
+        tailer.poll()
+    finally:
+        tailer.close()
+    assert alerts(home) == []
+    today = now.date()
+    assert monitor.totals.days["a", today].tokens == 700
+
+
+def test_a_period_that_ended_since_the_last_check_is_checked_once_more(tmp_path: Path) -> None:
+    """Events of 23:55 read at 00:05 (a cron run) still alert yesterday's budget; a check
+    older than yesterday does not make old periods alert."""
+    home = make_home(tmp_path / "home", "[budgets]\ndaily_tokens = 1000\nweekly_tokens = 0\n"
+                     "daily_cost_usd = 0\n")
+    midnight = datetime(2026, 12, 3, tzinfo=UTC)
+    append_event(home.logs / "a.jsonl", usage("a", 1200, midnight - timedelta(minutes=5)))
+    with Tailer(home) as tailer:
+        tailer.poll()
+    after = midnight + timedelta(minutes=5)
+    stale = BudgetMonitor(home, lambda m: None, clock=lambda: after,
+                          checked_day=date(2026, 11, 30))
+    assert stale.raised == []
+    checked = BudgetMonitor(home, lambda m: None, clock=lambda: after,
+                            checked_day=date(2026, 12, 2))
+    assert [(a["alert"], a["period_start"]) for a in checked.raised] == [
+        ("TOKEN_BUDGET_EXCEEDED", "2026-12-02")]
+
+
+def test_an_alert_killed_between_outbox_and_log_is_logged_by_the_next_run(
+        tmp_path: Path) -> None:
+    """The outbox held a WARNING whose line a kill prevented; usage is past the budget
+    by the next run: both are in the log, the WARNING as it was raised."""
+    home = make_home(tmp_path / "home", "[budgets]\ndaily_tokens = 1000\nweekly_tokens = 0\n"
+                     "daily_cost_usd = 0\n[alerts]\ncommand = 'true'\n")
+    now = datetime.now(UTC)
+    append_event(home.logs / "a.jsonl", usage("a", 1500, now))
+    with Tailer(home) as tailer:
+        tailer.poll()
+    warning = Crossing(Budget("all", "daily", "tokens", 1000, 0.8), local_today(now, "UTC"),
+                       1, 850)
+    put_in_outbox(home, warning.event(iso(now)))
+    check_budgets(home, lambda m: None, clock=lambda: now)
+    assert [a["alert"] for a in alerts(home)] == ["TOKEN_BUDGET_WARNING",
+                                                  "TOKEN_BUDGET_EXCEEDED"]
+    assert alerts(home)[0]["usage"] == 850
+
+
+def test_without_receivers_nothing_waits_in_the_outbox(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home", "[budgets]\ndaily_tokens = 100\n")
+    append_event(home.logs / "a.jsonl", usage("a", 500))
+    with Tailer(home) as tailer:
+        tailer.poll()
+    assert len(check_budgets(home, lambda m: None)) == 1
+    assert not outbox_dir(home).exists() or not list(outbox_dir(home).iterdir())
+
+
+def test_a_cron_run_with_nothing_new_still_retries_deliveries(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    home = make_home(tmp_path / "home", "[budgets]\ndaily_tokens = 100\n"
+                     f"[alerts]\ncommand = 'test -e {tmp_path}/up && cat >> {calls}'\n")
+    append_event(home.logs / "a.jsonl", usage("a", 500))
+    with Tailer(home) as tailer:
+        tailer.poll()
+    told: list[str] = []
+    assert len(check_budgets_after(home, told.append, tailer.checkpoint)) == 1
+    assert not calls.exists() and any("command exited 1" in line for line in told)
+    (tmp_path / "up").touch()
+    with open(outbox_path(home, alerts(home)[0]["event_id"]), "rb") as handle:
+        entry = orjson.loads(handle.read())
+    put_in_outbox(home, entry["event"], attempts=1, due=0.0)  # due now
+    assert check_budgets_after(home, told.append, tailer.checkpoint) == []  # nothing new
+    assert calls.exists()

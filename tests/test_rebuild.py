@@ -438,3 +438,15 @@ def test_sigkilled_recovery_is_finished_by_the_next_rebuild(home: Home) -> None:
     assert len(backups(home)) == 1 and [p.name for p in interrupted_rebuild(home)] == []
     assert report(home) == totals
     assert tail(home).staged == 0
+
+
+def test_alerts_waiting_for_delivery_outlive_the_rebuild(home: Home) -> None:
+    """state/ is swapped for a fresh one; the outbox is carried over into it."""
+    from pipeline.alerts import pending_alerts, put_in_outbox
+
+    append(home, "a.jsonl", [usage("a-1")])
+    tail(home)
+    put_in_outbox(home, {"event_type": "budget_alert", "event_id": "tally-budget:x"})
+    run_rebuild(home)
+    assert [entry["event"]["event_id"] for _, entry in pending_alerts(home)] == [
+        "tally-budget:x"]

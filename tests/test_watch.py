@@ -448,7 +448,7 @@ def test_view_says_where_its_numbers_come_from() -> None:
     assert row_cells(text, "all") == ["all", "0", "0.00", "", "0", "0.00", ""]  # no budgets
     assert row_cells(text, "5-hour block") == ["5-hour block", "no usage in the last day"]
     assert bars == {}
-    assert rendered(view(None, True, NOW))[0] == "no usage yet\n"
+    assert rendered(view(None, True, NOW))[0] == "counting the lake…\n"
 
 
 def test_plain_line_of_a_known_summary() -> None:
@@ -473,7 +473,9 @@ def test_plain_line_leaves_out_a_block_that_ended() -> None:
 
 def test_live_source_prefers_a_fresh_live_json_to_the_lake(home: Home) -> None:
     source = LiveSource(home)
-    assert source.changed() and source.from_lake  # no live.json: counted from the lake
+    assert not source.changed()  # no live.json: the lake is being counted, on a thread
+    source.wait_for_count(30)
+    assert source.changed() and source.from_lake
     assert source.content is not None and source.content["all"]["today"]["tokens"] == 0
     assert not source.changed()  # the lake is counted again only every minute
 
@@ -491,5 +493,7 @@ def test_live_source_prefers_a_fresh_live_json_to_the_lake(home: Home) -> None:
 
     long_ago = time.time() - timedelta(hours=1).total_seconds()
     os.utime(live_path(home), (long_ago, long_ago))  # the tailer stopped an hour ago
+    source.changed()
+    source.wait_for_count(30)
     assert source.changed() and source.from_lake
     assert source.content is not None and source.content["all"]["today"]["tokens"] == 0

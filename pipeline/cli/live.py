@@ -39,8 +39,12 @@ def watch(home: Home, as_json: bool) -> None:
     stop = threading.Event()
     _stop_on_signals(stop)
     if as_json:
+        from pipeline.live import kept_live
         from pipeline.watch import watch_feed
 
+        if not kept_live(home):
+            click.echo("no tailer publishes batches for this home yet: lines come once "
+                       "`tally run` or `tally tail` commits one", err=True)
         watch_feed(home, stop, sys.stdout.buffer)
     elif sys.stdout.isatty():
         from pipeline.watch import watch_screen
@@ -68,13 +72,15 @@ def statusline(home: Home) -> None:
     Example:
       echo '{"session_id": "abc", "model": {"display_name": "Opus"}}' | tally statusline
     """
-    from pipeline.statusline import print_statusline
+    from pipeline.statusline import line_for
 
-    print_statusline(str(home.root))
+    piped = b"" if sys.stdin.isatty() else sys.stdin.buffer.read()  # nothing, run by hand
+    click.echo(line_for(str(home.root), piped))
 
 
 @click.command()
-@click.option("--quiet", "-q", is_flag=True, help="no summary lines")
+@click.option("--quiet", "-q", is_flag=True,
+              help="no summary lines (alerts and failures are still printed)")
 @new_home_option
 def run(home: Home, quiet: bool) -> None:
     """Follow the logs, check budgets after every batch, compact every `[compactor] every`
@@ -86,15 +92,15 @@ def run(home: Home, quiet: bool) -> None:
     \b
     Examples:
       tally run --home ~/.tally
-      systemctl --user start tally   # the unit in the README runs `tally run`
+      systemctl start tally          # the unit in the README runs `tally run`
     """
     from pipeline.service import run_service
 
-    def notify(message: str) -> None:
-        if not quiet or message.startswith("ALERT"):
-            click.echo(message, err=True)
+    def notify(message: str) -> None:  # alerts and failures: said even with --quiet
+        click.echo(message, err=True)
 
-    result = run_service(home, notify, on_ready=lambda tailer: _stop_on_signals(tailer.stop))
+    result = run_service(home, notify, None if quiet else notify,
+                         on_ready=lambda tailer: _stop_on_signals(tailer.stop))
     if not quiet:
         click.echo(f"run: staged {result.tailed.staged:,} events, quarantined "
                    f"{result.tailed.quarantined:,} lines; {result.compactions} compaction(s) "

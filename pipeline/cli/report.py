@@ -255,7 +255,7 @@ def report(ctx: click.Context, home: Home, by_text: str, since: datetime | None,
       tally report daily-summary --date 2025-08-29 --format json
     """
     if ctx.invoked_subcommand is not None:
-        _refuse_report_options(ctx)
+        refuse_group_options(ctx)
         return
     require_home(home)
     query = ReportQuery(by=parse_by(by_text), since=_day(since), until=_day(until),
@@ -281,13 +281,14 @@ def _render_check(checked: ReportCheck) -> None:
                          "still differ, `tally rebuild` makes them again from the logs")
 
 
-def _refuse_report_options(ctx: click.Context) -> None:
-    """Options of the plain report given before a subcommand would be silently ignored."""
+def refuse_group_options(ctx: click.Context) -> None:
+    """Options of a group's own command given before a subcommand would be silently
+    ignored: UsageError."""
     given = [p.opts[0] for p in ctx.command.params if p.name and
              ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)]
     if given:
         raise UsageError(f"{', '.join(given)} before {ctx.invoked_subcommand!r} would be ignored",
-                         hint=f"put options after the subcommand: tally report "
+                         hint=f"put options after the subcommand: tally {ctx.info_name} "
                               f"{ctx.invoked_subcommand} {given[0]} ...")
 
 

@@ -31,20 +31,20 @@ def tail(home: Home, once: bool, quiet: bool) -> None:
       tally tail --once            # catch up and exit (cron, tests, the demo)
       tally tail --home ~/.tally   # follow for ever
     """
-    def notify(message: str) -> None:
-        if not quiet or message.startswith("ALERT"):
-            click.echo(message, err=True)
+    def notify(message: str) -> None:  # alerts and failures: said even with --quiet
+        click.echo(message, err=True)
 
+    status = None if quiet else notify
     started = time.monotonic()
-    with Tailer(home, notify=notify) as tailer:
+    with Tailer(home, notify=status or (lambda message: None)) as tailer:
         _stop_on_signals(tailer)
         if once:
             with progress_bar("catching up", show=not quiet) as progress:
                 result = tailer.poll(progress=progress)
         else:
-            from pipeline.service import follow_with_budgets  # Polars: after workers fork
+            from pipeline.monitor import follow_with_budgets  # Polars: after workers fork
 
-            result = follow_with_budgets(tailer, notify)
+            result = follow_with_budgets(tailer, notify, status)
     if not quiet:
         click.echo(_summary(result, time.monotonic() - started))
     if once:
