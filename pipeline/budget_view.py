@@ -40,7 +40,7 @@ def budget_rows(home: Home, now: datetime, since: date | None = None,
     for budget in budgets:
         current = period_start(today, budget.period)
         minutes = minute_totals(totals, None if budget.scope == ALL else budget.scope)
-        used = period_usage(budget, current, totals.day_usage())
+        used = period_usage(budget, current, totals.usage_index())
         rows.append(budget_row(budget, current, used, burn_rate(minutes, now), now, tz))
         for start in _past_starts(budget, since, current):
             rows.append(budget_row(budget, start, period_usage(budget, start, history),

@@ -121,14 +121,33 @@ class DayUsage:
     cost_nano: int
 
 
-def period_usage(budget: Budget, start: date, days: Iterable[DayUsage]) -> float:
+class UsageIndex:
+    """Usage per (agent, day) and per day, so that a budget's period is a few lookups
+    whatever the number of agents and days."""
+
+    def __init__(self, days: Iterable[DayUsage]) -> None:
+        self.by_agent: dict[tuple[str, date], tuple[int, int]] = {}
+        self.by_day: dict[date, tuple[int, int]] = {}
+        for usage in days:
+            key = (usage.agent, usage.day)
+            tokens, cost = self.by_agent.get(key, (0, 0))
+            self.by_agent[key] = (tokens + usage.tokens, cost + usage.cost_nano)
+            tokens, cost = self.by_day.get(usage.day, (0, 0))
+            self.by_day[usage.day] = (tokens + usage.tokens, cost + usage.cost_nano)
+
+    def used(self, budget: Budget, start: date) -> float:
+        """The budget's metric summed over its scope and the period starting on `start`."""
+        column = 0 if budget.metric == "tokens" else 1
+        total = sum((self.by_day.get(day, (0, 0)) if budget.scope == ALL
+                     else self.by_agent.get((budget.scope, day), (0, 0)))[column]
+                    for day in period_days(start, budget.period))
+        return total if budget.metric == "tokens" else total / 1e9
+
+
+def period_usage(budget: Budget, start: date, days: Iterable[DayUsage] | UsageIndex) -> float:
     """The budget's metric summed over its scope and the period that starts on `start`."""
-    wanted = set(period_days(start, budget.period))
-    total = 0
-    for usage in days:
-        if usage.day in wanted and budget.scope in (ALL, usage.agent):
-            total += usage.tokens if budget.metric == "tokens" else usage.cost_nano
-    return total if budget.metric == "tokens" else total / 1e9
+    index = days if isinstance(days, UsageIndex) else UsageIndex(days)
+    return index.used(budget, start)
 
 
 @dataclass(frozen=True)
@@ -164,7 +183,7 @@ class Crossing:
         }
 
 
-def crossings(budgets: Iterable[Budget], days: Iterable[DayUsage], today: date,
+def crossings(budgets: Iterable[Budget], days: Iterable[DayUsage] | UsageIndex, today: date,
               alerted: set[str]) -> list[Crossing]:
     """The alerts the current periods call for that are not in `alerted` (event ids).
 
@@ -172,11 +191,11 @@ def crossings(budgets: Iterable[Budget], days: Iterable[DayUsage], today: date,
     level or a higher one was alerted already. Usage first seen past the budget alerts
     EXCEEDED alone, and a later run does not add the WARNING it skipped.
     """
-    days = list(days)
+    index = days if isinstance(days, UsageIndex) else UsageIndex(days)
     found = []
     for budget in budgets:
         start = period_start(today, budget.period)
-        used = period_usage(budget, start, days)
+        used = index.used(budget, start)
         level = budget.level(used)
         done = [alert_id(budget.scope, budget.period, start, alert_kind(budget.metric, n))
                 for n in range(level, len(LEVELS) + 1)]

@@ -66,7 +66,7 @@ def spend_in(totals: LiveTotals, agent: str | None, start: date, period: str) ->
 def budget_state(budget: Budget, totals: LiveTotals, now: datetime) -> dict[str, Any]:
     """A budget in the current period: used, percentage, level, burn rate, projection."""
     start = period_start(local_today(now, totals.tz), budget.period)
-    used = period_usage(budget, start, totals.day_usage())
+    used = period_usage(budget, start, totals.usage_index())
     burn = burn_rate(minute_totals(totals, None if budget.scope == ALL else budget.scope), now)
     return budget_row(budget, start, used, burn, now, totals.tz)
 

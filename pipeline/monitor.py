@@ -17,8 +17,16 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.alerts import alert_text, raise_new_alerts
-from pipeline.budgets import Crossing, DayUsage, budgets_of, crossings, local_today, period_start
+from pipeline.alerts import alert_text, alerted_ids, raise_new_alerts
+from pipeline.budgets import (
+    Crossing,
+    DayUsage,
+    UsageIndex,
+    budgets_of,
+    crossings,
+    local_today,
+    period_start,
+)
 from pipeline.config import Home
 from pipeline.delivery import Deliverer, deliver_due, receivers
 from pipeline.errors import TallyError, safe_text
@@ -102,6 +110,10 @@ class BudgetMonitor:
             self.failed = True
             self._tell_once(f"could not write a budget alert: {error.message}")
             return []
+        except Exception as exc:  # the exact count failed (a file vanished): same again
+            self.failed = True
+            self._tell_once(f"could not count a budget's period: {safe_text(str(exc))}")
+            return []
         if days[-1] != self._day:
             self._day = days[-1]
             self.totals.forget_before(now)
@@ -114,21 +126,22 @@ class BudgetMonitor:
         return events
 
     def _raise(self, days: list[date], usage: list[DayUsage]) -> list[dict[str, Any]]:
+        index = UsageIndex(usage)
         if self.alerted is None:
-            from pipeline.alerts import alerted_ids
-
             self.alerted = alerted_ids(self.home)
-        if not self._crossings(days, usage, self.alerted):
+        if not self._crossings(days, index, self.alerted):
             return []
-        exact = self._exact(self.home, period_start(days[0], "weekly"), self.totals.tz)
-        self.totals.days.update(exact)  # the running totals, set right where they were off
-        counted = [DayUsage(a, d, s.tokens, s.cost_nano) for (a, d), s in exact.items()]
+        since = period_start(days[0], "weekly")
+        exact = self._exact(self.home, since, self.totals.tz)
+        self.totals.set_days(since, exact)  # the running totals, set right where they were off
+        counted = UsageIndex(DayUsage(a, d, s.tokens, s.cost_nano)
+                             for (a, d), s in exact.items())
         events, self.alerted = raise_new_alerts(
             self.home, lambda alerted: self._crossings(days, counted, alerted),
             outbox=bool(receivers(self.home.alerts)))
         return events
 
-    def _crossings(self, days: list[date], usage: list[DayUsage],
+    def _crossings(self, days: list[date], usage: UsageIndex,
                    alerted: set[str]) -> list[Crossing]:
         found = {c.event_id: c for day in days
                  for c in crossings(self.budgets, usage, day, alerted)}

@@ -37,6 +37,7 @@ from pipeline.totals import (
 USAGE, PROGRESS = "agent_token_usage", "task_progress"
 TASK_FIELDS = ("name", "status", "progress")
 SEEN_SEEDED_MINUTES = 60  # ids of this recent usage are remembered: retries come soon
+CLOCK_SKEW = timedelta(minutes=5)  # how far ahead a producer's clock may be and count as now
 
 
 def counted_usage(usage: pl.LazyFrame, table: PriceTable, tz: str) -> pl.LazyFrame:
@@ -161,19 +162,25 @@ def _seed_sessions(home: Home, totals: LiveTotals, now: datetime) -> None:
 
 
 def _seed_minutes(home: Home, totals: LiveTotals, now: datetime) -> None:
-    """Minutes of the last day, for burn rates and blocks, and the ids of the last hour."""
-    start = now - timedelta(days=1)
+    """Minutes of the last day, for burn rates and blocks, and the ids of the last hour.
+
+    Events stamped later than `now` (a producer's clock ahead, generated data) count in
+    their days but in no minute: a burn rate is of what has happened.
+    """
+    start, end = now - timedelta(days=1), now + CLOCK_SKEW
     events = open_events(home, USAGE).all(pl.col("date") >= start.date())
     if events is None:
         return
-    counted = counted_usage(events.filter(pl.col("ts") >= start), pricing_for(home), totals.tz)
-    rows = counted.select("event_id", "ts", "agent", "tokens", "cost_nano").collect()
+    window = events.filter(pl.col("ts").is_between(start, end))
+    rows = (counted_usage(window, pricing_for(home), totals.tz)
+            .select("event_id", "ts", "agent", "tokens", "cost_nano").collect())
     recent = now - timedelta(minutes=SEEN_SEEDED_MINUTES)
     for event_id, ts, agent, tokens, cost in rows.iter_rows():
         minute = totals.minutes.setdefault(int(ts.timestamp() // 60), {})
         minute.setdefault(agent, Spend()).add(tokens, cost or 0)
         if ts >= recent:
             totals.seen[event_id] = (tokens, cost or 0)
+    totals.seeded_ids = len(totals.seen)
 
 
 def _seed_tasks(home: Home, totals: LiveTotals, since: date) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from pipeline.budgets import DayUsage, local_today
+from pipeline.budgets import DayUsage, UsageIndex, local_today
 
 NANO = 1_000_000_000
 DAYS_KEPT = 8  # a week and the day before: every day a current period can hold
@@ -87,6 +87,7 @@ class LiveTotals:
     snapshots: dict[tuple[str, str], Snapshot] = field(default_factory=dict)
     tracked: set[tuple[str, str]] = field(default_factory=set)
     seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    seeded_ids: int = 0  # how many of `seen` the seed put there
     first_day: date = date.min  # rows of earlier days count in no current period
 
     def add_rows(self, rows: Iterable[CountedRow]) -> dict[str, Spend]:
@@ -116,6 +117,12 @@ class LiveTotals:
             added[row.agent].add(tokens, cost, unpriced)
         return dict(added)
 
+    def set_days(self, since: date, counted: dict[tuple[str, date], Spend]) -> None:
+        """Replace the days from `since` on with an exact count of them."""
+        for key in [k for k in self.days if k[1] >= since]:
+            del self.days[key]
+        self.days.update(counted)
+
     def advance(self, key: tuple[str, str], later: Snapshot) -> tuple[int, int, int] | None:
         """A task's increment from its previous snapshot to `later`, which becomes the
         latest; None when `later` is older than the latest (the next seed counts it)."""
@@ -132,6 +139,10 @@ class LiveTotals:
         return [DayUsage(agent, day, spend.tokens, spend.cost_nano)
                 for (agent, day), spend in self.days.items()]
 
+    def usage_index(self) -> UsageIndex:
+        """`day_usage` indexed for budgets' lookups."""
+        return UsageIndex(self.day_usage())
+
     def forget_before(self, now: datetime) -> None:
         """Drop days, sessions and minutes no current period or view can need."""
         first = self.first_day = first_kept_day(now, self.tz)
@@ -147,8 +158,8 @@ class LiveTotals:
 
     @property
     def needs_seed(self) -> bool:
-        """Whether the ids remembered since the seed grew past SEEN_LIMIT."""
-        return len(self.seen) > SEEN_LIMIT
+        """Whether the ids remembered grew by SEEN_LIMIT since the seed."""
+        return len(self.seen) - self.seeded_ids > SEEN_LIMIT
 
 
 def first_kept_day(now: datetime, tz: str) -> date:

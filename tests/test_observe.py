@@ -161,3 +161,18 @@ def test_a_batch_compacted_before_it_was_read_asks_for_a_seed(tmp_path: Path) ->
         assert batch_rows(home, batch, types, counter.totals, pricing_for(home)) is None
     finally:
         counter.tailer.close()
+
+
+def test_future_events_count_in_their_day_but_in_no_minute(tmp_path: Path) -> None:
+    """A producer's clock ahead (or generated data): the day counts it, the burn rate
+    does not, and the ids it leaves do not make every publish seed again."""
+    home = make_home(tmp_path / "home")
+    log = home.logs / "a.jsonl"
+    append_event(log, usage_event("claude", -600, 5000))  # ten hours ahead
+    append_event(log, usage_event("claude", 10, 100))
+    with Tailer(home) as tailer:
+        tailer.poll()
+    seeded = seed_totals(home, NOW)
+    assert sum(s.tokens for m in seeded.minutes.values() for s in m.values()) == 110
+    assert len(seeded.seen) == 1 and not seeded.needs_seed
+    assert sum(s.tokens for (a, d), s in seeded.days.items()) == 5500 + 110

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.totals import CountedRow, LiveTotals, Snapshot, minute_totals
+from pipeline.totals import CountedRow, LiveTotals, Snapshot, Spend, minute_totals
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -80,3 +80,12 @@ def test_totals_equal_the_largest_copy_of_each_event(copies: list[tuple[str, int
         largest[event_id] = max(tokens, largest.get(event_id, 0))
     counted = totals.days.get(("claude", NOW.date()))
     assert (counted.tokens if counted else 0) == sum(largest.values())
+
+
+def test_set_days_replaces_the_counted_days_and_keeps_earlier_ones() -> None:
+    totals = LiveTotals()
+    totals.add_rows([row("a", 100), row("b", 5, agent="ghost"),
+                     row("c", 9, at=NOW - timedelta(days=3))])
+    totals.set_days(NOW.date(), {("claude", NOW.date()): Spend(60, 0)})
+    assert {k: s.tokens for k, s in totals.days.items()} == {
+        ("claude", NOW.date()): 60, ("claude", (NOW - timedelta(days=3)).date()): 9}
