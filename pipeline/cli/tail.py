@@ -42,7 +42,7 @@ def tail(home: Home, once: bool, quiet: bool) -> None:
             with progress_bar("catching up", show=not quiet) as progress:
                 result = tailer.poll(progress=progress)
         else:
-            from pipeline.monitor import follow_with_budgets  # Polars: after workers fork
+            from pipeline.monitor import follow_with_budgets  # Polars: only when following
 
             result = follow_with_budgets(tailer, notify, status)
     if not quiet:
