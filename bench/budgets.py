@@ -45,7 +45,7 @@ import orjson
 from bench import report
 from bench.common import REPO, log, precompile
 from bench.tail import percentile
-from pipeline.config import CONFIG_TEMPLATE
+from pipeline.settings import CONFIG_TEMPLATE
 
 TALLY = str(Path(sys.executable).with_name("tally"))
 PAYLOAD = b'{"session_id":"s1","model":{"display_name":"Opus"},"cwd":"/tmp"}'

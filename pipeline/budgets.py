@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:  # the statusline imports this module: keep it light
-    from pipeline.config import BudgetSettings
+    from pipeline.settings import BudgetSettings
 
 
 ALL = "all"

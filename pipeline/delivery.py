@@ -25,8 +25,9 @@ import orjson
 
 from pipeline.alerts import alert_text, pending_alerts, put_in_outbox
 from pipeline.checkpoint import ProcessLock
-from pipeline.config import AlertSettings, Home
+from pipeline.config import Home
 from pipeline.errors import LockTimeout, TallyError, safe_text
+from pipeline.settings import AlertSettings
 
 FIRST_RETRY_SECONDS = 1.0
 IDLE_WAKE_SECONDS = 5.0  # how often an idle deliverer looks at the outbox unasked

@@ -18,8 +18,9 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.config import LONG_CONTEXT_PREFIX, PRICE_KEYS, PRICE_RATE_NAMES, Home
+from pipeline.config import Home
 from pipeline.errors import ConfigError, PricingError
+from pipeline.settings import LONG_CONTEXT_PREFIX, PRICE_KEYS, PRICE_RATE_NAMES
 
 PRICING_FILE = Path(__file__).parent / "pricing.json"
 RATE_NAMES = PRICE_RATE_NAMES  # config.py checks config.toml's keys against these

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.config import TailerSettings
 from pipeline.errors import SourceError
 from pipeline.events import Rejection, Validator
+from pipeline.settings import TailerSettings
 
 DEFAULT_MAX_LINE_BYTES = TailerSettings().max_line_bytes
 READ_CHUNK = 1 << 20  # how much of an over-long line is read at a time, to find its end

@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 from ulid import ULID
 
-from pipeline.config import TailerSettings
 from pipeline.errors import InvalidEvent, StorageError, UnsafeName, UsageError, storage_error
 from pipeline.events import Event, Rejection, Validator
 from pipeline.schemas import SchemaSet
+from pipeline.settings import TailerSettings
 
 # Short names a shell user may type; each maps to the schema's full field name.
 ALIASES = {

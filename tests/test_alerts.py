@@ -21,9 +21,10 @@ from pipeline.alerts import (
     raise_alerts,
 )
 from pipeline.budgets import Budget, Crossing, DayUsage, budgets_of, crossings
-from pipeline.config import BudgetSettings, Home
+from pipeline.config import Home
 from pipeline.errors import StorageError
 from pipeline.events import Event, Validator
+from pipeline.settings import BudgetSettings
 
 TODAY = date(2025, 8, 29)  # a Friday: its week started on Monday the 25th
 TOKENS = BudgetSettings(daily_tokens=1000, weekly_tokens=0, daily_cost_usd=0, warning_ratio=0.8)

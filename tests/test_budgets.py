@@ -20,8 +20,8 @@ from pipeline.budgets import (
     period_start,
     period_usage,
 )
-from pipeline.config import BudgetSettings
 from pipeline.events import Validator
+from pipeline.settings import BudgetSettings
 
 SEED = BudgetSettings()  # the seed's numbers are the defaults
 TODAY = date(2026, 12, 2)  # a Wednesday

@@ -20,15 +20,15 @@ from hypothesis import strategies as st
 
 from pipeline.cli import main
 from pipeline.cli.options import setting_type
-from pipeline.config import (
+from pipeline.errors import InvalidEvent, UnknownEventType, UnsafeName
+from pipeline.events import Event, Validator
+from pipeline.settings import (
     CONFIG_TEMPLATE,
     CompactorSettings,
     TailerSettings,
     setting_bounds,
     setting_fields,
 )
-from pipeline.errors import InvalidEvent, UnknownEventType, UnsafeName
-from pipeline.events import Event, Validator
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 ULID_TEXT = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")

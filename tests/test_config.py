@@ -12,21 +12,18 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import (
+from pipeline.config import Home, init_home, load_home, require_logs_dir
+from pipeline.errors import ConfigError
+from pipeline.pricing import load_pricing
+from pipeline.settings import (
     BOUNDS,
     CONFIG_TEMPLATE,
     PRICE_KEYS,
     AlertSettings,
     BudgetSettings,
     CompactorSettings,
-    Home,
     TailerSettings,
-    init_home,
-    load_home,
-    require_logs_dir,
 )
-from pipeline.errors import ConfigError
-from pipeline.pricing import load_pricing
 
 LAYOUT = ("logs", "stage", "quarantine", "state", "lake")  # DESIGN.md, "Home directory"
 OLD = 946_684_800  # 2000-01-01, an mtime no rewrite could keep

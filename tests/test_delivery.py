@@ -23,8 +23,9 @@ import pytest
 import pipeline.delivery as delivery
 from pipeline.alerts import alert_text, pending_alerts, put_in_outbox, raise_alerts
 from pipeline.budgets import Budget, Crossing
-from pipeline.config import AlertSettings, Home, init_home, load_home
+from pipeline.config import Home, init_home, load_home
 from pipeline.delivery import Deliverer, deliver_due
+from pipeline.settings import AlertSettings
 from tests.conftest import gone
 
 FAR = 1e12  # a `now` past any `due`: every outbox entry is tried

@@ -16,10 +16,10 @@ from conftest import sized_event
 from ulid import ULID
 
 import pipeline.writer as writer
-from pipeline.config import TailerSettings
 from pipeline.errors import InvalidEvent, StorageError, UnsafeName, UsageError
 from pipeline.events import Event, Validator
 from pipeline.schemas import load_schemas
+from pipeline.settings import TailerSettings
 from pipeline.writer import append_event, append_line, build_event, default_log_path, encode_event
 
 ULID_TEXT = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")

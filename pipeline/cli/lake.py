@@ -12,10 +12,11 @@ from pipeline.compactor import (
     run_compaction,
     vacuum_lake,
 )
-from pipeline.config import CompactorSettings, Home
+from pipeline.config import Home
 from pipeline.errors import LakeError, display_path, safe_text
 from pipeline.monitor import check_budgets
 from pipeline.rebuild import changes, run_rebuild
+from pipeline.settings import CompactorSettings
 
 
 def _summary(verb: str, result: CompactionResult) -> str:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from pipeline.config import Home, load_home, setting_bounds
+from pipeline.config import Home, load_home
 from pipeline.errors import (
     HomeNotFound,
     InternalError,
@@ -25,6 +25,7 @@ from pipeline.errors import (
     safe_text,
     storage_error,
 )
+from pipeline.settings import setting_bounds
 
 F = TypeVar("F", bound=Callable[..., Any])
 
