@@ -40,10 +40,13 @@ SEEN_SEEDED_MINUTES = 60  # ids of this recent usage are remembered: retries com
 CLOCK_SKEW = timedelta(minutes=5)  # how far ahead a producer's clock may be and count as now
 
 
-def counted_usage(usage: pl.LazyFrame, table: PriceTable, tz: str) -> pl.LazyFrame:
+def counted_usage(usage: pl.LazyFrame, table: PriceTable, tz: str,
+                  prices: pl.DataFrame | None = None) -> pl.LazyFrame:
     """Usage events as one counted row each: ids, envelope, local `_date`, `tokens` and
-    `cost_nano` (the producer's cost, else computed; null when unpriced)."""
-    return with_local_date(row_costs(usage_rows(usage, keep=("event_id",)), table), tz).select(
+    `cost_nano` (the producer's cost, else computed; null when unpriced). `prices`: the
+    `model_prices` of their models, if known."""
+    rows = usage_rows(usage, keep=("event_id",))
+    return with_local_date(row_costs(rows, table, prices), tz).select(
         "event_id", "ts", "agent", "session_id", "task", "_date",
         tokens=pl.sum_horizontal(*BUCKETS),
         cost_nano=nano_usd(pl.coalesce("cost_usd", "computed_cost_usd")))
@@ -73,7 +76,8 @@ def batch_rows(home: Home, batch: BatchId, types: frozenset[str], totals: LiveTo
     rows: list[CountedRow] = []
     usage = frames[USAGE]
     if usage is not None and usage.height:
-        counted = counted_usage(usage.lazy(), table, totals.tz).collect()
+        prices = table.model_prices(usage["model"].unique().to_list())
+        counted = counted_usage(usage.lazy(), table, totals.tz, prices).collect()
         totals.tracked.update((a, t) for a, t in counted.select("agent", "task").iter_rows()
                               if t is not None)
         rows += _rows(counted)
@@ -104,7 +108,8 @@ def _progress_rows(progress: pl.DataFrame, totals: LiveTotals,
     frame = pl.DataFrame(increments, schema=snapshots.schema).with_columns(
         cache_read_tokens=pl.lit(0, pl.Int64), cache_write_tokens=pl.lit(0, pl.Int64),
         cache_write_1h_tokens=pl.lit(0, pl.Int64))
-    priced = with_local_date(row_costs(frame.lazy(), table), totals.tz).select(
+    prices = table.model_prices(frame["model"].unique().to_list())
+    priced = with_local_date(row_costs(frame.lazy(), table, prices), totals.tz).select(
         pl.lit(None, pl.String).alias("event_id"), "ts", "agent", "session_id", "_date",
         tokens=pl.sum_horizontal(*BUCKETS), cost_nano=nano_usd(pl.col("computed_cost_usd")))
     return list(_rows(priced.collect(), with_ids=False))

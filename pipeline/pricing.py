@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,27 @@ class PriceTable:
         """
         return self._frame
 
+    def model_prices(self, models: Iterable[str | None]) -> pl.DataFrame:
+        """`frame()`'s rates for each of these model names, keyed by `model` (none for an
+        unpriced one); each name is matched once per table (a tailer prices every batch)."""
+        known = self._matched
+        for model in models:
+            if model is not None and model not in known:
+                known[model] = next((c for c in candidate_names(model) if c in self._name_set),
+                                    None)
+        wanted = [m for m in dict.fromkeys(models) if m is not None and known[m] is not None]
+        matched = pl.DataFrame({"model": wanted, "price_name": [known[m] for m in wanted]},
+                               schema={"model": pl.String, "price_name": pl.String})
+        return matched.join(self.frame(), on="price_name", how="left").drop("price_name")
+
+    @functools.cached_property
+    def _matched(self) -> dict[str, str | None]:
+        return {}
+
+    @functools.cached_property
+    def _name_set(self) -> frozenset[str]:
+        return frozenset(self.names)
+
     @functools.cached_property
     def _frame(self) -> pl.DataFrame:
         # Built once: a following tailer prices every batch with the same table.
@@ -165,8 +186,12 @@ def long_context_tier(thresholds: list[int]) -> pl.Expr:
     return pl.sum_horizontal(*((prompt > t).cast(pl.Int64) for t in thresholds))
 
 
-def attach_prices(rows: pl.LazyFrame, table: PriceTable) -> pl.LazyFrame:
-    """Add the rate columns of each row's model (nulls for an unpriced model)."""
+def attach_prices(rows: pl.LazyFrame, table: PriceTable,
+                  prices: pl.DataFrame | None = None) -> pl.LazyFrame:
+    """Add the rate columns of each row's model (nulls for an unpriced model); `prices`,
+    the `model_prices` of the rows' models, spares matching their names again."""
+    if prices is not None:
+        return rows.join(prices.lazy(), on="model", how="left")
     # Name matching runs once per distinct model, not once per row.
     models = (rows.select("model").unique()
               .with_columns(price_name(pl.col("model"), table.names).alias("price_name"))
@@ -198,14 +223,16 @@ def computed_cost() -> pl.Expr:
     return usd * PER_TOKEN
 
 
-def row_costs(rows: pl.LazyFrame, table: PriceTable) -> pl.LazyFrame:
-    """Add `computed_cost_usd` to rows of token buckets, each row one request."""
+def row_costs(rows: pl.LazyFrame, table: PriceTable,
+              prices: pl.DataFrame | None = None) -> pl.LazyFrame:
+    """Add `computed_cost_usd` to rows of token buckets, each row one request (`prices`:
+    see `attach_prices`)."""
     capped = rows.with_columns(
         # 1-hour writes are part of cache_write; never price more of them than were written.
         pl.min_horizontal("cache_write_1h_tokens", "cache_write_tokens")
         .alias("cache_write_1h_tokens"),
         _tier=long_context_tier(table.thresholds))
-    priced = attach_prices(capped, table).with_columns(computed_cost_usd=computed_cost())
+    priced = attach_prices(capped, table, prices).with_columns(computed_cost_usd=computed_cost())
     return priced.select(*rows.collect_schema().names(), "computed_cost_usd")
 
 

@@ -9,12 +9,16 @@ from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from pipeline.config import load_home
 from pipeline.errors import ConfigError
 from pipeline.pricing import (
     PRICING_FILE,
     RATE_NAMES,
+    attach_prices,
     load_pricing,
     matches_model,
     price_name,
@@ -233,3 +237,17 @@ def test_unpriced_model_costs_null_not_zero() -> None:
 
 def test_dated_model_is_priced_as_its_alias() -> None:
     assert _cost("claude-sonnet-4-5-20250929", output_tokens=1_000_000) == pytest.approx(15.0)
+
+
+@given(st.lists(st.one_of(st.none(), st.sampled_from([
+    "claude-sonnet-4-5", "anthropic/claude-sonnet-4-5-20250929", "claude-opus-4-5@20251101",
+    "gpt-5", "openai/gpt-5-latest", "gemini-2.5-pro", "no-such-model", "x/y/z", ""])),
+    min_size=1, max_size=8))
+def test_model_prices_attach_what_name_matching_attaches(models: list[str | None]) -> None:
+    """The per-table cache a tailer prices batches with gives the rates the expression
+    matching gives, name by name (unpriced and null models included)."""
+    table = shipped_pricing()
+    rows = pl.LazyFrame({"model": models}, schema={"model": pl.String})
+    matched = attach_prices(rows, table).collect()
+    cached = attach_prices(rows, table, table.model_prices(models)).collect()
+    assert_frame_equal(matched, cached, check_row_order=False)
