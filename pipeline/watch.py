@@ -68,7 +68,10 @@ class LiveSource:
         """Re-read if live.json changed, or take the lake's count once done; whether the
         content changed."""
         if kept_live(self.home):
-            mtime = os.stat(live_path(self.home)).st_mtime
+            try:
+                mtime = os.stat(live_path(self.home)).st_mtime
+            except OSError:  # replaced or removed since: the next look sees it
+                return False
             if mtime == self._mtime:
                 return False
             self._mtime, self.from_lake = mtime, False
