@@ -22,6 +22,7 @@ import orjson
 from pipeline.budgets import (
     ALL,
     Budget,
+    UsageIndex,
     local_today,
     period_begin,
     period_days,
@@ -63,12 +64,14 @@ def spend_in(totals: LiveTotals, agent: str | None, start: date, period: str) ->
     return spend
 
 
-def budget_state(budget: Budget, totals: LiveTotals, now: datetime) -> dict[str, Any]:
-    """A budget in the current period: used, percentage, level, burn rate, projection."""
+def _budget_state(budget: Budget, totals: LiveTotals, now: datetime, index: UsageIndex,
+                  everyone: dict[int, Spend]) -> dict[str, Any]:
+    """A budget in the current period: used, percentage, level, burn rate, projection
+    (`index` and `everyone`'s minutes are counted once for all budgets)."""
     start = period_start(local_today(now, totals.tz), budget.period)
-    used = period_usage(budget, start, totals.usage_index())
-    burn = burn_rate(minute_totals(totals, None if budget.scope == ALL else budget.scope), now)
-    return budget_row(budget, start, used, burn, now, totals.tz)
+    minutes = everyone if budget.scope == ALL else minute_totals(totals, budget.scope)
+    burn = burn_rate(minutes, now)
+    return budget_row(budget, start, period_usage(budget, start, index), burn, now, totals.tz)
 
 
 def budget_row(budget: Budget, start: date, used: float, burn: Burn | None, now: datetime,
@@ -105,10 +108,11 @@ def summary(totals: LiveTotals, budgets: Sequence[Budget], now: datetime,
     today = local_today(now, totals.tz)
     week = period_start(today, "weekly")
     agents = sorted({agent for agent, _ in totals.days} | {agent for agent, _ in totals.tasks})
-    burn = burn_rate(minute_totals(totals), now)
+    everyone, index = minute_totals(totals), totals.usage_index()
+    burn = burn_rate(everyone, now)
     day_end = period_end(today, "daily", totals.tz)
     spent_today = spend_in(totals, None, today, "daily")
-    block = current_block(minute_totals(totals), now)
+    block = current_block(everyone, now)
     return {
         "updated": _iso(now), "tz": totals.tz, "today": today.isoformat(),
         "week_start": week.isoformat(), "batch": batch,
@@ -124,7 +128,7 @@ def summary(totals: LiveTotals, budgets: Sequence[Budget], now: datetime,
                  "projected_day_cost_usd": round(burn.projected(
                      spent_today.cost_nano / NANO, "cost", day_end, now), 4)},
         "block": block.as_dict() if block else None,
-        "budgets": [budget_state(budget, totals, now) for budget in budgets],
+        "budgets": [_budget_state(budget, totals, now, index, everyone) for budget in budgets],
         "sessions": _sessions(totals, now),
         "tasks": _latest_tasks(totals),
     }

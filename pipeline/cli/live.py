@@ -6,14 +6,12 @@ nothing heavy at the top (no Polars, no rich); each command imports what it need
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
-from types import FrameType
 
 import click
 
-from pipeline.cli.options import home_option, new_home_option
+from pipeline.cli.options import home_option, new_home_option, say, stop_on_signals
 from pipeline.config import Home
 
 
@@ -37,7 +35,7 @@ def watch(home: Home, as_json: bool) -> None:
       tally watch --json | jq -c '.added'
     """
     stop = threading.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
     if as_json:
         from pipeline.live import kept_live
         from pipeline.watch import watch_feed
@@ -59,8 +57,8 @@ def watch(home: Home, as_json: bool) -> None:
 @click.command()
 @home_option
 def statusline(home: Home) -> None:
-    """Print one line for Claude Code's status bar: this session's and today's tokens and
-    cost, and the daily budget's percentage, from what a running tailer publishes.
+    """Print one line for Claude Code's status bar: the Claude Code session's and the day's
+    tokens and cost, and the daily budget's percentage, from what a tailer publishes.
 
     Reads Claude Code's statusline JSON on stdin (session_id, model). In
     ~/.claude/settings.json:
@@ -96,20 +94,9 @@ def run(home: Home, quiet: bool) -> None:
     """
     from pipeline.service import run_service
 
-    def notify(message: str) -> None:  # alerts and failures: said even with --quiet
-        click.echo(message, err=True)
-
-    result = run_service(home, notify, None if quiet else notify,
-                         on_ready=lambda tailer: _stop_on_signals(tailer.stop))
+    result = run_service(home, say, None if quiet else say,
+                         on_ready=lambda tailer: stop_on_signals(tailer.stop))
     if not quiet:
         click.echo(f"run: staged {result.tailed.staged:,} events, quarantined "
                    f"{result.tailed.quarantined:,} lines; {result.compactions} compaction(s) "
                    f"moved {result.compacted_events:,} events to the lake")
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)

@@ -7,9 +7,12 @@ import importlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
@@ -112,6 +115,20 @@ def echo_json(value: Any) -> None:
     except orjson.JSONEncodeError:  # text orjson refuses (a file name's lone surrogates)
         text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
     click.echo(text)
+
+
+def say(message: str) -> None:
+    """Print a notice on stderr: alerts and failures, which even --quiet lets through."""
+    click.echo(message, err=True)
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM set `stop`: a long-running command finishes what it is doing."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def fail(error: TallyError) -> None:

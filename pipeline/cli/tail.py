@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import signal
 import time
-from types import FrameType
 
 import click
 
-from pipeline.cli.options import new_home_option, progress_bar
+from pipeline.cli.options import new_home_option, progress_bar, say, stop_on_signals
 from pipeline.config import Home
 from pipeline.errors import SourceError, display_path
 from pipeline.tailer import PollResult, Tailer
@@ -31,26 +29,23 @@ def tail(home: Home, once: bool, quiet: bool) -> None:
       tally tail --once            # catch up and exit (cron, tests, the demo)
       tally tail --home ~/.tally   # follow for ever
     """
-    def notify(message: str) -> None:  # alerts and failures: said even with --quiet
-        click.echo(message, err=True)
-
-    status = None if quiet else notify
+    status = None if quiet else say  # alerts and failures are said even with --quiet
     started = time.monotonic()
     with Tailer(home, notify=status or (lambda message: None)) as tailer:
-        _stop_on_signals(tailer)
+        stop_on_signals(tailer.stop)
         if once:
             with progress_bar("catching up", show=not quiet) as progress:
                 result = tailer.poll(progress=progress)
         else:
             from pipeline.monitor import follow_with_budgets  # Polars: only when following
 
-            result = follow_with_budgets(tailer, notify, status)
+            result = follow_with_budgets(tailer, say, status)
     if not quiet:
         click.echo(_summary(result, time.monotonic() - started))
     if once:
         from pipeline.monitor import check_budgets_after
 
-        check_budgets_after(home, notify, tailer.checkpoint)
+        check_budgets_after(home, say, tailer.checkpoint)
     if once and result.unreadable:
         raise _unreadable(result.unreadable)
 
@@ -64,14 +59,6 @@ def _unreadable(unreadable: dict[str, str]) -> SourceError:
                             "it from where it stopped" if len(unreadable) == 1 else
                             "make them readable by the user running tally: "
                             + ", ".join(display_path(p) for p in sorted(unreadable)[:5]))
-
-
-def _stop_on_signals(tailer: Tailer) -> None:
-    def stop(signum: int, frame: FrameType | None) -> None:
-        tailer.stop.set()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
 
 
 def _summary(result: PollResult, seconds: float) -> str:
