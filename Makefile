@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python -m bench.compact_history
 	$(BIN)/python -m bench.report
 	$(BIN)/python -m bench.budgets
+	$(BIN)/python -m bench.importers
 
 clean:
 	rm -rf $(VENV) $(HOME_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -44,7 +44,7 @@ from pipeline.query import (
 from pipeline.rollups import SOURCES, reflected, rollup_path, touched_since
 
 USAGE, PROGRESS, CONTEXT = "agent_token_usage", "task_progress", "context_compiled"
-ROLLUP_KEYS = {"agent", "role", "phase", "model", "_date"}
+ROLLUP_KEYS = {"agent", "role", "phase", "model", "project", "branch", "_date"}
 PAIR = ["agent", "task"]
 
 
@@ -142,7 +142,10 @@ def _usage_cells(usage: Events, model: ReadModel | None, dirty: list[date],
                  query: ReportQuery, keys: Sequence[str], table: PriceTable) -> pl.LazyFrame:
     rollup = model.rollup("usage") if model else None
     clean = None
-    if rollup is not None and set(keys) <= ROLLUP_KEYS:
+    # A rollup written before a key column existed answers nothing of that key (the next
+    # compaction computes it again whole).
+    if rollup is not None and set(keys) <= ROLLUP_KEYS and \
+            set(keys) - {"_date"} <= set(rollup.collect_schema().names()):
         chosen = rollup.filter(utc_window(query), ~pl.col("date").is_in(dirty))
         # One read of the rollup: cells grouped also by whether their rows can be priced
         # and placed in days exactly; any that cannot, and the events answer instead. A row

@@ -63,12 +63,16 @@ class FileState:
     btime: int = 0  # birth time in ns, 0 where the file system keeps none
     crc: int | None = None  # CRC-32 of the bytes [0, offset); None in older checkpoints
     crcs: list[list[int]] = field(default_factory=list)  # [offset, crc] of the last commits
+    carry: dict[str, Any] | None = None  # what a source's importer keeps of earlier lines
 
-    def advanced(self, offset: int, marker: str, crc: int | None) -> FileState:
-        """This state moved to a committed offset, with that offset's marker and CRC."""
+    def advanced(self, offset: int, marker: str, crc: int | None,
+                 carry: dict[str, Any] | None = None) -> FileState:
+        """This state moved to a committed offset, with that offset's marker and CRC (and
+        the importer's state after the lines before it)."""
         crcs = self.crcs if crc is None else [*self.crcs, [offset, crc]][-CRCS_KEPT:]
         return dataclasses.replace(self, offset=offset, marker=marker, crc=crc, crcs=crcs,
-                                   last_seen=time.time())
+                                   last_seen=time.time(),
+                                   carry=self.carry if carry is None else carry)
 
 
 @dataclass

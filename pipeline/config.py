@@ -23,6 +23,7 @@ from pipeline.settings import (
     PRICE_KEYS,
     RATE_BOUNDS,
     SECTIONS,
+    SOURCE_KEYS,
     AlertSettings,
     Bounds,
     BudgetSettings,
@@ -30,6 +31,7 @@ from pipeline.settings import (
     TailerSettings,
     setting_fields,
 )
+from pipeline.sources import KINDS, Source
 
 HOME_ENV = "TALLY_HOME"
 # Test hook of the kill tests, read by compaction and rebuild: never set in production.
@@ -51,6 +53,7 @@ class Home:
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     pricing: dict[str, dict[str, float]] = field(default_factory=dict)
+    sources: tuple[Source, ...] = ()
     logs_configured: bool = False  # [paths] logs was set in config.toml (see require_logs_dir)
 
     @property
@@ -147,6 +150,7 @@ def load_home(home: str | Path | None = None) -> Home:
         alerts=_settings(AlertSettings, _numbers(alerts, ALERT_TEXT_KEYS), "alerts",
                          config_path, ALERT_TEXT_KEYS, **_alert_texts(alerts, config_path)),
         pricing=_pricing(_table(raw, "pricing", config_path), config_path),
+        sources=_sources(raw.get("sources", []), config_path),
         logs_configured="logs" in paths,
     )
 
@@ -182,7 +186,9 @@ def _table(raw: dict[str, Any], key: str, path: Path, parent: str = "") -> dict[
 def _unknown(kind: str, name: str, valid: tuple[str, ...] | list[str], path: Path,
              field_name: str) -> ConfigError:
     """An unknown key: a close match if there is one, and every valid name."""
-    close = difflib.get_close_matches(name, valid, n=1)
+    close = difflib.get_close_matches(name, valid, n=3)
+    # Between equally close names, the one starting alike (`prices`: pricing, not sources).
+    close = [c for c in close if c[:1] == name[:1]] + close
     prefix = f"did you mean {close[0]!r}? " if close else ""
     return ConfigError(f"unknown {kind}", path=path, field=field_name,
                        hint=f"{prefix}{kind}s: {', '.join(valid)}")
@@ -307,6 +313,39 @@ def _pricing(values: dict[str, Any], path: Path) -> dict[str, dict[str, float]]:
                                       RATE_BOUNDS, path, f"{section}.{key}"))
             for key, value in rates.items()}
     return pricing
+
+
+def _sources(values: Any, path: Path) -> tuple[Source, ...]:
+    """[[sources]] entries: a known kind, an optional path and agent name, each agent once."""
+    if not isinstance(values, list):
+        raise ConfigError("must be an array of tables", path=path, field="sources",
+                          hint='write each as [[sources]] with kind = "claude-code"')
+    sources: list[Source] = []
+    for number, entry in enumerate(values, 1):
+        where = f"sources[{number}]"
+        if not isinstance(entry, dict):
+            raise ConfigError("must be a table", path=path, field=where,
+                              hint='write it as [[sources]] with kind = "claude-code"')
+        _known_keys(entry, SOURCE_KEYS, where, path)
+        kind = entry.get("kind")
+        if kind not in KINDS:
+            close = difflib.get_close_matches(str(kind), KINDS, n=1)
+            prefix = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown source kind {kind!r}", path=path, field=f"{where}.kind",
+                              hint=f"{prefix}kinds: {', '.join(KINDS)}")
+        texts = {key: entry.get(key) for key in ("path", "agent")}
+        for key, value in texts.items():
+            longest = 4096 if key == "path" else 256
+            if value is not None and not (isinstance(value, str) and value.strip()
+                                          and "\0" not in value and len(value) <= longest):
+                raise ConfigError(f"must be non-empty text, got {value!r}", path=path,
+                                  field=f"{where}.{key}")
+        source = Source(kind, texts["path"], (texts["agent"] or "").strip())
+        if any(s.name == source.name and s.path == source.path for s in sources):
+            raise ConfigError(f"the source {source.name!r} is configured twice", path=path,
+                              field=where, hint="give one of them another agent name or path")
+        sources.append(source)
+    return tuple(sources)
 
 
 _SETTING_SECTIONS: dict[str, type[Any]] = {

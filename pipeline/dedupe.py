@@ -1,8 +1,10 @@
 """The duplicate rule of DESIGN.md, kept on write: each event_id once in a table.
 
 Rows with the same event_id count once. For token usage the row with the largest total
-wins; otherwise, and between equal totals, the first by source and offset; between rows
-equal on all of that, the one already in the lake. The rule is a total order on a row's
+wins, except that a row with role `sidechain` loses to one without (Claude Code's asides
+replay their parent's messages, and ccusage counts the main copy); otherwise, and between
+equal totals, the first by source and offset; between rows equal on all of that, the one
+already in the lake. The rule is a total order on a row's
 *rank* (`rank_columns`), so whichever way rows arrive (in one batch, in batches months
 apart, in a run killed halfway and run again) the same row wins.
 
@@ -25,6 +27,8 @@ TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_wr
 USAGE = "agent_token_usage"
 ORIGIN = "_origin"  # 0: a row in the lake, 1: a new row: the lake wins a tie
 RANK = "_rank_total"
+SIDE_RANK = "_rank_side"
+SIDECHAIN = "sidechain"
 
 
 def id_hash(column: str = "event_id") -> pl.Expr:
@@ -43,7 +47,7 @@ ORDER = ("_file", "_row")  # where a new row was read: the last tie-break, the f
 
 def rank_columns(event_type: str) -> list[str]:
     """The columns that order rows with one event_id, best first (after `with_rank`)."""
-    leading = [RANK] if event_type == USAGE else []
+    leading = [SIDE_RANK, RANK] if event_type == USAGE else []
     return [*leading, "_source", "_offset", ORIGIN, *ORDER]
 
 
@@ -57,6 +61,9 @@ def with_rank(frame: pl.LazyFrame, event_type: str) -> pl.LazyFrame:
     if event_type == USAGE:
         total = pl.sum_horizontal(pl.col(c).fill_null(0) for c in TOKEN_COLUMNS)
         missing.append((-total).alias(RANK))
+        side = pl.col("role").eq(SIDECHAIN).fill_null(False) if "role" in present else \
+            pl.lit(False)
+        missing.append(side.alias(SIDE_RANK))
     return frame.with_columns(missing)
 
 
@@ -78,7 +85,7 @@ def dedupe(frame: pl.LazyFrame, event_type: str) -> pl.LazyFrame:
                 .filter(pl.col("len") > 1).select(ID_HASH))
     once = hashed.join(repeated, on=ID_HASH, how="anti")
     many = hashed.join(repeated, on=ID_HASH, how="semi")
-    chosen = best_per_id(many, event_type).drop(ORIGIN, RANK, strict=False)
+    chosen = best_per_id(many, event_type).drop(ORIGIN, RANK, SIDE_RANK, strict=False)
     return pl.concat([once, chosen]).drop(ID_HASH, *ORDER)
 
 

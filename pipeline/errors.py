@@ -209,9 +209,26 @@ class InternalError(TallyError):
 
 
 class PricingError(TallyError):
-    """The shipped pricing table cannot be read."""
+    """The shipped pricing table, or the prices imported into the home, cannot be read."""
 
     exit_code = 3
+
+
+class PriceListError(TallyError):
+    """A price list given to `tally pricing import` cannot be read or holds a bad entry;
+    `field` is the model's key in it, `line` the line of a JSON syntax error."""
+
+    exit_code = 4  # an input file, as SourceError
+
+    def __init__(self, message: str, *, path: Path | str, field: str | None = None,
+                 line: int | None = None, hint: str | None = None) -> None:
+        where = display_path(path) if line is None else f"{display_path(path)}:{line}"
+        if field is not None:
+            where = f"{where}: {safe_text(field)!r}"
+        super().__init__(f"{where}: {message}", hint=hint)
+        self.path = Path(path)
+        self.field = field
+        self.line = line
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ from pipeline.identity import (
     inode_at,
     marker_at,
 )
+from pipeline.sources import Root
 
 FORGET_AFTER_SECONDS = 7 * 86400
 
@@ -59,6 +60,7 @@ class OpenFile:
     path: str
     seen: bool = True
     checked: tuple[int, int] | None = None  # (size, mtime_ns) when last checked for rewrites
+    root: Root | None = None  # the source it belongs to; None for a file under logs/
 
 
 @dataclass(frozen=True)
@@ -70,15 +72,35 @@ class _Candidate:
     handle: OpenFile | None
 
 
+@dataclass(frozen=True)
+class _Dormant:
+    """A source file read to its end and closed while idle: reopened once it changes."""
+
+    identity: str
+    size: int
+    mtime_ns: int
+
+
 class FileSet:
-    """The files under logs/ that are followed, each under its proven identity."""
+    """The files under logs/ and the sources' roots that are followed, each under its
+    proven identity."""
 
     def __init__(self, home: Home, known: Callable[[], dict[str, FileState]],
-                 notify: Notify) -> None:
+                 notify: Notify, roots: tuple[Root, ...] = (), logs: bool = True) -> None:
         self.home = home
         self.known = known  # the committed checkpoint's file states, as of now
         self.notify = notify
+        self.roots = roots
+        self.logs = logs  # whether logs/ is followed (not by `tally import`)
         self.open: dict[str, OpenFile] = {}
+        # Thousands of transcripts would hold as many descriptors, and every poll would
+        # look at each: a source file idle at its end is closed until it changes.
+        self.dormant: dict[tuple[int, int], _Dormant] = {}
+        # Identities by first-line fingerprint, so that finding a new file's candidates
+        # does not look at every file (a first import of thousands of transcripts).
+        self._open_by_base: dict[str, set[str]] = {}
+        self._open_by_inode: dict[tuple[int, int], str] = {}
+        self._known_by_base: tuple[tuple[int, int], dict[str, list[str]]] = ((0, 0), {})
         self.live: set[tuple[int, int]] = set()  # (dev, ino) of every file the last scan saw
         self.unreadable: dict[str, str] = {}  # path -> why, for the files and directories
         self._logs_real = os.path.realpath(home.logs)
@@ -86,22 +108,31 @@ class FileSet:
 
     # ------------------------------------------------------------ discovery
 
-    def discover(self) -> list[str]:
-        """Paths under logs/ matching the include patterns, symlinks kept inside logs/.
+    def discover(self, sources: bool = True) -> list[str]:
+        """Paths under logs/ matching the include patterns, symlinks kept inside logs/, and
+        (unless `sources` is False) the files of the sources' roots.
 
         Files whose inode the checkpoint knows come first, so the original of a copy is
         followed before the copy is looked at.
         """
         found: list[str] = []
-        for directory, _dirs, names in os.walk(self.home.logs, followlinks=False,
-                                               onerror=self._unreadable_directory):
-            for name in names:
-                path = os.path.join(directory, name)
-                if self.wanted(path):
-                    found.append(path)
+        tops = ([str(self.home.logs)] if self.logs else []) + \
+            [r.path for r in self.roots if sources]
+        for top in tops:
+            for directory, _dirs, names in os.walk(top, followlinks=False,
+                                                   onerror=self._unreadable_directory):
+                for name in names:
+                    path = os.path.join(directory, name)
+                    if self.wanted(path):
+                        found.append(path)
         known = {(s.dev, s.ino) for s in self.known().values()}
         inodes = {path: inode_at(path) for path in found}
         self.live = {inode for inode in inodes.values() if inode is not None}
+        if sources:
+            self.dormant = {inode: d for inode, d in self.dormant.items() if inode in self.live}
+        else:  # the sources' files were not looked at: still there as far as we know
+            self.live |= set(self.dormant) | {(h.state.dev, h.state.ino)
+                                              for h in self.open.values() if h.root}
         return sorted(found, key=lambda p: (inodes[p] not in known, p))
 
     def _unreadable_directory(self, error: OSError) -> None:
@@ -110,9 +141,21 @@ class FileSet:
         self.warn_once(path, f"{display_path(path)}: cannot list directory "
                              f"({error.strerror}); its logs are not read")
 
+    def root_of(self, path: str) -> Root | None:
+        """The source root `path` lies below, if any."""
+        return next((root for root in self.roots if root.holds(path)), None)
+
     def wanted(self, path: str) -> bool:
-        """Whether `path` matches the include patterns and stays inside logs/."""
+        """Whether `path` is a file to follow: under logs/, matching the include patterns and
+        staying inside; or under a source's root, matching its patterns (no symlinks, as
+        ccusage reads them)."""
         name = os.path.basename(path)
+        root = self.root_of(path)
+        if root is not None:
+            return any(fnmatch.fnmatch(name, p) for p in root.patterns) and \
+                not os.path.islink(path)
+        if not self.logs:
+            return False
         if not any(fnmatch.fnmatch(name, pattern) for pattern in self.home.include):
             return False
         real = os.path.realpath(path)
@@ -123,7 +166,10 @@ class FileSet:
         return True
 
     def relative(self, path: str) -> str:
-        """`path` relative to the logs directory, as the checkpoint keeps it."""
+        """`path` as the checkpoint keeps it: relative to the logs directory, or absolute for
+        a source's file."""
+        if self.root_of(path) is not None:
+            return path
         try:
             return os.path.relpath(path, self.home.logs)
         except ValueError:
@@ -145,13 +191,19 @@ class FileSet:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        for handle in self.open.values():
-            if (handle.state.dev, handle.state.ino) == (st.st_dev, st.st_ino):
-                handle.seen = True  # an open descriptor pins its inode: no reuse possible
-                if not os.path.islink(path):  # an alias does not rename the file
-                    handle.path = path
-                    handle.state.path = self.relative(path)
+        dormant = self.dormant.get((st.st_dev, st.st_ino))
+        if dormant is not None:
+            if (dormant.size, dormant.mtime_ns) == (st.st_size, st.st_mtime_ns):
                 return None
+            del self.dormant[(st.st_dev, st.st_ino)]
+        followed = self._open_by_inode.get((st.st_dev, st.st_ino))
+        if followed is not None:
+            handle = self.open[followed]
+            handle.seen = True  # an open descriptor pins its inode: no reuse possible
+            if not os.path.islink(path):  # an alias does not rename the file
+                handle.path = path
+                handle.state.path = self.relative(path)
+            return None
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
@@ -185,7 +237,9 @@ class FileSet:
         state.dev, state.ino, state.btime, state.path = st.st_dev, st.st_ino, btime, \
             self.relative(path)
         state.last_seen = time.time()
-        self.open[identity] = OpenFile(fd, state, path)
+        self.open[identity] = OpenFile(fd, state, path, root=self.root_of(path))
+        self._open_by_base.setdefault(base_fingerprint(identity), set()).add(identity)
+        self._open_by_inode[(state.dev, state.ino)] = identity
         return identity
 
     def _resolve(self, fingerprint: str, fd: int, st: os.stat_result, btime: int,
@@ -212,12 +266,25 @@ class FileSet:
                               btime=btime, crc=0)
 
     def _candidates(self, fingerprint: str) -> list[_Candidate]:
-        found = {key: _Candidate(key, handle.state, handle)
-                 for key, handle in self.open.items() if base_fingerprint(key) == fingerprint}
-        for key, state in self.known().items():
-            if key not in found and base_fingerprint(key) == fingerprint:
-                found[key] = _Candidate(key, state, None)
+        found = {key: _Candidate(key, self.open[key].state, self.open[key])
+                 for key in sorted(self._open_by_base.get(fingerprint, ()))}
+        known = self.known()
+        for key in self._known_index(known).get(fingerprint, ()):
+            if key not in found and key in known:
+                found[key] = _Candidate(key, known[key], None)
         return list(found.values())
+
+    def _known_index(self, known: dict[str, FileState]) -> dict[str, list[str]]:
+        """The known identities by fingerprint. Made again for another dict or size: a
+        commit makes a new dict holding every key of the last, and forgetting a file
+        deletes its key in place."""
+        made_for, index = self._known_by_base
+        if made_for != (id(known), len(known)):
+            index = {}
+            for key in known:
+                index.setdefault(base_fingerprint(key), []).append(key)
+            self._known_by_base = ((id(known), len(known)), index)
+        return index
 
     def _holds(self, fd: int, st: os.stat_result, state: FileState) -> bool:
         """Whether the file holds the bytes read of `state` (its CRC, or for a state from
@@ -245,7 +312,7 @@ class FileSet:
             return "followed-copy" if same else "other"
         original = _inode_of(state)
         if original != (st.st_dev, st.st_ino) and original in self.live \
-                and original not in self._open_inodes():
+                and original not in self._open_by_inode:
             return "defer"  # the original is there, not opened yet: it goes first
         if self._holds(fd, st, state):
             return "moved"  # the same bytes under another inode: moved, copied, restored
@@ -267,21 +334,22 @@ class FileSet:
         # anew under the old name is new.
         return relative != state.path
 
-    def _open_inodes(self) -> set[tuple[int, int]]:
-        return {(h.state.dev, h.state.ino) for h in self.open.values()}
-
     def _new_key(self, fingerprint: str, st: os.stat_result, btime: int) -> str:
         """An identity no known state has: the fingerprint, else made unique by inode and
         birth time, so that derived event ids of the old file are never reused."""
-        taken = set(self.known()) | set(self.open)
+        known = self.known()
+
+        def taken(key: str) -> bool:
+            return key in known or key in self.open
+
         keys = [fingerprint, f"{fingerprint}@{st.st_dev}:{st.st_ino}"]
         if btime:
             keys.append(f"{fingerprint}@{st.st_dev}:{st.st_ino}:{btime}")
         for key in keys:
-            if key not in taken:
+            if not taken(key):
                 return key
         generation = 2
-        while f"{keys[-1]}#{generation}" in taken:
+        while taken(f"{keys[-1]}#{generation}"):
             generation += 1
         return f"{keys[-1]}#{generation}"
 
@@ -309,9 +377,27 @@ class FileSet:
     def close(self, identity: str) -> OpenFile:
         """Stop following a file; its handle."""
         handle = self.open.pop(identity)
+        self._open_by_base.get(base_fingerprint(identity), set()).discard(identity)
+        if self._open_by_inode.get((handle.state.dev, handle.state.ino)) == identity:
+            del self._open_by_inode[(handle.state.dev, handle.state.ino)]
         with contextlib.suppress(OSError):
             os.close(handle.fd)
         return handle
+
+    def rest(self, identity: str, idle_seconds: float) -> bool:
+        """Close a source file read to its end and unchanged for `idle_seconds`; it stays
+        known and is opened again when it changes. Whether it was closed."""
+        handle = self.open[identity]
+        try:
+            st = os.fstat(handle.fd)
+        except OSError:
+            return False
+        if handle.root is None or st.st_size != handle.state.offset or \
+                time.time() - st.st_mtime < idle_seconds or st.st_nlink == 0:
+            return False
+        self.close(identity)
+        self.dormant[(st.st_dev, st.st_ino)] = _Dormant(identity, st.st_size, st.st_mtime_ns)
+        return True
 
     def close_all(self) -> None:
         """Close every followed file."""
@@ -329,8 +415,9 @@ class FileSet:
     def stale(self, files: dict[str, FileState]) -> list[str]:
         """Identities not followed and not seen for FORGET_AFTER_SECONDS."""
         cutoff = time.time() - FORGET_AFTER_SECONDS
+        resting = {d.identity for d in self.dormant.values()}
         return [key for key, state in files.items()
-                if key not in self.open and state.last_seen < cutoff]
+                if key not in self.open and key not in resting and state.last_seen < cutoff]
 
     def unread(self) -> list[int]:
         """Each followed file's bytes not yet consumed."""

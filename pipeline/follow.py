@@ -20,6 +20,7 @@ from pipeline.tailer import PollResult, Tailer
 STOP_CHECK_SECONDS = 0.2
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
+QUIET_EVENTS = frozenset({"opened", "closed_no_write"})
 
 Status = Callable[[str], None]
 Polled = Callable[[PollResult], None]  # after every pass, even one that found nothing
@@ -36,13 +37,20 @@ def follow(tailer: Tailer, on_status: Status | None = None,
 
     class _Wake(FileSystemEventHandler):
         def on_any_event(self, event: FileSystemEvent) -> None:
+            if event.event_type in QUIET_EVENTS:  # the tailer's own opens and reads
+                return
             for path in (event.src_path, getattr(event, "dest_path", "")):
                 if path:
                     changed.add(os.fsdecode(path))
             wake.set()
 
     observer = Observer()
-    observer.schedule(_Wake(), str(tailer.home.logs), recursive=True)
+    for directory in tailer.watched():
+        try:
+            observer.schedule(_Wake(), directory, recursive=True)
+        except OSError as exc:  # inotify's watch limit: the rescans still find everything
+            tailer.notify(f"{directory}: cannot watch for changes ({exc.strerror}); its "
+                          "files are read at each rescan (raise fs.inotify.max_user_watches)")
     observer.start()
     tailer.prepare_to_type()  # the first line appended live does not wait for Polars to load
     total = PollResult()
@@ -57,22 +65,25 @@ def follow(tailer: Tailer, on_status: Status | None = None,
 def _follow_loop(tailer: Tailer, changed: set[str], wake: threading.Event, total: PollResult,
                  on_status: Status | None, on_poll: Polled | None) -> None:
     settings = tailer.settings
-    next_rescan = 0.0
+    next_rescan = next_sources = 0.0
     window = _RateWindow(time.monotonic())
     retry = _Retry(tailer.notify)
     while not tailer.stop.is_set():
         now = time.monotonic()
         try:
             if now >= next_rescan:
-                result = tailer.poll()
+                sources = now >= next_sources
+                result = tailer.poll(sources=sources)
                 next_rescan = now + settings.rescan_seconds
+                if sources:
+                    next_sources = now + settings.sources_rescan_seconds
             else:
                 paths = []
                 while changed:  # pop, not list+clear: an event added in between is kept
                     paths.append(changed.pop())
                 result = tailer.poll(only=paths)
         except StorageError as error:
-            next_rescan = 0.0  # a full rescan once there is room again: nothing waits
+            next_rescan = next_sources = 0.0  # a full rescan once there is room again
             _sleep(tailer, retry.failed(error))
             continue
         retry.succeeded()

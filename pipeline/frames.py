@@ -311,13 +311,20 @@ class BlockStager:
         checker, where the reference decides.
         """
         lines, starts = split_block(block, position)
+        return self.stage_lines(lines, starts, source, id_prefix, limit, part_paths)
+
+    def stage_lines(self, lines: list[bytes], starts: list[int], source: str, id_prefix: str,
+                    limit: int, part_paths: Callable[[str], Path] | None = None,
+                    rejected: list[dict[str, Any]] | None = None) -> StagedBlock:
+        """`stage` for lines already split (an importer's events, each at the offset of the
+        log line it came from), with the rejects found before them."""
         frames: dict[str, list[pl.DataFrame]] = {}
         left: range | list[int] = range(len(lines))
         if self.decode_from is not None and len(lines) >= self.decode_from:
             left = self._decode(lines, starts, source, id_prefix, limit, frames)
         checked = self.checker.check_lines([lines[i] for i in left], [starts[i] for i in left],
                                            source, id_prefix, limit)
-        staged = StagedBlock(rejected=checked.rejected)
+        staged = StagedBlock(rejected=[*(rejected or ()), *checked.rejected])
         for event_type, typed in checked.rows.items():
             frame, unstageable = self.builders[event_type].from_converted_or_quarantine(
                 typed.rows, [source] * len(typed.offsets), typed.offsets)

@@ -1,7 +1,10 @@
-"""Model prices: the table shipped in pricing.json, config.toml overrides, name matching, cost.
+"""Model prices: the table shipped in pricing.json, the prices imported into the home,
+config.toml overrides, name matching, cost.
 
-Rates are USD per million tokens. A model name is matched exactly, then with a provider
-prefix (`anthropic/`, `models/`) and/or a dated suffix (`-20250929`, `-2024-08-06`, `-0613`,
+Rates are USD per million tokens. The table in use is the shipped one, then the home's
+`pricing.json` (written by `tally pricing import`) on top, then config.toml's `[pricing]`
+on top of both. A model name is matched exactly, then with a provider prefix
+(`anthropic/`, `models/`) and/or a dated suffix (`-20250929`, `-2024-08-06`, `-0613`,
 `@20250929`, `-latest`) removed. A model that matches nothing has no price: its cost is
 null and it is counted as unpriced, never as $0.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -19,10 +23,11 @@ from typing import Any
 import polars as pl
 
 from pipeline.config import Home
-from pipeline.errors import ConfigError, PricingError
+from pipeline.errors import ConfigError, PricingError, display_path
 from pipeline.settings import LONG_CONTEXT_PREFIX, PRICE_KEYS, PRICE_RATE_NAMES
 
 PRICING_FILE = Path(__file__).parent / "pricing.json"
+HOME_PRICING_FILE = "pricing.json"  # in the home: the prices `tally pricing import` saved
 RATE_NAMES = PRICE_RATE_NAMES  # config.py checks config.toml's keys against these
 LONG_PREFIX = LONG_CONTEXT_PREFIX
 OVERRIDE_KEYS = frozenset(PRICE_KEYS)
@@ -62,7 +67,8 @@ class LongContext:
 
 @dataclass(frozen=True)
 class ModelPrice:
-    """The price of one model; `origin` says whether it ships with tally or comes from config."""
+    """The price of one model; `origin` says where it comes from: "shipped" with tally,
+    "imported" into the home, or "config" (config.toml)."""
 
     model: str
     rates: Rates
@@ -130,18 +136,18 @@ class PriceTable:
     @functools.cached_property
     def _frame(self) -> pl.DataFrame:
         # Built once: a following tailer prices every batch with the same table.
-        thresholds = self.thresholds
-        rows = []
-        for name in self.names:
-            price = self.models[self.aliases.get(name, name)]
-            tier = price.long_context
-            rows.append({
-                "price_name": name, "priced_as": price.model, **price.rates.as_dict(),
-                "long_tier": thresholds.index(tier.threshold) + 1 if tier else None,
-                **{f"long_{k}": (v if tier else None)
-                   for k, v in (tier.rates if tier else price.rates).as_dict().items()},
-            })
-        return pl.DataFrame(rows, schema=_FRAME_SCHEMA)
+        # Column by column: an imported price list makes thousands of names.
+        position = {threshold: n for n, threshold in enumerate(self.thresholds, 1)}
+        names = self.names
+        prices = [self.models[self.aliases.get(name, name)] for name in names]
+        tiers = [price.long_context for price in prices]
+        columns: dict[str, list[Any]] = {
+            "price_name": names, "priced_as": [price.model for price in prices],
+            **{rate: [getattr(price.rates, rate) for price in prices] for rate in RATE_NAMES},
+            "long_tier": [position[tier.threshold] if tier else None for tier in tiers],
+            **{f"long_{rate}": [getattr(tier.rates, rate) if tier else None for tier in tiers]
+               for rate in RATE_NAMES}}
+        return pl.DataFrame(columns, schema=_FRAME_SCHEMA)
 
 
 _FRAME_SCHEMA: dict[str, pl.DataType] = {
@@ -240,14 +246,23 @@ def row_costs(rows: pl.LazyFrame, table: PriceTable,
 
 
 def pricing_for(home: Home) -> PriceTable:
-    """The shipped table with the home's config.toml overrides applied."""
-    return load_pricing(home.pricing, config_path=home.config_path)
+    """The shipped table, the prices imported into the home on top, then config.toml's."""
+    return load_pricing(home.pricing, config_path=home.config_path,
+                        base=base_pricing(imported_pricing_path(home)))
+
+
+def imported_pricing_path(home: Home) -> Path:
+    """Where `tally pricing import` saves prices: beside config.toml, which `tally rebuild`
+    leaves in place (it replaces state/)."""
+    return home.root / HOME_PRICING_FILE
 
 
 def load_pricing(overrides: Mapping[str, Mapping[str, float]] | None = None,
-                 config_path: Path | None = None) -> PriceTable:
-    """The shipped table, then `overrides` (model -> rate name -> USD per million) on top."""
-    table = shipped_pricing()
+                 config_path: Path | None = None,
+                 base: PriceTable | None = None) -> PriceTable:
+    """`base` (the shipped table by default), then `overrides` (model -> rate name -> USD per
+    million) on top."""
+    table = shipped_pricing() if base is None else base
     for model, values in (overrides or {}).items():
         price = _override(table, model, values, config_path or Path("config.toml"))
         table = replace(table, models={**table.models, model: price},
@@ -259,22 +274,88 @@ def load_pricing(overrides: Mapping[str, Mapping[str, float]] | None = None,
 def shipped_pricing(path: Path = PRICING_FILE) -> PriceTable:
     """The pricing table that ships with the package."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        models = {name: _shipped_price(name, spec) for name, spec in raw["models"].items()}
-        aliases = dict(raw.get("aliases", {}))
-        return PriceTable(models=models, aliases=aliases, taken=str(raw["taken"]),
-                          source=str(raw["source"]))
+        return price_table(json.loads(path.read_text(encoding="utf-8")), "shipped")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PricingError(f"{path}: unreadable pricing table ({exc})",
                            hint="reinstall tally; the file ships with the package") from exc
 
 
-def _shipped_price(name: str, spec: Mapping[str, Any]) -> ModelPrice:
+def base_pricing(imported: Path) -> PriceTable:
+    """The shipped table with the prices saved in `imported` on top (the shipped table
+    alone when there is no such file)."""
+    try:
+        stat = imported.stat()
+    except FileNotFoundError:
+        return shipped_pricing()
+    except OSError as exc:
+        raise PricingError(f"{display_path(imported)}: cannot read the imported prices "
+                           f"({exc.strerror or exc})", hint=_IMPORTED_HINT) from exc
+    return _shipped_and_imported(imported, stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+_IMPORTED_HINT = ("import a price list again (`tally pricing import FILE`), or delete the "
+                  "file to use the shipped prices")
+
+
+@functools.lru_cache(maxsize=8)
+def _shipped_and_imported(path: Path, mtime_ns: int, size: int, ino: int) -> PriceTable:
+    # Keyed by the file's identity and time: a tailer or a run of reports reads it once,
+    # and a new import (a new file renamed into place) is read anew.
+    return merged_pricing(shipped_pricing(), read_imported_pricing(path))
+
+
+def read_imported_pricing(path: Path) -> PriceTable:
+    """The prices `tally pricing import` saved at `path` (PricingError if damaged)."""
+    try:
+        return price_table(json.loads(path.read_text(encoding="utf-8")), "imported")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PricingError(f"{display_path(path)}: unreadable imported prices ({exc})",
+                           hint=_IMPORTED_HINT) from exc
+
+
+def merged_pricing(base: PriceTable, top: PriceTable) -> PriceTable:
+    """`top`'s models and aliases over `base`'s: every name `top` prices is priced by it."""
+    aliases = {name: target for name, target in base.aliases.items() if name not in top.models}
+    return PriceTable(models={**base.models, **top.models}, aliases={**aliases, **top.aliases},
+                      taken=top.taken,
+                      source=f"{top.source}; other models: the shipped table (taken "
+                             f"{base.taken})")
+
+
+def price_table(raw: Mapping[str, Any], origin: str) -> PriceTable:
+    """A table from the JSON of pricing.json (`taken`, `source`, `models`, `aliases`)."""
+    models = {str(name): _table_price(str(name), spec, origin)
+              for name, spec in raw["models"].items()}
+    aliases = {str(name): str(target) for name, target in raw.get("aliases", {}).items()}
+    missing = sorted(name for name, target in aliases.items() if target not in models)
+    if missing:
+        raise ValueError(f"aliases of no model: {', '.join(missing)}")
+    return PriceTable(models=models, aliases=aliases, taken=str(raw["taken"]),
+                      source=str(raw["source"]))
+
+
+def price_spec(price: ModelPrice) -> dict[str, Any]:
+    """A model's entry in pricing.json's `models` (what `price_table` reads back)."""
+    spec: dict[str, Any] = {"provider": price.provider, **price.rates.as_dict()}
+    if price.long_context is not None:
+        spec["long_context"] = {"threshold": price.long_context.threshold,
+                                **price.long_context.rates.as_dict()}
+    return spec
+
+
+def _table_price(name: str, spec: Mapping[str, Any], origin: str) -> ModelPrice:
     tier = spec.get("long_context")
-    long_context = (LongContext(int(tier["threshold"]), Rates.from_mapping(tier))
+    long_context = (LongContext(int(tier["threshold"]), _checked(Rates.from_mapping(tier)))
                     if tier else None)
-    return ModelPrice(model=name, rates=Rates.from_mapping(spec), long_context=long_context,
-                      provider=str(spec.get("provider", "")))
+    return ModelPrice(model=name, rates=_checked(Rates.from_mapping(spec)),
+                      long_context=long_context, provider=str(spec.get("provider", "")),
+                      origin=origin)
+
+
+def _checked(rates: Rates) -> Rates:
+    if not all(math.isfinite(v) and v >= 0 for v in rates.as_dict().values()):
+        raise ValueError(f"a rate that is negative or not finite: {rates.as_dict()}")
+    return rates
 
 
 def _override(table: PriceTable, model: str, values: Mapping[str, float],

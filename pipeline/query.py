@@ -22,13 +22,14 @@ from pipeline.pricing import (
     matches_model,
 )
 
-GROUP_KEYS = ("agent", "role", "phase", "day", "week", "month", "model", "task", "session")
+GROUP_KEYS = ("agent", "role", "phase", "day", "week", "month", "model", "task", "session",
+              "project", "branch")
 TIME_KEYS = ("day", "week", "month")
 DEFAULT_BY = ("agent", "day")
 COST_MODES = ("auto", "calculate")
 REPORT_COLUMNS = ("events", *BUCKETS, "total_tokens", "cost_usd", "unpriced_events")
 KEY_COLUMN = {"session": "session_id"}
-OPTIONAL_ENVELOPE = ("role", "phase", "session_id")
+OPTIONAL_ENVELOPE = ("role", "phase", "session_id", "project", "branch")
 TIME_FORMAT = {"day": "%Y-%m-%d", "week": "%G-W%V", "month": "%Y-%m"}
 
 TASK_PAIR = ["agent", "task"]  # snapshot increments count per (agent, task) pair

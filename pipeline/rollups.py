@@ -3,9 +3,10 @@
 Four Delta tables under `lake/_rollups/`, each derived from one event table:
 
 - `usage` (from agent_token_usage): per UTC date, 15-minute `bucket`, agent, role, phase,
-  model, long-context class and whether the producer gave a cost: events and token sums,
-  and the producers' cost. A 15-minute bucket lies within one local day in every time
-  zone whose offset is a multiple of 15 minutes, which covers today's zones (+05:45 too).
+  model, project, branch, long-context class and whether the producer gave a cost: events
+  and token sums, and the producers' cost. A 15-minute bucket lies within one local day in
+  every time zone whose offset is a multiple of 15 minutes, which covers today's zones
+  (+05:45 too).
   The class (`prompt_above`, `prompt_upto`) is the pair of long-context thresholds around
   a request's prompt, so any price table whose thresholds are among them prices it exactly.
 - `usage_tasks`: per date, the (agent, task) pairs with usage rows: snapshot increments of
@@ -41,8 +42,8 @@ DATES_KEY = "tally.dates"
 BUCKET = "15m"
 USAGE, PROGRESS, CONTEXT = "agent_token_usage", "task_progress", "context_compiled"
 SOURCES = {"usage": USAGE, "usage_tasks": USAGE, "increments": PROGRESS, "context": CONTEXT}
-USAGE_KEYS = ("date", "bucket", "agent", "role", "phase", "model", "prompt_above",
-              "prompt_upto", "producer_cost")
+USAGE_KEYS = ("date", "bucket", "agent", "role", "phase", "model", "project", "branch",
+              "prompt_above", "prompt_upto", "producer_cost")
 USAGE_SUMS = ("events", "input_tokens", "output_tokens", "cache_read_tokens",
               "cache_write_tokens", "cache_write_1h_tokens", "cost_nano_usd")
 PAIRS = {"increments": ("agent", "task"), "context": ("role", "session_id")}
@@ -156,13 +157,20 @@ def sync_rollups(home: Home, event_type: str, thresholds: Sequence[int]) -> list
     for name in (n for n, t in SOURCES.items() if t == event_type):
         path = rollup_path(home, name)
         rollup = open_table(path)
-        touched = touched_since(source, reflected(rollup))
+        touched = None if _outdated(name, rollup) else touched_since(source, reflected(rollup))
         if rollup is not None and touched is not None and not touched:
             continue
         _write(name, path, rollup, source, touched, thresholds)
         if touched is None:
             whole.append(name)
     return whole
+
+
+def _outdated(name: str, rollup: DeltaTable | None) -> bool:
+    """Whether a usage rollup lacks a key column (written by an older tally)."""
+    if name != "usage" or rollup is None:
+        return False
+    return not set(USAGE_KEYS) <= set(rollup.schema().to_arrow().names)
 
 
 def _write(name: str, path: Path, rollup: DeltaTable | None, source: DeltaTable,

@@ -20,6 +20,7 @@ CONFIG_TEMPLATE = """\
 [tailer]
 # max_line_bytes = 1048576   # longer lines are quarantined as a record, never read whole
 # rescan_seconds = 1.0       # periodic rescan beside the watchdog observer
+# sources_rescan_seconds = 60.0  # the same for the [[sources]] (thousands of files: slower)
 # idle_seconds = 30.0        # a rotated-away file idle this long has its partial tail quarantined
 # batch_lines = 10000        # lines per staged batch (bounds memory: ~190 MB peak)
 # status_interval = 10.0     # seconds between the running tailer's summary lines
@@ -49,6 +50,11 @@ CONFIG_TEMPLATE = """\
 # webhook = "https://hooks.slack.com/services/..."  # POSTed the alert JSON with a `text` field
 # timeout = 10.0             # seconds one delivery attempt may take
 # retry_max_seconds = 300.0  # longest wait between attempts of a failing receiver
+
+# [[sources]]                 # logs an agent CLI writes: claude-code, codex, gemini, opencode
+# kind = "claude-code"       # without a path, found where the CLI keeps them
+# path = "~/.claude"         # optional
+# agent = "claude-code"      # optional: the agent name its events carry (default: the kind)
 
 # [pricing."my-model"]        # USD per million tokens; overrides or extends the shipped table
 # input = 1.0
@@ -107,6 +113,7 @@ class TailerSettings:
     # Below 128 bytes even the shortest valid event would be quarantined.
     max_line_bytes: int = _setting(1 << 20, least=128, most=1 << 30)
     rescan_seconds: float = _setting(1.0, above=0)
+    sources_rescan_seconds: float = _setting(60.0, above=0)
     idle_seconds: float = _setting(30.0, above=0)
     batch_lines: int = _setting(10_000, least=1, most=10_000_000)
     status_interval: float = _setting(10.0, above=0)
@@ -158,7 +165,8 @@ LONG_CONTEXT_THRESHOLD = f"{LONG_CONTEXT_PREFIX}threshold"
 PRICE_KEYS = (*PRICE_RATE_NAMES, LONG_CONTEXT_THRESHOLD,
               *(f"{LONG_CONTEXT_PREFIX}{name}" for name in PRICE_RATE_NAMES))
 RATE_BOUNDS = Bounds(least=0)
-SECTIONS = ("paths", "tailer", "compactor", "budgets", "alerts", "pricing")
+SECTIONS = ("paths", "tailer", "compactor", "budgets", "alerts", "pricing", "sources")
+SOURCE_KEYS = ("kind", "path", "agent")
 PATHS_KEYS = ("logs", "include")
 ALERT_TEXT_KEYS = ("command", "webhook")
 

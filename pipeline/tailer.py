@@ -37,10 +37,13 @@ from pipeline.errors import display_path, safe_text, storage_error
 from pipeline.events import Rejection, Validator
 from pipeline.files import FileSet, OpenFile
 from pipeline.identity import crc_of, derived_id_prefix, fingerprint_of, marker_at
+from pipeline.importers import Carry
 from pipeline.intake import quarantine_record, too_long_record
 from pipeline.journal import Range
 from pipeline.ledger import lake_high_water
 from pipeline.reader import READ_CHUNK, Block, LineReader
+from pipeline.source_files import SourceCopies, configured_roots, translate
+from pipeline.sources import Root
 from pipeline.stage import (
     BatchId,
     StagedBlock,
@@ -96,21 +99,26 @@ class _Pending:
     starts: dict[str, int] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     crcs: dict[str, int] = field(default_factory=dict)
+    carries: dict[str, Carry | None] = field(default_factory=dict)  # sources' importer states
     lines: int = 0
 
 
 class Tailer:
-    """Reads complete lines from the logs directory into stage/ and quarantine/, exactly once."""
+    """Reads complete lines from the logs directory and the sources' roots into stage/ and
+    quarantine/, exactly once. `roots` defaults to the configured sources' roots;
+    `logs=False` reads the roots alone (`tally import`)."""
 
     def __init__(self, home: Home, validator: Validator | None = None,
                  notify: Notify | None = None, lock_timeout: float = 0.0,
-                 on_commit: OnCommit | None = None) -> None:
+                 on_commit: OnCommit | None = None, roots: tuple[Root, ...] | None = None,
+                 logs: bool = True) -> None:
         self.home = home
         self.on_commit = on_commit
         self.settings = home.tailer
         self.validator = validator or Validator()
         self.notify = notify or (lambda message: None)
-        require_logs_dir(home)
+        if logs:
+            require_logs_dir(home)
         for told in recover_interrupted_rebuild(home):
             self.notify(f"recovered: {told}")
         try:
@@ -124,7 +132,11 @@ class Tailer:
         except BaseException:
             self._lock.release()
             raise
-        self.files = FileSet(home, lambda: self.checkpoint.files, self.notify)
+        if roots is None:
+            roots = configured_roots(home, self.notify)
+        self.files = FileSet(home, lambda: self.checkpoint.files, self.notify, roots, logs)
+        # opencode keeps a database: its messages are copied into files first.
+        self.copies = SourceCopies(home, roots, self.files.warn_once)
         self._batches = BatchWriter(home, self.checkpoint.stream)
         self._pool: StagerPool | None = None
         self._sealed: deque[_Pending] = deque()  # full batches whose checks may still run
@@ -196,19 +208,24 @@ class Tailer:
     # ------------------------------------------------------------ one pass
 
     def poll(self, only: Iterable[str] | None = None,
-             progress: Progress | None = None) -> PollResult:
+             progress: Progress | None = None, sources: bool = True) -> PollResult:
         """Discover files (all, or just `only`), read every complete line, commit in batches.
+
+        `sources=False` discovers under logs/ alone: thousands of transcripts are not
+        listed on every rescan (a following tailer lists them at its slower pace).
 
         `progress(done, total)` is told after each batch how many bytes of the logs are
         committed, of those there were to read when the pass began.
         """
         result = PollResult()
         full_scan = only is None
+        if (full_scan and sources) or any(self.copies.holds(p) for p in only or ()):
+            self.copies.copy()
         if only is None:
             self.files.unreadable.clear()
-            paths = self.files.discover()
+            paths = self.files.discover(sources)
             for handle in self.files.open.values():
-                handle.seen = False
+                handle.seen = handle.seen and not sources and handle.root is not None
         else:
             paths = [p for p in only if self.files.wanted(p)]
         for path in paths:
@@ -234,9 +251,16 @@ class Tailer:
             self._retire_idle(result)
             for identity in self.files.stale(self.checkpoint.files):
                 del self.checkpoint.files[identity]
+        for identity in [i for i, handle in self.files.open.items() if handle.root]:
+            self.files.rest(identity, self.settings.idle_seconds)
         result.files = len(self.files.open)
         result.unreadable = dict(self.files.unreadable)
         return result
+
+    def watched(self) -> list[str]:
+        """The directories whose changes should wake a following tailer."""
+        dirs = [str(self.home.logs)] if self.files.logs else []
+        return dirs + [root.path for root in self.files.roots] + self.copies.directories()
 
     def lag_bytes(self) -> int:
         """Bytes present in followed files but not yet consumed."""
@@ -256,6 +280,7 @@ class Tailer:
             return
         position = self._pending.offsets.get(identity, state.offset)
         crc = self._pending.crcs.get(identity, state.crc)
+        carry = self._pending.carries.get(identity, state.carry)
         if crc is None:  # a state from before CRCs: from here on it has one
             crc = crc_of(handle.fd, position) or 0
         reader = LineReader(handle.fd, self.settings.max_line_bytes)
@@ -276,7 +301,11 @@ class Tailer:
             if isinstance(piece, Block):
                 if piece.lines >= LINE_ESTIMATE_MIN_LINES:  # one long line says little
                     self._line_bytes = max(1, len(piece.data) // piece.lines)
-                self._submit(handle, piece.data, position, piece.lines)
+                if handle.root is None:
+                    self._submit(handle, piece.data, position, piece.lines)
+                else:
+                    carry = self._import(handle, piece.data, position, piece.lines, carry)
+                    self._pending.carries[identity] = carry
                 position += len(piece.data)
             else:
                 self._pending.rejected.append(too_long_record(
@@ -345,6 +374,23 @@ class Tailer:
         self._pending.segments.append(_Segment(future, redo))
         self._pending.lines += lines
 
+    def _import(self, handle: OpenFile, block: bytes, position: int, lines: int,
+                carry: Carry | None) -> Carry | None:
+        """Translate a block of a source's file into events and check them here (an
+        importer's state runs from block to block, so not in workers); the state after it."""
+        assert handle.root is not None
+        source, limit = safe_text(handle.state.path), self.settings.max_line_bytes
+        translated, carry = translate(handle.root, handle.path, source, block, position, carry)
+
+        def redo() -> StagedBlock:
+            return self._stager.stage_lines(translated.lines, translated.starts, source,
+                                            derived_id_prefix(handle.state.fingerprint),
+                                            limit, rejected=translated.rejected)
+
+        self._pending.segments.append(_Segment(done_future(redo), redo))
+        self._pending.lines += lines
+        return carry
+
     def _truncated(self, identity: str, result: PollResult) -> None:
         handle = self.files.close(identity)
         self.notify(f"{display_path(handle.path)}: truncated or rewritten under its "
@@ -397,7 +443,8 @@ class Tailer:
         rejected += pending.rejected
         staged = sum(sum(block.counts.values()) for block in staged_blocks)
         advanced = {identity: handle.state.advanced(offset, marker_at(handle.fd, offset),
-                                                    pending.crcs.get(identity))
+                                                    pending.crcs.get(identity),
+                                                    pending.carries.get(identity))
                     for identity, offset in pending.offsets.items()
                     if (handle := self.files.open.get(identity)) is not None}
         # Built aside and adopted only once published: a failed write changes nothing.

@@ -267,13 +267,13 @@ def test_unknown_section_suggests_the_close_one(tmp_path: Path, text: str, field
     assert (error.path, error.field) == (tmp_path / "config.toml", field)
     assert error.message == f"{tmp_path / 'config.toml'}: {field}: unknown section"
     assert error.hint == (f"did you mean {close!r}? "
-                          "sections: paths, tailer, compactor, budgets, alerts, pricing")
+                          "sections: paths, tailer, compactor, budgets, alerts, pricing, sources")
 
 
 def test_unknown_section_with_nothing_close_lists_the_sections(tmp_path: Path) -> None:
     error = load_error(tmp_path, "[zzz]\n")
     assert error.field == "zzz"
-    assert error.hint == "sections: paths, tailer, compactor, budgets, alerts, pricing"
+    assert error.hint == "sections: paths, tailer, compactor, budgets, alerts, pricing, sources"
 
 
 def test_a_setting_outside_its_section_says_where_it_belongs(tmp_path: Path) -> None:
@@ -338,6 +338,7 @@ def test_every_price_key_config_accepts_is_one_pricing_applies(tmp_path: Path) -
 RANGES: dict[str, tuple[type, float, bool, float]] = {
     "tailer.max_line_bytes": (int, 128, True, 1 << 30),
     "tailer.rescan_seconds": (float, 0, False, math.inf),
+    "tailer.sources_rescan_seconds": (float, 0, False, math.inf),
     "tailer.idle_seconds": (float, 0, False, math.inf),
     "tailer.batch_lines": (int, 1, True, 10_000_000),
     "tailer.status_interval": (float, 0, False, math.inf),

@@ -47,8 +47,8 @@ def test_trimmed_envelope_columns_come_back_as_nulls() -> None:
                  snapshot_increments(trim(events("task_progress", {
                      **snapshot("2025-08-29T12:00:00Z", task="T", total=5), **full}),
                      ["role"]))):
-        row = rows.collect().select(ENVELOPE[1:-1]).row(0)
-        assert row == ("claude", "dev", None, None, "T")
+        row = rows.collect().select(*ENVELOPE[1:6], "project").row(0)
+        assert row == ("claude", "dev", None, None, "T", None)
 
 
 # ---------------------------------------------------------------- task_progress snapshots

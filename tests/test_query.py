@@ -64,11 +64,11 @@ def test_trim_drops_only_the_optional_envelope_columns_left_out() -> None:
     frame = events("agent_token_usage", usage(role="dev", phase=1, session_id="s1"))
     columns = set(frame.collect_schema().names())
     assert columns - set(trim(frame, ["role"]).collect_schema().names()) == {
-        "phase", "session_id"}
+        "phase", "session_id", "project", "branch"}
     assert columns - set(trim(frame, ()).collect_schema().names()) == {
-        "role", "phase", "session_id"}
-    assert trim(frame, ["role", "phase", "session_id"]).collect_schema().names() == list(
-        frame.collect_schema().names())
+        "role", "phase", "session_id", "project", "branch"}
+    assert trim(frame, ["role", "phase", "session_id", "project", "branch"]
+                ).collect_schema().names() == list(frame.collect_schema().names())
 
 
 def test_needed_envelope_follows_the_group_keys_and_filters() -> None:

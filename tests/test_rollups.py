@@ -159,3 +159,26 @@ def test_a_usage_tasks_table_partitioned_by_date_is_made_one_file(tmp_path: Path
     assert DeltaTable(str(path)).metadata().partition_columns == []
     assert usage_task_rows(home) == [("2025-03-01", "a", "T1"), ("2025-03-04", "a", "T2")]
     report_equals_the_count_from_every_event(home)
+
+
+def test_a_usage_rollup_without_project_and_branch_is_computed_again(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    feed(home, usage("p1", "2025-03-01T10:00:00Z", project="/w/a", branch="main"),
+         usage("p2", "2025-03-01T10:05:00Z", project="/w/b"))
+    run_compaction(home)
+    path = rollup_path(home, "usage")
+    old = pl.scan_delta(str(path)).drop("project", "branch").collect()
+    source = DeltaTable(str(home.lake / USAGE))
+    write_deltalake(str(path), old.to_arrow(), mode="overwrite", schema_mode="overwrite",
+                    partition_by=["date"], commit_properties=CommitProperties(
+                        app_transactions=[Transaction(SOURCE_APP, source.version())]))
+    query = ReportQuery(by=("project",))
+    cells = open_cells(home, query, cell_keys(query.by))
+    by_project = {r["project"]: r["input_tokens"]
+                  for r in summarize(cells, query.by).collect().rows(named=True)}
+    assert by_project == {"/w/a": 100, "/w/b": 100}  # from the events meanwhile
+    feed(home, usage("p3", "2025-03-02T10:00:00Z", project="/w/a"))
+    run_compaction(home)
+    assert {"project", "branch"} <= set(pl.scan_delta(str(path)).collect_schema().names())
+    rows = pl.scan_delta(str(path)).filter(pl.col("project") == "/w/a").collect()
+    assert rows.get_column("input_tokens").sum() == 200

@@ -1,5 +1,5 @@
-"""`tally report` (and its daily-summary and context views), `tally progress`, `tally usage`,
-`tally pricing`: each parses, calls one library function, renders."""
+"""`tally report` (and its daily-summary and context views), `tally progress`, `tally usage`:
+each parses, calls one library function, renders."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from pipeline.cli.options import (
 )
 from pipeline.config import Home
 from pipeline.errors import LakeError, UsageError
-from pipeline.pricing import RATE_NAMES, PriceTable, pricing_for
 from pipeline.progress import run_progress
 from pipeline.query import COST_MODES, DEFAULT_BY, GROUP_KEYS, ReportQuery, check_timezone, parse_by
 from pipeline.reports import (
@@ -347,7 +346,7 @@ def context(home: Home, since: datetime | None, until: datetime | None,
     render(run_context_report(home, query), fmt, totals=True)
 
 
-# ---------------------------------------------------------------- progress, usage, pricing
+# ---------------------------------------------------------------- progress, usage
 
 
 @click.command()
@@ -402,53 +401,3 @@ def usage(home: Home, day: datetime | None, agents: tuple[str, ...], tz: str, co
                    "total": {k: _plain(v) for k, v in total.items() if k != "agent"}})
         return
     render(frame, fmt, totals=True)
-
-
-def _price_frame(table: PriceTable, model: str | None) -> pl.DataFrame:
-    rows = []
-    for name, price in sorted(table.models.items()):
-        if model is not None and table.lookup(model) is not price:
-            continue
-        tier = price.long_context
-        rows.append({"model": name, "provider": price.provider, **price.rates.as_dict(),
-                     "long_context_threshold": tier.threshold if tier else None,
-                     **{f"long_context_{k}": (v if tier else None)
-                        for k, v in (tier.rates if tier else price.rates).as_dict().items()},
-                     "origin": price.origin})
-    schema = {"model": pl.String(), "provider": pl.String(),
-              **{n: pl.Float64() for n in RATE_NAMES}, "long_context_threshold": pl.Int64(),
-              **{f"long_context_{n}": pl.Float64() for n in RATE_NAMES}, "origin": pl.String()}
-    return pl.DataFrame(rows, schema=schema)
-
-
-@click.command()
-@click.option("--model", default=None, help="show only the price this model name matches")
-@format_option(*FORMATS)
-@home_option
-def pricing(home: Home, model: str | None, fmt: str) -> None:
-    """The pricing table in use: USD per million tokens, shipped and from config.toml.
-
-    Names match exactly, then without a provider prefix or a dated suffix
-    (claude-sonnet-4-5-20250929 is priced as claude-sonnet-4-5).
-
-    \b
-    Examples:
-      tally pricing
-      tally pricing --model claude-sonnet-4-5@20250929 --format json
-    """
-    table = pricing_for(home)
-    frame = _price_frame(table, model)
-    if model is not None and frame.height == 0:
-        raise UsageError(f"no price for model {model!r}",
-                         hint="add it under [pricing] in config.toml")
-    if fmt == "json":
-        aliases = {a: t for a, t in table.aliases.items() if t in set(frame["model"])}
-        echo_json({"taken": table.taken, "source": table.source, "unit": "USD per 1M tokens",
-                   "models": _records(frame), "aliases": aliases})
-        return
-    if fmt in ("table", "markdown"):
-        frame = frame.select(pl.exclude("^long_context_(cache_.*)$"))
-    render(frame, fmt)
-    if fmt != "csv":
-        click.echo(f"prices taken {table.taken}; check them against the providers' pages",
-                   err=True)

@@ -41,7 +41,7 @@ def tail(home: Home, once: bool, quiet: bool) -> None:
 
             result = follow_with_budgets(tailer, say, status)
     if not quiet:
-        click.echo(_summary(result, time.monotonic() - started))
+        click.echo(summary(result, time.monotonic() - started))
     if once:
         from pipeline.monitor import check_budgets_after
 
@@ -61,7 +61,8 @@ def _unreadable(unreadable: dict[str, str]) -> SourceError:
                             + ", ".join(display_path(p) for p in sorted(unreadable)[:5]))
 
 
-def _summary(result: PollResult, seconds: float) -> str:
+def summary(result: PollResult, seconds: float) -> str:
+    """One line: what a pass staged and quarantined, and how fast."""
     rate = result.staged / seconds if seconds > 0 else 0.0
     return (f"tail: staged {result.staged:,} events, quarantined {result.quarantined:,} lines "
             f"in {result.batches:,} batches, {seconds:.2f} s ({rate:,.0f} events/s)")
