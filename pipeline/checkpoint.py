@@ -165,13 +165,29 @@ def read_watermark(state_dir: Path) -> Watermark:
     """The committed batches, for readers. If the checkpoint is damaged, every batch of the
     stream of the one before it counts: the damaged one committed more, and a crash's
     leftover read twice counts once (by event id). DamagedFile if neither can be read."""
+    path = state_dir / CHECKPOINT
     try:
-        return load_checkpoint(state_dir).watermark
+        st = os.stat(path)
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        seen = None
+    cached = _watermarks.get(str(path))
+    if seen is not None and cached is not None and cached[0] == seen:
+        return cached[1]  # a report asks once per table: thousands of file states each time
+    try:
+        watermark = load_checkpoint(state_dir).watermark
     except DamagedFile:
         previous = _previous_checkpoint(state_dir)
         if previous is None:
             raise
         return Watermark(previous.stream, sys.maxsize)
+    if seen is not None:
+        _watermarks[str(path)] = (seen, watermark)
+    return watermark
+
+
+# checkpoint path -> ((inode, mtime, size), its watermark): each commit renames a new file in
+_watermarks: dict[str, tuple[tuple[int, int, int], Watermark]] = {}
 
 
 def recover_checkpoint(state_dir: Path) -> tuple[Checkpoint, str | None]:

@@ -100,6 +100,7 @@ class FileSet:
         # does not look at every file (a first import of thousands of transcripts).
         self._open_by_base: dict[str, set[str]] = {}
         self._open_by_inode: dict[tuple[int, int], str] = {}
+        self._known_by_inode: tuple[tuple[int, int], dict[tuple[int, int], str]] = ((0, 0), {})
         self._known_by_base: tuple[tuple[int, int], dict[str, list[str]]] = ((0, 0), {})
         self.live: set[tuple[int, int]] = set()  # (dev, ino) of every file the last scan saw
         self.unreadable: dict[str, str] = {}  # path -> why, for the files and directories
@@ -196,6 +197,8 @@ class FileSet:
             if (dormant.size, dormant.mtime_ns) == (st.st_size, st.st_mtime_ns):
                 return None
             del self.dormant[(st.st_dev, st.st_ino)]
+        elif self._read_to_its_end(path, st):
+            return None
         followed = self._open_by_inode.get((st.st_dev, st.st_ino))
         if followed is not None:
             handle = self.open[followed]
@@ -215,6 +218,29 @@ class FileSet:
         if identity is None:
             os.close(fd)  # not readable yet, or a copy of a file already followed
         return identity
+
+    def _read_to_its_end(self, path: str, st: os.stat_result) -> bool:
+        """Whether a source's file not followed yet is known, read to its end and unchanged
+        since (by inode, size, and an mtime before the state was last seen): it rests
+        without being opened, so a run over thousands of read transcripts opens none."""
+        if self.root_of(path) is None:
+            return False
+        known = self.known()
+        identity = self._known_inodes(known).get((st.st_dev, st.st_ino))
+        state = known.get(identity) if identity is not None else None
+        if identity is None or state is None or identity in self.open \
+                or state.offset != st.st_size or st.st_mtime_ns >= int(state.last_seen * 1e9):
+            return False
+        self.dormant[(st.st_dev, st.st_ino)] = _Dormant(identity, st.st_size, st.st_mtime_ns)
+        return True
+
+    def _known_inodes(self, known: dict[str, FileState]) -> dict[tuple[int, int], str]:
+        """The known identities by inode (made again as `_known_index` is)."""
+        made_for, index = self._known_by_inode
+        if made_for != (id(known), len(known)):
+            index = {(state.dev, state.ino): key for key, state in known.items()}
+            self._known_by_inode = ((id(known), len(known)), index)
+        return index
 
     def _open_as(self, path: str, fd: int) -> str | None:
         try:

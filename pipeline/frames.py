@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import polars as pl
 
 from pipeline.events import FAST_TIMESTAMP, Rejection, Validator
@@ -311,20 +312,13 @@ class BlockStager:
         checker, where the reference decides.
         """
         lines, starts = split_block(block, position)
-        return self.stage_lines(lines, starts, source, id_prefix, limit, part_paths)
-
-    def stage_lines(self, lines: list[bytes], starts: list[int], source: str, id_prefix: str,
-                    limit: int, part_paths: Callable[[str], Path] | None = None,
-                    rejected: list[dict[str, Any]] | None = None) -> StagedBlock:
-        """`stage` for lines already split (an importer's events, each at the offset of the
-        log line it came from), with the rejects found before them."""
         frames: dict[str, list[pl.DataFrame]] = {}
         left: range | list[int] = range(len(lines))
         if self.decode_from is not None and len(lines) >= self.decode_from:
             left = self._decode(lines, starts, source, id_prefix, limit, frames)
         checked = self.checker.check_lines([lines[i] for i in left], [starts[i] for i in left],
                                            source, id_prefix, limit)
-        staged = StagedBlock(rejected=[*(rejected or ()), *checked.rejected])
+        staged = StagedBlock(rejected=checked.rejected)
         for event_type, typed in checked.rows.items():
             frame, unstageable = self.builders[event_type].from_converted_or_quarantine(
                 typed.rows, [source] * len(typed.offsets), typed.offsets)
@@ -339,6 +333,41 @@ class BlockStager:
             staged.parts = {event_type: part_paths(event_type) for event_type in whole}
             write_ipc_files({staged.parts[t]: frame for t, frame in whole.items()})
         staged.counts = {event_type: frame.height for event_type, frame in whole.items()}
+        return staged
+
+    def stage_events(self, events: list[dict[str, Any]], sources: list[str],
+                     offsets: list[int], rejected: list[dict[str, Any]]) -> StagedBlock:
+        """Type events made by importers (each with the file and offset of the log line it
+        came from): one frame per type for a whole batch of files. An event the schemas
+        refuse goes to the quarantine, as a line would."""
+        validator = self.checker.validator
+        staged = StagedBlock(rejected=list(rejected))
+        kept: list[int] = list(range(len(events)))
+        if not validator.accepts_all(events):
+            kept = []
+            for index, event in enumerate(events):
+                line = orjson.dumps(event)
+                verdict = validator.validate(line)
+                if isinstance(verdict, Rejection):
+                    staged.rejected.append(quarantine_record(sources[index], offsets[index],
+                                                             line, verdict))
+                else:
+                    kept.append(index)
+        by_type: dict[str, list[int]] = {}
+        for index in kept:
+            by_type.setdefault(events[index]["event_type"], []).append(index)
+        frames = {}
+        for event_type, indexes in by_type.items():
+            builder = self.builders[event_type]
+            rows = [events[i] for i in indexes]
+            convert_nested(rows, builder.nested)
+            frame, unstageable = builder.from_converted_or_quarantine(
+                rows, [sources[i] for i in indexes], [offsets[i] for i in indexes])
+            staged.rejected.extend(unstageable)
+            if frame is not None and frame.height:
+                frames[event_type] = frame
+        staged.frames = ipc_files(frames)
+        staged.counts = {event_type: frame.height for event_type, frame in frames.items()}
         return staged
 
     def _decode(self, lines: list[bytes], starts: list[int], source: str, id_prefix: str,

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.config import Home
 from pipeline.importers import Carry, FileContext, Translated, translator
 from pipeline.importers.opencode import export_opencode
-from pipeline.intake import split_block
 from pipeline.sources import OPENCODE, Root, Source, candidate_dirs, opencode_databases, roots_of
 
 Notify = Callable[[str], None]
@@ -32,7 +33,29 @@ def translate(root: Root, path: str, source: str, block: bytes, position: int,
               carry: Carry | None) -> tuple[Translated, Carry | None]:
     """A block of a source's file (complete lines read at `position`) as event lines."""
     where = FileContext(path, root, source)
-    return translator(root.kind)(*split_block(block, position), where, carry)
+    return translator(root.kind)(block, position, where, carry)
+
+
+@dataclass
+class ImportedRows:
+    """The events importers made for one batch, from however many files, with the file and
+    offset of the line each came from: typed together when the batch is sealed, since a
+    frame per file would cost more than its lines (thousands of small transcripts)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, translated: Translated, source: str) -> None:
+        """A block's events and rejects."""
+        self.events += translated.events
+        self.sources += [source] * len(translated.events)
+        self.offsets += translated.starts
+        self.rejected += translated.rejected
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.rejected)
 
 
 class SourceCopies:

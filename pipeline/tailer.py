@@ -42,7 +42,7 @@ from pipeline.intake import quarantine_record, too_long_record
 from pipeline.journal import Range
 from pipeline.ledger import lake_high_water
 from pipeline.reader import READ_CHUNK, Block, LineReader
-from pipeline.source_files import SourceCopies, configured_roots, translate
+from pipeline.source_files import ImportedRows, SourceCopies, configured_roots, translate
 from pipeline.sources import Root
 from pipeline.stage import (
     BatchId,
@@ -100,6 +100,7 @@ class _Pending:
     offsets: dict[str, int] = field(default_factory=dict)
     crcs: dict[str, int] = field(default_factory=dict)
     carries: dict[str, Carry | None] = field(default_factory=dict)  # sources' importer states
+    imported: ImportedRows = field(default_factory=ImportedRows)
     lines: int = 0
 
 
@@ -379,15 +380,9 @@ class Tailer:
         """Translate a block of a source's file into events and check them here (an
         importer's state runs from block to block, so not in workers); the state after it."""
         assert handle.root is not None
-        source, limit = safe_text(handle.state.path), self.settings.max_line_bytes
+        source = safe_text(handle.state.path)
         translated, carry = translate(handle.root, handle.path, source, block, position, carry)
-
-        def redo() -> StagedBlock:
-            return self._stager.stage_lines(translated.lines, translated.starts, source,
-                                            derived_id_prefix(handle.state.fingerprint),
-                                            limit, rejected=translated.rejected)
-
-        self._pending.segments.append(_Segment(done_future(redo), redo))
+        self._pending.imported.add(translated, source)
         self._pending.lines += lines
         return carry
 
@@ -407,6 +402,13 @@ class Tailer:
         self._drain(result, wait=True)
 
     def _seal(self) -> None:
+        imported = self._pending.imported
+        if imported:
+            def stage() -> StagedBlock:
+                return self._stager.stage_events(imported.events, imported.sources,
+                                                 imported.offsets, imported.rejected)
+
+            self._pending.segments.append(_Segment(done_future(stage), stage))
         if self._pending.offsets:
             self._sealed.append(self._pending)
             self._pending = _Pending()

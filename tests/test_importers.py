@@ -13,7 +13,6 @@ from pipeline.events import Validator
 from pipeline.importers import FileContext, event_id, translator
 from pipeline.importers.claude import path_session
 from pipeline.importers.gemini import buckets
-from pipeline.intake import split_block
 from pipeline.sources import CLAUDE, CODEX, GEMINI, Root
 
 TS = "2026-11-02T10:00:00.000Z"
@@ -24,11 +23,11 @@ def _run(kind: str, relative: str, entries: list[Any], carry: Any = None,
     root = Root(kind, kind, "/logs")
     block = b"".join(orjson.dumps(e) + b"\n" for e in entries) + raw
     where = FileContext(f"/logs/{relative}", root, relative)
-    out, carry = translator(kind)(*split_block(block, 0), where, carry)
+    out, carry = translator(kind)(block, 0, where, carry)
     validator = Validator()
-    for line in out.lines:  # every event made is a valid one
-        assert type(validator.validate(line)).__name__ == "Event", line
-    return [orjson.loads(line) for line in out.lines], out.rejected, carry
+    for event in out.events:  # every event made is a valid one
+        assert type(validator.validate(orjson.dumps(event))).__name__ == "Event", event
+    return out.events, out.rejected, carry
 
 
 def claude_line(message_id: str | None = "msg_1", output: int = 5, **extra: Any) -> dict[str, Any]:
@@ -61,10 +60,13 @@ def test_claude_usage_line_becomes_one_event_with_split_cache_writes() -> None:
 
 
 def test_claude_content_blocks_share_the_message_id() -> None:
-    lines = [claude_line(output=n) for n in (1, 7, 30)]
+    lines = [claude_line(output=n) for n in (1, 30, 7)]
     events, _, _ = _run(CLAUDE, "p/s.jsonl", lines)
-    assert {e["event_id"] for e in events} == {"claude:msg_1:req_1"}
-    assert max(e["output_tokens"] for e in events) == 30  # the duplicate rule keeps this one
+    # One event per message of a block, the copy the duplicate rule would keep.
+    assert [(e["event_id"], e["output_tokens"]) for e in events] == [("claude:msg_1:req_1", 30)]
+    side = [claude_line(output=90, isSidechain=True), claude_line(output=5)]
+    [usage] = _run(CLAUDE, "p/s.jsonl", side)[0]
+    assert (usage["output_tokens"], "role" in usage) == (5, False)
 
 
 def test_claude_without_cache_split_counts_cache_creation_as_5_minute() -> None:
@@ -79,7 +81,9 @@ def test_claude_sidechain_synthetic_cost_and_tool_calls() -> None:
     line["message"]["model"] = "<synthetic>"
     line["message"]["content"] = [{"type": "tool_use", "id": "toolu_9", "name": "Bash",
                                    "input": {}}]
-    usage, tool = _run(CLAUDE, "p/s.jsonl", [line])[0]
+    events = _run(CLAUDE, "p/s.jsonl", [line])[0]
+    [usage] = [e for e in events if e["event_type"] == "agent_token_usage"]
+    [tool] = [e for e in events if e["event_type"] == "tool_call"]
     assert usage["role"] == "sidechain" and usage["cost_usd"] == 0.25 and "model" not in usage
     assert tool["event_type"] == "tool_call" and tool["tool"] == "Bash"
     assert tool["event_id"] == "claude-tool:toolu_9" and tool["session_id"] == "s-1"
@@ -121,7 +125,7 @@ def test_claude_without_request_id_keys_on_instant_and_session() -> None:
     same = claude_line("msg_n", requestId=None, timestamp="2026-11-02T10:00:00Z")
     later = claude_line("msg_n", requestId=None, timestamp="2026-11-02T10:00:00.001Z")
     ids = [e["event_id"] for e in _run(CLAUDE, "p/s.jsonl", [first, same, later])[0]]
-    assert ids[0] == ids[1] != ids[2]
+    assert len(ids) == 2 and ids[0] != ids[1]  # the same instant twice: one message
     assert ids[0].startswith("claude:msg_n:") and ids[0].endswith(":s-1")
 
 
@@ -138,12 +142,12 @@ def test_claude_sidechain_copy_takes_the_main_line_s_id(tmp_path: Any) -> None:
     sub = root / "p" / "s-1" / "subagents" / "agent-a.jsonl"
     block = orjson.dumps(copy) + b"\n"
     where = FileContext(str(sub), Root(CLAUDE, CLAUDE, str(root)), "sub")
-    out, _ = translator(CLAUDE)(*split_block(block, 0), where, None)
-    assert orjson.loads(out.lines[0])["event_id"] == "claude:msg_m:req_1"
+    out, _ = translator(CLAUDE)(block, 0, where, None)
+    assert out.events[0]["event_id"] == "claude:msg_m:req_1"
     # No main copy anywhere: its own key.
     (root / "p" / "s-1.jsonl").write_bytes(b"")
-    out, _ = translator(CLAUDE)(*split_block(block, 0), where, None)
-    assert orjson.loads(out.lines[0])["event_id"] == "claude:msg_m:req_other"
+    out, _ = translator(CLAUDE)(block, 0, where, None)
+    assert out.events[0]["event_id"] == "claude:msg_m:req_other"
 
 
 @pytest.mark.parametrize(("relative", "expected"), [

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from pipeline.events import Rejection, timestamp_ok
-from pipeline.intake import quarantine_record
+from pipeline.intake import quarantine_record, split_block
 from pipeline.sources import CLAUDE, CODEX, GEMINI, OPENCODE, Root
 
 MAX_ID = 128
@@ -42,15 +42,15 @@ class FileContext:
 
 @dataclass
 class Translated:
-    """Event lines made from a block, where each line that made them starts, and rejects."""
+    """Events made from a block, where each line that made them starts, and rejects."""
 
-    lines: list[bytes] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, event: dict[str, Any], start: int) -> None:
         """One event made from the line at `start`."""
-        self.lines.append(orjson.dumps(event))
+        self.events.append(event)
         self.starts.append(start)
 
     def reject(self, where: FileContext, start: int, line: bytes, reason: str,
@@ -60,8 +60,8 @@ class Translated:
                                                Rejection(reason, message, pointer)))
 
 
-Translate = Callable[[list[bytes], list[int], FileContext, Carry | None],
-                     tuple[Translated, Carry | None]]
+# (a block of complete lines, the offset it was read at, its file, the state before it)
+Translate = Callable[[bytes, int, FileContext, Carry | None], tuple[Translated, Carry | None]]
 
 
 def event_id(*parts: object) -> str:
@@ -81,14 +81,23 @@ def translator(kind: str) -> Translate:
     return table[kind]
 
 
-def passthrough(lines: list[bytes], starts: list[int], where: FileContext,
+def passthrough(block: bytes, position: int, where: FileContext,
                 carry: Carry | None) -> tuple[Translated, Carry | None]:
     """Lines that are tally events already (what the opencode importer wrote)."""
-    return Translated(lines, starts), carry
+    out = Translated()
+    lines, starts = split_block(block, position)
+    for line, start in zip(lines, starts, strict=True):
+        try:
+            out.add(orjson.loads(line), start)
+        except orjson.JSONDecodeError as exc:
+            out.reject(where, start, line, "invalid_json", f"cannot parse: {exc}")
+    return out, carry
 
 
 def whole(value: Any) -> int:
     """A token count as the CLIs write it (a number or numeric text); 0 for anything else."""
+    if type(value) is int:  # the common case first (bool is not `int` here)
+        return value if value > 0 else 0
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
@@ -105,7 +114,7 @@ def whole(value: Any) -> int:
 
 def text(value: Any) -> str | None:
     """A non-empty string field, else None."""
-    return value if isinstance(value, str) and value.strip() else None
+    return value if type(value) is str and value and not value.isspace() else None
 
 
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,9})?"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,21 +32,18 @@ from pipeline.importers import (
 )
 
 USAGE_MARK = b'"usage":{'
+OPEN, CLOSE = ord("{"), ord("}")
 SYNTHETIC = "<synthetic>"
 SIDECHAIN = "sidechain"
 
 
-def translate(lines: list[bytes], starts: list[int], where: FileContext,
+def translate(block: bytes, position: int, where: FileContext,
               carry: Carry | None) -> tuple[Translated, Carry | None]:
     """Usage and tool-call events of a block of transcript lines."""
     out = Translated()
     session, project = path_session(where.relative)
     counted: list[_Usage] = []
-    for line, start in zip(lines, starts, strict=True):
-        if USAGE_MARK not in line:
-            if not looks_whole(line):
-                out.reject(where, start, line, "invalid_json", "not a whole JSON line")
-            continue
+    for line, start in _usage_lines(block, position, where, out):
         try:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
@@ -54,14 +52,54 @@ def translate(lines: list[bytes], starts: list[int], where: FileContext,
         usage = _usage_of(entry, line, start, where, out)
         if usage is not None:
             counted.append(usage)
-    mains = {u.message_id: u.key(session) for u in counted if not u.sidechain}
     for usage in counted:
-        key = usage.key(session)
+        usage.id_key = usage.key(session)
+    mains = {u.message_id: u.id_key for u in counted if not u.sidechain}
+    # One event per message of the block: the lake's duplicate rule would drop the others
+    # (one line per content block, each with the usage so far), so they cost nothing more.
+    best: dict[str, _Usage] = {}
+    parents: dict[Any, dict[str, str]] = {}
+    for usage in counted:
         if usage.sidechain:  # a copy of a main-line message counts as that message
-            key = mains.get(usage.message_id) or _parent_keys(
-                where, usage.entry.get("sessionId"), session).get(usage.message_id) or key
-        _emit(usage, key, where, session, project, out)
+            owner = usage.entry.get("sessionId")
+            if owner not in parents:
+                parents[owner] = _parent_keys(where, owner, session)
+            usage.id_key = mains.get(usage.message_id) or \
+                parents[owner].get(usage.message_id) or usage.id_key
+        kept = best.get(usage.id_key)
+        if kept is None or usage.beats(kept):
+            best[usage.id_key] = usage
+        _emit_tools(usage, where, session, project, out)
+    for usage in best.values():
+        _emit_usage(usage, where, session, project, out)
     return out, carry
+
+
+def _usage_lines(block: bytes, position: int, where: FileContext,
+                 out: Translated) -> Iterator[tuple[bytes, int]]:
+    """The lines of a block holding `"usage":{`, and where each starts, found without
+    splitting the rest (user lines with tool results are most of a transcript's bytes).
+    Lines that do not look like a JSON object are quarantined."""
+    for line, start in _cut_lines(block, position):
+        out.reject(where, start, line, "invalid_json", "not a whole JSON line")
+    at = block.find(USAGE_MARK)
+    while at >= 0:
+        begin = block.rfind(b"\n", 0, at) + 1
+        end = block.find(b"\n", at)
+        yield block[begin:end], position + begin
+        at = block.find(USAGE_MARK, end)
+
+
+def _cut_lines(block: bytes, position: int) -> Iterator[tuple[bytes, int]]:
+    """Lines without `"usage":{` that do not start with `{` and end with `}` (as
+    `looks_whole` tells), looking at the bytes around each newline only."""
+    begin, end = 0, block.find(b"\n")
+    while end >= 0:
+        if end > begin and (block[begin] != OPEN or block[end - 1] != CLOSE):
+            line = block[begin:end]
+            if USAGE_MARK not in line and not looks_whole(line):
+                yield line, position + begin
+        begin, end = end + 1, block.find(b"\n", end + 1)
 
 
 @dataclass
@@ -73,10 +111,22 @@ class _Usage:
     message_id: str
     ts: str
     start: int
+    id_key: str = ""
 
     @property
     def sidechain(self) -> bool:
         return self.entry.get("isSidechain") is True
+
+    @functools.cached_property
+    def tokens(self) -> dict[str, int]:
+        return _tokens(self.message["usage"])
+
+    def beats(self, other: _Usage) -> bool:
+        """Whether this copy wins over `other` by the lake's duplicate rule (pipeline.dedupe):
+        a main line over a sidechain copy, else the larger total; the first between equals."""
+        if self.sidechain != other.sidechain:
+            return not self.sidechain
+        return _total(self.tokens) > _total(other.tokens)
 
     def key(self, file_session: str) -> str:
         """ccusage's dedupe key: message id and request id; without a request id, the
@@ -118,17 +168,29 @@ def _usage_of(entry: Any, line: bytes, start: int, where: FileContext,
     return _Usage(entry, message, message_id, ts, start)
 
 
-def _emit(usage: _Usage, key: str, where: FileContext, session: str, project: str,
-          out: Translated) -> None:
-    entry, message = usage.entry, usage.message
-    envelope = _envelope(entry, message, usage.ts, where, session, project)
-    tokens = _tokens(message["usage"])
-    if any(tokens.values()):  # not an API error's empty line (model `<synthetic>`)
-        out.add({**envelope, "event_type": "agent_token_usage",
-                 "event_id": event_id("claude", key), **tokens, **_extras(entry)}, usage.start)
-    for block in message.get("content") or ():
+def _total(tokens: dict[str, int]) -> int:
+    return (tokens["input_tokens"] + tokens["output_tokens"] + tokens["cache_read_tokens"]
+            + tokens["cache_write_tokens"])
+
+
+def _emit_usage(usage: _Usage, where: FileContext, session: str, project: str,
+                out: Translated) -> None:
+    if not any(usage.tokens.values()):  # an API error's empty line (model `<synthetic>`)
+        return
+    envelope = _envelope(usage.entry, usage.message, usage.ts, where, session, project)
+    out.add({**envelope, "event_type": "agent_token_usage",
+             "event_id": event_id("claude", usage.id_key), **usage.tokens,
+             **_extras(usage.entry)}, usage.start)
+
+
+def _emit_tools(usage: _Usage, where: FileContext, session: str, project: str,
+                out: Translated) -> None:
+    envelope = None
+    for block in usage.message.get("content") or ():
         if isinstance(block, dict) and block.get("type") == "tool_use" and \
                 (tool := label(block.get("name"))) and (call := text(block.get("id"))):
+            envelope = envelope or _envelope(usage.entry, usage.message, usage.ts, where,
+                                             session, project)
             out.add({**envelope, "event_type": "tool_call",
                      "event_id": event_id("claude-tool", call), "tool": tool}, usage.start)
 

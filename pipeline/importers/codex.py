@@ -29,6 +29,7 @@ from pipeline.importers import (
     text,
     whole,
 )
+from pipeline.intake import split_block
 
 FALLBACK_MODEL = "gpt-5"
 SUBAGENT = "subagent"
@@ -46,9 +47,10 @@ ALIASES = (("input_tokens", "prompt_tokens", "input"),
 Usage = tuple[int, int, int, int, int]  # input, cached, output, reasoning, total
 
 
-def translate(lines: list[bytes], starts: list[int], where: FileContext,
+def translate(block: bytes, position: int, where: FileContext,
               carry: Carry | None) -> tuple[Translated, Carry | None]:
     """Usage and tool-call events of a block of rollout lines; the state after it."""
+    lines, starts = split_block(block, position)
     out = Translated()
     state: Carry = dict(carry) if carry else {
         "session": where.relative.removesuffix(".jsonl"), "totals": None, "model": None,

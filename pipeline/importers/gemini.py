@@ -24,13 +24,15 @@ from pipeline.importers import (
     text,
     whole,
 )
+from pipeline.intake import split_block
 
 SUBAGENT = "subagent"
 
 
-def translate(lines: list[bytes], starts: list[int], where: FileContext,
+def translate(block: bytes, position: int, where: FileContext,
               carry: Carry | None) -> tuple[Translated, Carry | None]:
     """Usage and tool-call events of a block of chat lines; the session and model after it."""
+    lines, starts = split_block(block, position)
     out = Translated()
     name = where.relative.rsplit("/", 1)[-1].removesuffix(".jsonl")
     state: Carry = dict(carry) if carry else {
