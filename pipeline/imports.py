@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pipeline.checkpoint import FileState, load_checkpoint
 from pipeline.config import Home
@@ -26,6 +27,9 @@ from pipeline.sources import (
 )
 from pipeline.tailer import Notify, PollResult, Progress, Tailer
 
+if TYPE_CHECKING:
+    from pipeline.compactor import CompactionResult
+
 
 def chosen_source(home: Home, kind: str, path: str | None = None,
                   agent: str | None = None) -> Source:
@@ -37,6 +41,26 @@ def chosen_source(home: Home, kind: str, path: str | None = None,
         if source.kind == kind and path in (None, source.path) and agent in (None, source.name):
             return source
     return Source(kind, path, agent or "")
+
+
+@dataclass
+class Imported:
+    """What an import read, and what its compaction moved into the lake (None: none ran)."""
+
+    read: PollResult
+    compacted: CompactionResult | None = None
+
+
+def import_and_compact(home: Home, source: Source, notify: Notify | None = None,
+                       progress: Progress | None = None, compact: bool = True) -> Imported:
+    """`import_source`, then, if it staged anything, a compaction: a history read at once
+    is thousands of batches that every report and budget check would read again."""
+    read = import_source(home, source, notify, progress)
+    if not (compact and read.batches):
+        return Imported(read)
+    from pipeline.compactor import run_compaction
+
+    return Imported(read, run_compaction(home))
 
 
 def import_source(home: Home, source: Source, notify: Notify | None = None,

@@ -2,7 +2,8 @@
 
 The tailer appends one line per batch, synced before the checkpoint that commits the
 batch: `{"batch": N, "ranges": [[identity, path, start, end, crc], ...]}`, the CRC-32 of
-the file's bytes [0, end) proving, when they are read again, that they are the same. Lines go to
+the file's bytes [0, end) proving, when they are read again, that they are the same; a
+source's range adds its importer and that importer's state at `start`. Lines go to
 `state/journal/<stream>-<first batch>.jsonl`, a new segment at every start of a tailer and
 every SEGMENT_BATCHES batches. A batch number written twice (a crash before its commit,
 then the batch read again) is read back from its last line. Compaction deletes the
@@ -33,10 +34,13 @@ class Range:
     """Bytes [start, end) of the file known as `identity`, last seen at `path`."""
 
     identity: str
-    path: str  # relative to the logs directory
+    path: str  # relative to the logs directory (absolute for a source's file)
     start: int
     end: int
     crc: int | None  # of the bytes [0, end)
+    # A source's file: {"kind", "agent", "root", "carry"}, the importer and its state at
+    # `start`, to translate the lines again.
+    source: dict[str, Any] | None = None
 
 
 class JournalWriter:
@@ -54,7 +58,8 @@ class JournalWriter:
                 or batch.number < self._first:
             self._open_segment(batch.number)
         assert self._fd is not None
-        body = [[r.identity, encode_path(r.path), r.start, r.end, r.crc] for r in ranges]
+        body = [[r.identity, encode_path(r.path), r.start, r.end, r.crc,
+                 *([r.source] if r.source else [])] for r in ranges]
         # The leading newline ends a line torn by a crash (a full disk): it cannot swallow
         # this one.
         os.write(self._fd, b"\n" + orjson.dumps({"batch": batch.number, "ranges": body}) + b"\n")
@@ -96,8 +101,8 @@ def batch_ranges(state_dir: Path, batch: BatchId) -> list[Range] | None:
             continue
         for entry in _entries(path):
             if entry.get("batch") == batch.number:
-                found = [Range(r[0], decode_path(r[1]), int(r[2]), int(r[3]), r[4])
-                         for r in entry["ranges"]]
+                found = [Range(r[0], decode_path(r[1]), int(r[2]), int(r[3]), r[4],
+                               r[5] if len(r) > 5 else None) for r in entry["ranges"]]
     return found
 
 

@@ -28,7 +28,9 @@ from pipeline.events import Validator
 from pipeline.frames import BlockStager, ipc_bytes
 from pipeline.identity import base_fingerprint, crc_of, derived_id_prefix, fingerprint_of
 from pipeline.journal import Range, batch_ranges
-from pipeline.stage import batch_id, fsync_dir, write_atomic
+from pipeline.source_files import translate
+from pipeline.sources import Root
+from pipeline.stage import StagedBlock, batch_id, fsync_dir, write_atomic
 
 DAMAGED_DIR = "damaged"
 
@@ -98,11 +100,24 @@ def _read_again(home: Home, logged: Range, event_type: str,
             os.close(fd)
         if len(data) != logged.end - logged.start:
             return f"{where}: the file is shorter now"
-        staged = stager.stage(data, logged.start, safe_text(logged.path),
-                              derived_id_prefix(logged.identity), home.tailer.max_line_bytes)
+        if logged.source is not None:  # a source's lines: translated as they were
+            staged = _translated_again(stager, logged, data)
+        else:
+            staged = stager.stage(data, logged.start, safe_text(logged.path),
+                                  derived_id_prefix(logged.identity), home.tailer.max_line_bytes)
         ipc = staged.frames.get(event_type)
         return pl.DataFrame() if ipc is None else pl.read_ipc(ipc)
     return f"{where}: no log holds it any more (deleted or rewritten)"
+
+
+def _translated_again(stager: BlockStager, logged: Range, data: bytes) -> StagedBlock:
+    assert logged.source is not None
+    found = logged.source
+    root = Root(found["kind"], found["agent"], found["root"])
+    source = safe_text(logged.path)
+    translated, _ = translate(root, logged.path, source, data, logged.start, found["carry"])
+    return stager.stage_events(translated.events, [source] * len(translated.events),
+                               translated.starts, translated.rejected)
 
 
 def _holds(fd: int, logged: Range) -> bool:

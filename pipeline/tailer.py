@@ -482,8 +482,15 @@ class Tailer:
             self._progress(result.bytes)
 
     def _ranges(self, pending: _Pending, advanced: dict[str, Any]) -> list[Range]:
-        return [Range(identity, state.path, pending.starts.get(identity, state.offset),
-                      state.offset, state.crc) for identity, state in advanced.items()]
+        ranges = []
+        for identity, state in advanced.items():
+            handle = self.files.open[identity]
+            source = None if handle.root is None else {  # the state before the batch
+                "kind": handle.root.kind, "agent": handle.root.agent,
+                "root": handle.root.path, "carry": handle.state.carry}
+            ranges.append(Range(identity, state.path, pending.starts.get(identity, state.offset),
+                                state.offset, state.crc, source))
+        return ranges
 
     def _outcome(self, segment: _Segment) -> StagedBlock:
         try:

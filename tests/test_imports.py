@@ -224,3 +224,20 @@ def test_configured_and_given_sources_are_told_apart(tmp_path: Path) -> None:
     assert chosen_source(home, "codex") == Source("codex", None, "box")
     assert chosen_source(home, "codex", "/elsewhere") == Source("codex", "/elsewhere", "")
     assert chosen_source(load_home(home.root), "gemini").name == "gemini"
+
+
+def test_import_compacts_what_it_read_unless_told_not_to(user: Path, tmp_path: Path) -> None:
+    session = _session("lake")
+    _reply(session, 0)
+    path = session.write(user)
+    kept = tmp_path / "staged"
+    run = CliRunner().invoke(main, ["import", "claude-code", "--no-compact", "--home", str(kept)])
+    assert run.exit_code == 0, run.output
+    assert not (kept / "lake" / "agent_token_usage").exists()
+    assert list((kept / "stage" / "agent_token_usage").iterdir())
+    moved = tmp_path / "moved"
+    run = CliRunner().invoke(main, ["import", "claude-code", "--home", str(moved)])
+    assert run.exit_code == 0 and "1 events into the lake" in run.output, run.output
+    assert (moved / "lake" / "agent_token_usage" / "_delta_log").is_dir()
+    assert not list((moved / "stage" / "agent_token_usage").iterdir())
+    assert _report(moved) == _report(kept) and path.exists()

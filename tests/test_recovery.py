@@ -100,3 +100,24 @@ def test_a_batch_missing_from_the_journal_is_reported(staged: Home) -> None:
         segment.unlink()
     result = restage(staged, path, Validator())
     assert result.lost is not None and "not in the journal" in result.lost
+
+
+def test_a_source_s_stage_file_is_translated_again_from_its_state(tmp_path: Path) -> None:
+    """A Codex rollout read in several batches: the damaged batch's lines are counted as
+    deltas of the running total the batch began with (the journal keeps that state)."""
+    from agentlogs import scenario
+
+    from pipeline.imports import import_source
+    from pipeline.sources import CODEX, Source
+
+    scenario("codex", tmp_path / "user", ["multi_day"])
+    home = make_home(tmp_path / "home", "[tailer]\nbatch_lines = 10\n")
+    import_source(home, Source(CODEX, str(tmp_path / "user" / ".codex")))
+    files = staged_files(home.stage, USAGE, load_checkpoint(home.state).watermark)
+    assert len(files) >= 3
+    path = files[-1][1]  # a later batch: its deltas need the total so far
+    before = pl.read_ipc(path)
+    damage(path)
+    result = restage(home, path, Validator())
+    assert result.lost is None and result.events == before.height > 0
+    assert pl.read_ipc(path).sort("_offset").equals(before.sort("_offset"))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.cli.options import echo_json, format_option, new_home_option, progress_bar, say
 from pipeline.cli.tail import summary
 from pipeline.config import Home
@@ -22,9 +23,12 @@ if TYPE_CHECKING:
 @click.option("--path", type=click.Path(file_okay=False), default=None,
               help="where the logs are (default: where the CLI keeps them)")
 @click.option("--agent", default=None, help="agent name of the events (default: the kind)")
+@click.option("--compact/--no-compact", default=True, show_default=True,
+              help="move what was read into the lake at once")
 @click.option("--quiet", "-q", is_flag=True, help="no summary line")
 @new_home_option
-def import_(home: Home, kind: str, path: str | None, agent: str | None, quiet: bool) -> None:
+def import_(home: Home, kind: str, path: str | None, agent: str | None, compact: bool,
+            quiet: bool) -> None:
     """Read what is new in one agent CLI's logs, once, into the lake's stage.
 
     KIND is claude-code, codex, gemini or opencode. Without --path, the logs are found
@@ -32,7 +36,8 @@ def import_(home: Home, kind: str, path: str | None, agent: str | None, quiet: b
     $CODEX_HOME or ~/.codex; ~/.gemini/tmp; ~/.local/share/opencode). A second run reads
     only what was appended since; events already read count once. Usage lines become
     agent_token_usage events, tool calls tool_call events; lines that cannot be counted go
-    to the quarantine with a reason. A source configured in [[sources]] is also followed
+    to the quarantine with a reason. What was read is then compacted into the lake
+    (--no-compact leaves it staged). A source configured in [[sources]] is also followed
     by `tally tail` and `tally run`.
 
     \b
@@ -40,18 +45,19 @@ def import_(home: Home, kind: str, path: str | None, agent: str | None, quiet: b
       tally import claude-code && tally report --by day
       tally import codex --path ~/backup/.codex --agent codex-laptop
     """
-    from pipeline.imports import chosen_source, import_source
+    from pipeline.imports import chosen_source, import_and_compact
     from pipeline.monitor import check_budgets_after
 
     source = chosen_source(home, kind, path, agent)
-    status = None if quiet else say
     started = time.monotonic()
     with progress_bar(f"importing {kind}", show=not quiet) as progress:
-        result = import_source(home, source, notify=status, progress=progress)
+        done = import_and_compact(home, source, notify=None if quiet else say,
+                                  progress=progress, compact=compact)
     if not quiet:
-        click.echo(summary(result, time.monotonic() - started).replace("tail:", "import:", 1))
-    from pipeline.checkpoint import load_checkpoint
-
+        line = summary(done.read, time.monotonic() - started).replace("tail:", "import:", 1)
+        if done.compacted is not None:
+            line += f"; {done.compacted.events:,} events into the lake"
+        click.echo(line)
     check_budgets_after(home, say, load_checkpoint(home.state))
 
 
