@@ -167,8 +167,9 @@ def read_watermark(state_dir: Path) -> Watermark:
     leftover read twice counts once (by event id). DamagedFile if neither can be read."""
     path = state_dir / CHECKPOINT
     try:
-        st = os.stat(path)
-        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        with open(path, "rb") as handle:  # the batch number comes first: its head tells it
+            st = os.fstat(handle.fileno())
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size, handle.read(WATERMARK_HEAD))
     except OSError:
         seen = None
     cached = _watermarks.get(str(path))
@@ -186,8 +187,11 @@ def read_watermark(state_dir: Path) -> Watermark:
     return watermark
 
 
-# checkpoint path -> ((inode, mtime, size), its watermark): each commit renames a new file in
-_watermarks: dict[str, tuple[tuple[int, int, int], Watermark]] = {}
+# checkpoint path -> ((inode, mtime, size, head), its watermark). Two files take turns as
+# the checkpoint (the spare), and a coarse mtime may not move between two commits; the
+# head, holding the batch number, does.
+_watermarks: dict[str, tuple[tuple[int, int, int, bytes], Watermark]] = {}
+WATERMARK_HEAD = 64
 
 
 def recover_checkpoint(state_dir: Path) -> tuple[Checkpoint, str | None]:

@@ -98,7 +98,7 @@ class FileSet:
         self.dormant: dict[tuple[int, int], _Dormant] = {}
         # Identities by first-line fingerprint, so that finding a new file's candidates
         # does not look at every file (a first import of thousands of transcripts).
-        self._open_by_base: dict[str, set[str]] = {}
+        self._open_by_base: dict[str, dict[str, None]] = {}  # in the order they were opened
         self._open_by_inode: dict[tuple[int, int], str] = {}
         self._known_by_inode: tuple[tuple[int, int], dict[tuple[int, int], str]] = ((0, 0), {})
         self._known_by_base: tuple[tuple[int, int], dict[str, list[str]]] = ((0, 0), {})
@@ -264,7 +264,7 @@ class FileSet:
             self.relative(path)
         state.last_seen = time.time()
         self.open[identity] = OpenFile(fd, state, path, root=self.root_of(path))
-        self._open_by_base.setdefault(base_fingerprint(identity), set()).add(identity)
+        self._open_by_base.setdefault(base_fingerprint(identity), {})[identity] = None
         self._open_by_inode[(state.dev, state.ino)] = identity
         return identity
 
@@ -293,7 +293,7 @@ class FileSet:
 
     def _candidates(self, fingerprint: str) -> list[_Candidate]:
         found = {key: _Candidate(key, self.open[key].state, self.open[key])
-                 for key in sorted(self._open_by_base.get(fingerprint, ()))}
+                 for key in self._open_by_base.get(fingerprint, {})}
         known = self.known()
         for key in self._known_index(known).get(fingerprint, ()):
             if key not in found and key in known:
@@ -403,7 +403,7 @@ class FileSet:
     def close(self, identity: str) -> OpenFile:
         """Stop following a file; its handle."""
         handle = self.open.pop(identity)
-        self._open_by_base.get(base_fingerprint(identity), set()).discard(identity)
+        self._open_by_base.get(base_fingerprint(identity), {}).pop(identity, None)
         if self._open_by_inode.get((handle.state.dev, handle.state.ino)) == identity:
             del self._open_by_inode[(handle.state.dev, handle.state.ino)]
         with contextlib.suppress(OSError):

@@ -321,3 +321,16 @@ def test_a_full_disk_does_not_keep_a_lock_from_being_taken(tmp_path: Path,
     monkeypatch.setattr(os, "pwrite", full)
     lock = ProcessLock(tmp_path / "x.lock", "test").acquire()
     lock.release()
+
+
+def test_the_watermark_is_read_again_after_every_commit(tmp_path: Path) -> None:
+    """Readers keep the last watermark per checkpoint file; the two files that take turns
+    (the spare) can come back with the same size and, on a coarse clock, the same mtime."""
+    state = tmp_path / "state"
+    state.mkdir()
+    for batch in (11, 12, 13, 14, 15):  # the same length each time
+        save_checkpoint(state, Checkpoint(batch=batch, stream="s"))
+        path = state / CHECKPOINT
+        os.utime(path, ns=(10**18, 10**18))  # one mtime for every commit
+        assert read_watermark(state) == Watermark("s", batch)
+        assert read_watermark(state) == Watermark("s", batch)

@@ -62,7 +62,11 @@ def test_a_follower_survives_a_full_disk_and_loses_nothing(tmp_path: Path) -> No
             follower.send_signal(signal.SIGTERM)
             _, stderr = follower.communicate(timeout=60)
         assert follower.returncode == 0, stderr
-        assert stderr.count("No space left on device") == 1, stderr
+        # The refusal is told once; live.json, written after a batch that landed just
+        # before the disk filled, may say its own once too.
+        told = [line for line in stderr.splitlines() if "No space left on device" in line]
+        assert sum("cannot write a batch" in line for line in told) == 1, stderr
+        assert len(told) == len(set(told)) <= 2, stderr
         assert "writing works again" in stderr and "Traceback" not in stderr
         assert staged_events(home.root) == 350
 
