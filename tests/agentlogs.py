@@ -440,6 +440,20 @@ def _claude_rejected(home: Path) -> list[Path]:
     return [s.write(home)]
 
 
+def _claude_recent_models(home: Path) -> list[Path]:
+    """Opus 4.6, 4.7 and 4.8 and Sonnet 4.6, one request each with every bucket, Sonnet 4.6
+    past 200k (its 1M context has no long-context price)."""
+    s, t = _claude_case("2025-09-15T09:00:00", "recent-models")
+    for i, model in enumerate(("claude-opus-4-6", "claude-opus-4-7-20260401",
+                               "claude-opus-4-8", "claude-sonnet-4-6")):
+        size = 240_000 if model == "claude-sonnet-4-6" else 1000
+        s.assistant(t + timedelta(minutes=i), model=model, msg_id=f"msg_01Recent{i}",
+                    request_id=f"req_01Recent{i}", usage=claude_usage(
+                        size, 300, cache_read=5000, cache_5m=700, cache_1h=900),
+                    content=[claude_text("ok")])
+    return [s.write(home)]
+
+
 CLAUDE_CASES: dict[str, Case] = {
     "streamed": _claude_streamed,            # 2025-09-01
     "sidechain": _claude_sidechain,          # 2025-09-02
@@ -453,6 +467,7 @@ CLAUDE_CASES: dict[str, Case] = {
     "multi_day": _claude_multi_day,          # 2025-09-10..12
     "subagent": _claude_subagent,            # 2025-09-13
     "rejected": _claude_rejected,            # 2025-09-14
+    "recent_models": _claude_recent_models,  # 2025-09-15
 }
 
 
