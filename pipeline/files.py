@@ -100,8 +100,10 @@ class FileSet:
         # does not look at every file (a first import of thousands of transcripts).
         self._open_by_base: dict[str, dict[str, None]] = {}  # in the order they were opened
         self._open_by_inode: dict[tuple[int, int], str] = {}
-        self._known_by_inode: tuple[tuple[int, int], dict[tuple[int, int], str]] = ((0, 0), {})
-        self._known_by_base: tuple[tuple[int, int], dict[str, list[str]]] = ((0, 0), {})
+        # (the dict they were made from, its size, the index): holding the dict keeps its id
+        # from being reused by another
+        self._known_by_inode: tuple[object, int, dict[tuple[int, int], str]] = (None, 0, {})
+        self._known_by_base: tuple[object, int, dict[str, list[str]]] = (None, 0, {})
         self.live: set[tuple[int, int]] = set()  # (dev, ino) of every file the last scan saw
         self.unreadable: dict[str, str] = {}  # path -> why, for the files and directories
         self._logs_real = os.path.realpath(home.logs)
@@ -236,10 +238,10 @@ class FileSet:
 
     def _known_inodes(self, known: dict[str, FileState]) -> dict[tuple[int, int], str]:
         """The known identities by inode (made again as `_known_index` is)."""
-        made_for, index = self._known_by_inode
-        if made_for != (id(known), len(known)):
+        made_for, size, index = self._known_by_inode
+        if made_for is not known or size != len(known):
             index = {(state.dev, state.ino): key for key, state in known.items()}
-            self._known_by_inode = ((id(known), len(known)), index)
+            self._known_by_inode = (known, len(known), index)
         return index
 
     def _open_as(self, path: str, fd: int) -> str | None:
@@ -303,13 +305,13 @@ class FileSet:
     def _known_index(self, known: dict[str, FileState]) -> dict[str, list[str]]:
         """The known identities by fingerprint. Made again for another dict or size: a
         commit makes a new dict holding every key of the last, and forgetting a file
-        deletes its key in place."""
-        made_for, index = self._known_by_base
-        if made_for != (id(known), len(known)):
+        deletes its key in place (nothing adds one in place)."""
+        made_for, size, index = self._known_by_base
+        if made_for is not known or size != len(known):
             index = {}
             for key in known:
                 index.setdefault(base_fingerprint(key), []).append(key)
-            self._known_by_base = ((id(known), len(known)), index)
+            self._known_by_base = (known, len(known), index)
         return index
 
     def _holds(self, fd: int, st: os.stat_result, state: FileState) -> bool:
@@ -338,7 +340,7 @@ class FileSet:
             return "followed-copy" if same else "other"
         original = _inode_of(state)
         if original != (st.st_dev, st.st_ino) and original in self.live \
-                and original not in self._open_by_inode:
+                and original not in self._open_by_inode and original not in self.dormant:
             return "defer"  # the original is there, not opened yet: it goes first
         if self._holds(fd, st, state):
             return "moved"  # the same bytes under another inode: moved, copied, restored
@@ -392,7 +394,9 @@ class FileSet:
         self.notify(f"{display_path(state.path)}: content changed under the checkpoint; "
                     "resuming after line 1")
         offset = min(first_line_end, state.offset)
-        return _with(state, offset, marker_at(fd, offset), crc_of(fd, offset))
+        resumed = _with(state, offset, marker_at(fd, offset), crc_of(fd, offset))
+        resumed.carry = None  # an importer's state belonged to the old content
+        return resumed
 
     def _skipped_copy(self, fd: int, st: os.stat_result, state: FileState) -> FileState:
         """An earlier copy of a file read further: all of it was read already."""
@@ -439,11 +443,35 @@ class FileSet:
         return (st.st_dev, st.st_ino) == (state.dev, state.ino)
 
     def stale(self, files: dict[str, FileState]) -> list[str]:
-        """Identities not followed and not seen for FORGET_AFTER_SECONDS."""
+        """Identities not followed and not seen for FORGET_AFTER_SECONDS, among those this
+        set looks after (`tally import` leaves logs/ and the other sources alone)."""
         cutoff = time.time() - FORGET_AFTER_SECONDS
         resting = {d.identity for d in self.dormant.values()}
         return [key for key, state in files.items()
-                if key not in self.open and key not in resting and state.last_seen < cutoff]
+                if key not in self.open and key not in resting and state.last_seen < cutoff
+                and self._looks_after(state)]
+
+    def _looks_after(self, state: FileState) -> bool:
+        if os.path.isabs(state.path):  # a source's file
+            return self.root_of(state.path) is not None
+        return self.logs
+
+    def unread_at(self, paths: list[str]) -> int:
+        """The bytes not read yet in files not opened (as far as their sizes and the
+        checkpoint tell), for a pass's progress."""
+        known = self.known()
+        by_inode = self._known_inodes(known)
+        total = 0
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            identity = by_inode.get((st.st_dev, st.st_ino))
+            state = known.get(identity) if identity is not None else None
+            if identity not in self.open and (st.st_dev, st.st_ino) not in self.dormant:
+                total += max(0, st.st_size - (state.offset if state else 0))
+        return total
 
     def unread(self) -> list[int]:
         """Each followed file's bytes not yet consumed."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.checkpoint import decode_path, load_checkpoint
 from pipeline.config import Home
 from pipeline.errors import DamagedFile, display_path, safe_text
 from pipeline.events import Validator
@@ -113,7 +113,7 @@ def _read_again(home: Home, logged: Range, event_type: str,
 def _translated_again(stager: BlockStager, logged: Range, data: bytes) -> StagedBlock:
     assert logged.source is not None
     found = logged.source
-    root = Root(found["kind"], found["agent"], found["root"])
+    root = Root(found["kind"], found["agent"], decode_path(found["root"]))
     source = safe_text(logged.path)
     translated, _ = translate(root, logged.path, source, data, logged.start, found["carry"])
     return stager.stage_events(translated.events, [source] * len(translated.events),

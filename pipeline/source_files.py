@@ -3,6 +3,7 @@ databases copied into files, the directories to watch, and a block's translation
 
 from __future__ import annotations
 
+import copy
 import os
 import sqlite3
 from collections.abc import Callable
@@ -31,9 +32,12 @@ def configured_roots(home: Home, notify: Notify) -> tuple[Root, ...]:
 
 def translate(root: Root, path: str, source: str, block: bytes, position: int,
               carry: Carry | None) -> tuple[Translated, Carry | None]:
-    """A block of a source's file (complete lines read at `position`) as event lines."""
+    """A block of a source's file (complete lines read at `position`) as event lines.
+
+    The importer gets a copy of the state: the one given stays what the checkpoint, the
+    journal and a batch not yet committed hold, whatever the importer changes."""
     where = FileContext(path, root, source)
-    return translator(root.kind)(block, position, where, carry)
+    return translator(root.kind)(block, position, where, copy.deepcopy(carry))
 
 
 @dataclass
@@ -74,7 +78,7 @@ class SourceCopies:
         for source in self.sources:
             try:
                 copied += export_opencode(source, self.home).appended
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, sqlite3.Error, ValueError) as exc:
                 where = ", ".join(map(str, opencode_databases(source))) or "opencode"
                 self.warn(where, f"{where}: cannot read opencode's messages ({exc}); "
                                  "will retry")

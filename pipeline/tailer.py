@@ -26,6 +26,7 @@ from pipeline.checkpoint import (
     CHECKPOINT,
     Checkpoint,
     ProcessLock,
+    encode_path,
     new_stream,
     prepare_checkpoint,
     publish_checkpoint,
@@ -62,6 +63,7 @@ READ_CAP = 64 << 20
 # blocks are too small to pay for a worker's round trip, and would end a batch each.
 WORKER_MIN_FILE_BYTES = 1 << 20
 LINE_ESTIMATE_MIN_LINES = 16  # a block this long or longer updates the mean line length
+OPEN_AT_ONCE = 128  # sources' files opened at a time (a descriptor each; macOS allows 256)
 
 Notify = Callable[[str], None]
 # Told of each batch once it is committed, with the event types it staged.
@@ -229,10 +231,12 @@ class Tailer:
                 handle.seen = handle.seen and not sources and handle.root is not None
         else:
             paths = [p for p in only if self.files.wanted(p)]
+        sourced = [p for p in paths if self.files.root_of(p) is not None]
         for path in paths:
-            self.files.follow(path)
+            if self.files.root_of(path) is None:
+                self.files.follow(path)
         unread = self.files.unread()
-        total = sum(unread)
+        total = sum(unread) + self.files.unread_at(sourced)
         self._progress = (lambda done: progress(done, total)) if progress else None
         threshold = self.settings.parallel_min_bytes
         least = min(WORKER_MIN_FILE_BYTES, threshold)
@@ -243,6 +247,7 @@ class Tailer:
                 break
             self._read(identity, result)
         self._commit(result)
+        self._read_sources(sourced, result)
         # Caught up: idle workers would only hold memory (about 75 MB each), and a live
         # tail's few lines are checked in this process. Half the threshold: a backlog
         # hovering near it does not start and stop them every poll.
@@ -252,11 +257,29 @@ class Tailer:
             self._retire_idle(result)
             for identity in self.files.stale(self.checkpoint.files):
                 del self.checkpoint.files[identity]
-        for identity in [i for i, handle in self.files.open.items() if handle.root]:
-            self.files.rest(identity, self.settings.idle_seconds)
+        self._rest_sources(self.settings.idle_seconds)
         result.files = len(self.files.open)
         result.unreadable = dict(self.files.unreadable)
         return result
+
+    def _read_sources(self, paths: list[str], result: PollResult) -> None:
+        """Open the sources' files a chunk at a time, read and commit them, and close those
+        read to their end: thousands of transcripts never hold as many descriptors."""
+        for at in range(0, len(paths), OPEN_AT_ONCE):
+            if self.stop.is_set():
+                return
+            opened = [identity for path in paths[at:at + OPEN_AT_ONCE]
+                      if (identity := self.files.follow(path)) is not None]
+            for identity in opened:
+                if self.stop.is_set():
+                    break
+                self._read(identity, result)
+            self._commit(result)
+            self._rest_sources(0.0)  # read to their end: opened again when they change
+
+    def _rest_sources(self, idle_seconds: float) -> None:
+        for identity in [i for i, handle in self.files.open.items() if handle.root]:
+            self.files.rest(identity, idle_seconds)
 
     def watched(self) -> list[str]:
         """The directories whose changes should wake a following tailer."""
@@ -487,7 +510,7 @@ class Tailer:
             handle = self.files.open[identity]
             source = None if handle.root is None else {  # the state before the batch
                 "kind": handle.root.kind, "agent": handle.root.agent,
-                "root": handle.root.path, "carry": handle.state.carry}
+                "root": encode_path(handle.root.path), "carry": handle.state.carry}
             ranges.append(Range(identity, state.path, pending.starts.get(identity, state.offset),
                                 state.offset, state.crc, source))
         return ranges

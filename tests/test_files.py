@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 import polars as pl
-from conftest import event_line
+from conftest import event_line, make_home
 
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import Home
@@ -105,3 +105,22 @@ def test_a_new_file_on_an_old_identity_gets_other_derived_ids(home: Home) -> Non
     tail(home)
     ids = staged_ids(home)
     assert len(ids) == len(set(ids)) == 4  # no id of the old file is reused
+
+
+def test_forgetting_spares_the_files_another_reader_looks_after(tmp_path: Path) -> None:
+    """`tally import` (logs=False) forgets no file of logs/, nor a tailer the files of a
+    source it was not given."""
+    from pipeline.checkpoint import FileState
+    from pipeline.files import FileSet
+    from pipeline.sources import Root
+
+    home = make_home(tmp_path / "home")
+    old = 0.0  # seen last in 1970
+    states = {"log": FileState("log", "a.jsonl", 1, 1, last_seen=old),
+              "ours": FileState("ours", "/src/p/s.jsonl", 1, 2, last_seen=old),
+              "theirs": FileState("theirs", "/elsewhere/s.jsonl", 1, 3, last_seen=old)}
+    importer = FileSet(home, lambda: states, lambda m: None, (Root("codex", "codex", "/src"),),
+                       logs=False)
+    assert importer.stale(states) == ["ours"]
+    tailer = FileSet(home, lambda: states, lambda m: None)
+    assert tailer.stale(states) == ["log"]

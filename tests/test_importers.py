@@ -282,3 +282,29 @@ def test_event_ids_fit_the_schema_and_stay_apart(parts: list[str]) -> None:
     assert made == event_id("claude", *parts)
     if len(":".join(["claude", *parts])) <= 128:
         assert made == ":".join(["claude", *parts])
+
+
+def test_the_state_given_to_an_importer_is_never_changed() -> None:
+    """The checkpoint, the journal and an uncommitted batch hold the state a block began
+    with: a failed commit retried must translate from it again, not from its successor."""
+    from pipeline.source_files import translate
+
+    spawned = {"timestamp": TS, "type": "session_meta",
+               "payload": {"id": "child", "forked_from_id": "nowhere"}}
+    burst = [codex_count([10 * n, 0, n, 0, 11 * n], None, ts=f"2026-11-02T10:00:00.{n}00Z")
+             for n in (1, 2, 3)]  # a replayed history: events within a second
+    block = b"".join(orjson.dumps(e) + b"\n" for e in [spawned, *burst[:2]])
+    root = Root(CODEX, CODEX, "/logs")
+    events, carry = translate(root, "/logs/r.jsonl", "r", block, 0, None)
+    assert events.events == [] and carry is not None and carry["replay"] is not None
+    before = orjson.dumps(carry)
+    later, _ = translate(root, "/logs/r.jsonl", "r", orjson.dumps(burst[2]) + b"\n",
+                         len(block), carry)
+    assert later.events == []  # the burst goes on
+    assert orjson.dumps(carry) == before
+
+
+def test_a_tool_result_holding_usage_is_not_a_usage_line() -> None:
+    result = {"type": "user", "timestamp": TS, "message": {"role": "user", "content": "x"},
+              "toolUseResult": {"usage": {"input_tokens": 5, "output_tokens": 7}}}
+    assert _run(CLAUDE, "p/s.jsonl", [result])[:2] == ([], [])

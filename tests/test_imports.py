@@ -241,3 +241,105 @@ def test_import_compacts_what_it_read_unless_told_not_to(user: Path, tmp_path: P
     assert (moved / "lake" / "agent_token_usage" / "_delta_log").is_dir()
     assert not list((moved / "stage" / "agent_token_usage").iterdir())
     assert _report(moved) == _report(kept) and path.exists()
+
+
+def _transcripts(user: Path, count: int) -> None:
+    for n in range(count):
+        session = _session(f"many{n}")
+        _reply(session, n % 50)
+        session.write(user)
+
+
+@pytest.mark.slow
+def test_an_import_of_more_transcripts_than_descriptors(user: Path, tmp_path: Path) -> None:
+    """Files are opened a chunk at a time and closed once read: 600 transcripts written
+    just now are read with a limit of 200 open files."""
+    import resource
+
+    _transcripts(user, 600)
+    home = tmp_path / "tally"
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    run = subprocess.run([tally_executable(), "import", "claude-code", "--no-compact",
+                          "--home", str(home)], capture_output=True, text=True,
+                         env={**os.environ, "HOME": str(user)}, preexec_fn=low_limit,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert sum(row["events"] for row in _report(home)) == 600
+
+
+def test_a_sidechain_copy_read_after_its_main_line_counts_once(user: Path,
+                                                              tmp_path: Path) -> None:
+    home = make_home(tmp_path / "tally")
+    session = _session("aside")
+    _reply(session, 0, output=100)
+    path = session.write(user)
+    import_source(home, chosen_source(home, CLAUDE))
+    copy = dict(session.lines[-1], isSidechain=True, requestId="req_aside")
+    copy["message"] = dict(copy["message"], usage=claude_usage(5, 900, cache_read=100))
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(orjson.dumps(copy).decode() + "\n")
+    import_source(home, chosen_source(home, CLAUDE))
+    assert [(r["events"], r["output_tokens"]) for r in _report(home.root)] == [(1, 100)]
+
+
+def test_a_new_transcript_sharing_a_read_one_s_first_line_is_read(user: Path,
+                                                                  tmp_path: Path) -> None:
+    home = make_home(tmp_path / "tally")
+    first = _session("same")
+    _reply(first, 0)
+    path = first.write(user)
+    import_source(home, chosen_source(home, CLAUDE))
+    other = path.with_name("other.jsonl")
+    second = _session("same")  # the same first line, then replies of its own
+    _reply(second, 0)
+    _reply(second, 7)
+    other.write_text(path.read_text() + orjson.dumps(second.lines[-1]).decode() + "\n")
+    import_source(home, chosen_source(home, CLAUDE))  # a fresh tailer: `path` rests unopened
+    assert sum(row["events"] for row in _report(home.root)) == 2
+
+
+def test_a_claude_home_whose_name_is_not_utf8(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    odd = os.fsdecode(bytes(tmp_path) + b"/caf\xe9")
+    session = _session("odd")
+    _reply(session, 0)
+    session.write(Path(odd))
+    for name in ENVS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", os.path.join(odd, ".claude"))
+    home = make_home(tmp_path / "tally")
+    assert import_source(home, chosen_source(home, CLAUDE)).staged == 1
+    assert import_source(home, chosen_source(home, CLAUDE)).staged == 0
+    assert _total(home.root) == 115
+
+
+def test_an_opencode_message_dated_past_9999_is_left_out(user: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    from agentlogs import opencode_data_dir
+
+    scenario("opencode", user, ["db"])
+    with sqlite3.connect(opencode_data_dir(user) / "opencode.db") as connection:
+        data = orjson.loads(connection.execute(
+            "SELECT data FROM message WHERE id = 'msg_db01b'").fetchone()[0])
+        data["time"]["created"] = 253_402_300_800_000  # year 10000
+        connection.execute("UPDATE message SET data = ? WHERE id = 'msg_db01b'",
+                           (orjson.dumps(data).decode(),))
+    home = make_home(tmp_path / "tally")
+    assert import_source(home, chosen_source(home, "opencode")).staged == 1
+
+
+def test_an_unreadable_transcript_fails_the_import_after_the_rest(user: Path,
+                                                                  tmp_path: Path) -> None:
+    readable, locked = _session("open"), _session("locked")
+    _reply(readable, 0)
+    _reply(locked, 1)
+    readable.write(user)
+    locked.write(user).chmod(0)
+    run = run_tally("import", "claude-code", "--home", str(tmp_path / "tally"),
+                    env={"HOME": str(user)}, obey_modes=True)
+    assert_one_line_error(run, 4, "cannot open (Permission denied)", "everything else was read")
+    assert sum(row["events"] for row in _report(tmp_path / "tally")) == 1

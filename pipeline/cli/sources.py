@@ -9,7 +9,7 @@ import click
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.cli.options import echo_json, format_option, new_home_option, progress_bar, say
-from pipeline.cli.tail import summary
+from pipeline.cli.tail import summary, unreadable_error
 from pipeline.config import Home
 from pipeline.errors import display_path
 from pipeline.sources import KINDS
@@ -59,6 +59,8 @@ def import_(home: Home, kind: str, path: str | None, agent: str | None, compact:
             line += f"; {done.compacted.events:,} events into the lake"
         click.echo(line)
     check_budgets_after(home, say, load_checkpoint(home.state))
+    if done.read.unreadable:
+        raise unreadable_error(done.read.unreadable)
 
 
 @click.command()

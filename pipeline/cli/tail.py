@@ -47,10 +47,11 @@ def tail(home: Home, once: bool, quiet: bool) -> None:
 
         check_budgets_after(home, say, tailer.checkpoint)
     if once and result.unreadable:
-        raise _unreadable(result.unreadable)
+        raise unreadable_error(result.unreadable)
 
 
-def _unreadable(unreadable: dict[str, str]) -> SourceError:
+def unreadable_error(unreadable: dict[str, str]) -> SourceError:
+    """The error of a pass that could not read some files (the rest was read)."""
     path, why = sorted(unreadable.items())[0]
     more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
     return SourceError(f"{why}{more}; everything else was read",

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.errors import safe_text
 from pipeline.events import Rejection, timestamp_ok
 from pipeline.intake import quarantine_record, split_block
 from pipeline.sources import CLAUDE, CODEX, GEMINI, OPENCODE, Root
@@ -36,8 +37,9 @@ class FileContext:
 
     @property
     def relative(self) -> str:
-        """The path below the root, with `/` separators."""
-        return self.path[len(self.root.path) + 1:].replace("\\", "/")
+        """The path below the root, with `/` separators, printable (a name that is not
+        UTF-8 has its bytes as \\xNN: sessions and projects come from it)."""
+        return safe_text(self.path[len(self.root.path) + 1:].replace("\\", "/"))
 
 
 @dataclass

@@ -63,7 +63,7 @@ def translate(block: bytes, position: int, where: FileContext,
         if usage.sidechain:  # a copy of a main-line message counts as that message
             owner = usage.entry.get("sessionId")
             if owner not in parents:
-                parents[owner] = _parent_keys(where, owner, session)
+                parents[owner] = _parent_keys(where, owner, session, position)
             usage.id_key = mains.get(usage.message_id) or \
                 parents[owner].get(usage.message_id) or usage.id_key
         kept = best.get(usage.id_key)
@@ -145,8 +145,10 @@ def _usage_of(entry: Any, line: bytes, start: int, where: FileContext,
             return None
     message = entry.get("message") if isinstance(entry, dict) else None
     usage = message.get("usage") if isinstance(message, dict) else None
-    if not isinstance(usage, dict) or not isinstance(message, dict):
-        out.reject(where, start, line, "not_usage", "no message.usage object",
+    if not isinstance(message, dict) or "usage" not in message:
+        return None  # `"usage":{` elsewhere in the line (a tool's result): not a usage line
+    if not isinstance(usage, dict):
+        out.reject(where, start, line, "not_usage", "message.usage is not an object",
                    "/message/usage")
         return None
     if not all(isinstance(usage.get(k), int) for k in ("input_tokens", "output_tokens")):
@@ -195,23 +197,27 @@ def _emit_tools(usage: _Usage, where: FileContext, session: str, project: str,
                      "event_id": event_id("claude-tool", call), "tool": tool}, usage.start)
 
 
-def _parent_keys(where: FileContext, session_id: Any, file_session: str) -> dict[str, str]:
+def _parent_keys(where: FileContext, session_id: Any, file_session: str,
+                 position: int) -> dict[str, str]:
     """The main-line messages of the session's own transcript (`<project>/<session>.jsonl`
-    beside a subagent's or an aside's file), by message id: their dedupe keys."""
+    beside a subagent's or an aside's file; for that transcript itself, its lines before
+    this block), by message id: their dedupe keys."""
     session = label(session_id) or file_session
-    parent = os.path.join(where.root.path, where.relative.split("/", 1)[0], f"{session}.jsonl")
-    if parent == where.path:
-        return {}
+    project = where.path[len(where.root.path) + 1:].split(os.sep, 1)[0]
+    parent = os.path.join(where.root.path, project, f"{session}.jsonl")
     try:
         st = os.stat(parent)
     except OSError:
         return {}
+    if parent == where.path:
+        return _main_keys(parent, position, st.st_ino) if position else {}
     return _main_keys(parent, st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=64)
-def _main_keys(path: str, size: int, mtime_ns: int) -> dict[str, str]:
-    """`_parent_keys` of one file, cached while the file is unchanged."""
+def _main_keys(path: str, size: int, version: int) -> dict[str, str]:
+    """`_parent_keys` of the first `size` bytes of a file, cached while the file (its
+    mtime, or for bytes already read, its inode) is the same."""
     keys: dict[str, str] = {}
     try:
         with open(path, "rb") as handle:

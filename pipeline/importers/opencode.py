@@ -56,7 +56,10 @@ def export(databases: list[Path], json_dirs: list[Path], target: Path, agent: st
     result, lines = Exported(), []
     for message_id, (session, data) in _messages(databases, json_dirs).items():
         result.messages += 1
-        event = usage_event(message_id, session, data, agent)
+        try:
+            event = usage_event(message_id, session, data, agent)
+        except (ValueError, OverflowError, OSError):  # a time past year 9999: not a message
+            continue
         if event is None:
             continue
         line = orjson.dumps(event)
