@@ -160,7 +160,8 @@ def _refuse_to_shrink(home: Home, before: Inventory, after: Inventory) -> None:
         shrunk.append(f"quarantined lines {before.quarantined:,} -> {after.quarantined:,}")
     raise WouldLoseData(
         "rebuild would leave fewer events: " + ", ".join(shrunk),
-        hint="the logs no longer hold every event in the lake (old logs pruned?); nothing "
+        hint="the logs no longer hold every event in the lake (old logs pruned, transcripts "
+             "an agent CLI deleted, or a source imported but not in [[sources]]?); nothing "
              "was changed; pass --force to replace the lake anyway, the old lake is then "
              f"kept in {_backup_hint(home)}")
 

@@ -212,7 +212,7 @@ def test_rebuild_after_pruned_logs_refuses_and_changes_nothing(home: Home) -> No
         run_rebuild(home)
     assert refused.value.message == PRUNED
     assert refused.value.exit_code == 6
-    assert "old logs pruned?" in str(refused.value.hint)
+    assert "old logs pruned" in str(refused.value.hint)
     assert f"--force to replace the lake anyway, the old lake is then kept in " \
            f"{home.root}/rebuild-backup-<time>/" in str(refused.value.hint)
     assert count(home) == 1000 and lake(home).height == 1000
