@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 
 from bench import report
-from bench.common import REPO, log, precompile
+from bench.common import REPO, log, precompile, settle_sizes, sized_parser
 from bench.tail import percentile
 from pipeline.settings import CONFIG_TEMPLATE
 
@@ -346,21 +346,12 @@ def print_table(figures: dict[str, Any]) -> None:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.budgets", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one short run (smoke test)")
-    for name, (full, quick) in SIZES.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(full), default=None,
-                            help=f"[default: {full:,}; --quick: {quick:,}]")
+    parser = sized_parser("python -m bench.budgets", __doc__, SIZES)
     parser.add_argument("--gap", type=float, default=1.0, help="seconds between crossings")
     parser.add_argument("--lake-dir", type=Path, default=None,
                         help="bench.report's --dir of its lake [default: its own]")
     parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
-    for name, defaults in SIZES.items():
-        if getattr(args, name) is None:
-            setattr(args, name, defaults[args.quick])
-    return args
+    return settle_sizes(parser.parse_args(argv), SIZES)
 
 
 def main(argv: list[str] | None = None) -> int:

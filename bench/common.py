@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -146,3 +147,25 @@ def _rss_mb(pid: int) -> float:
     except (OSError, IndexError, ValueError):
         return 0.0
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+Sizes = dict[str, tuple[Any, Any]]  # option -> (full run, --quick)
+
+
+def sized_parser(prog: str, description: str | None, sizes: Sizes) -> argparse.ArgumentParser:
+    """A bench's parser with --quick and one option per size, None until `settle_sizes`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one short run (smoke test)")
+    for name, (full, quick) in sizes.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(full), default=None,
+                            help=f"[default: {full:,}; --quick: {quick:,}]")
+    return parser
+
+
+def settle_sizes(args: argparse.Namespace, sizes: Sizes) -> argparse.Namespace:
+    """Each size not given takes its full or --quick default."""
+    for name, defaults in sizes.items():
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[args.quick])
+    return args

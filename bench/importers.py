@@ -61,7 +61,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import log, precompile, run_child
+from bench.common import log, precompile, run_child, settle_sizes, sized_parser
 
 TALLY = str(Path(sys.executable).with_name("tally"))
 CCUSAGE_VERSION = "20.0.24"
@@ -883,12 +883,7 @@ def print_table(figures: dict[str, Any]) -> None:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.importers", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one short run (smoke test)")
-    for name, (full, quick) in SIZES.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(full), default=None,
-                            help=f"[default: {full:,}; --quick: {quick:,}]")
+    parser = sized_parser("python -m bench.importers", __doc__, SIZES)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ccusage", default=None,
                         help="the ccusage launcher [default: $TALLY_BENCH_CCUSAGE, else "
@@ -901,10 +896,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ.get("TALLY_BENCH_CORPUS_MB")
     if args.corpus_mb is None and env:
         args.corpus_mb = float(env)
-    for name, defaults in SIZES.items():
-        if getattr(args, name) is None:
-            setattr(args, name, defaults[args.quick])
-    return args
+    return settle_sizes(args, SIZES)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,10 +67,7 @@ def import_source(home: Home, source: Source, notify: Notify | None = None,
                   progress: Progress | None = None, lock_timeout: float = 0.0) -> PollResult:
     """Read what is new in one source's files, exactly once, through the tailer."""
     roots = tuple(roots_of(source, home))
-    if source.kind == OPENCODE and not opencode_databases(source) and not any(
-            os.path.isdir(os.path.join(d, "storage", "message")) for d in candidate_dirs(source)):
-        roots = ()
-    if not roots:
+    if not _found(source, home):
         where = ", ".join(candidate_dirs(source))
         raise SourceError(f"no {source.kind} logs here", path=where,
                           hint=f"{KIND_HINT[source.kind]}; give the directory with --path")
@@ -113,8 +110,10 @@ def list_sources(home: Home, walk: Callable[[str], list[str]] | None = None) -> 
 
 
 def _found(source: Source, home: Home) -> bool:
+    """Whether the source's logs exist (opencode: a database or its older JSON messages)."""
     if source.kind == OPENCODE:
-        return bool(opencode_databases(source))
+        return bool(opencode_databases(source)) or any(
+            os.path.isdir(os.path.join(d, "storage", "message")) for d in candidate_dirs(source))
     return bool(roots_of(source, home))
 
 

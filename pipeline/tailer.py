@@ -231,12 +231,16 @@ class Tailer:
                 handle.seen = handle.seen and not sources and handle.root is not None
         else:
             paths = [p for p in only if self.files.wanted(p)]
-        sourced = [p for p in paths if self.files.root_of(p) is not None]
+        sourced: list[str] = []
         for path in paths:
             if self.files.root_of(path) is None:
                 self.files.follow(path)
+            else:
+                sourced.append(path)
         unread = self.files.unread()
-        total = sum(unread) + self.files.unread_at(sourced)
+        # Files not opened yet are sized only for a progress bar: a rescan of thousands of
+        # transcripts would stat each twice for nothing.
+        total = sum(unread) + (self.files.unread_at(sourced) if progress else 0)
         self._progress = (lambda done: progress(done, total)) if progress else None
         threshold = self.settings.parallel_min_bytes
         least = min(WORKER_MIN_FILE_BYTES, threshold)
