@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOME_DIR ?= .tally-demo
 
-.PHONY: setup demo test test-quick lint bench clean
+.PHONY: setup demo test test-quick lint browser bench clean
 
 $(BIN)/tally: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,21 @@ lint: setup
 	$(BIN)/ruff check pipeline tests bench scripts
 	$(BIN)/mypy pipeline
 
-test: lint
+# Debian's Chromium for the dashboard's browser tests: installed with apt where this runs as
+# root; elsewhere those tests are skipped and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+	      || echo "could not install chromium: the browser tests will be skipped"; \
+	  else \
+	    echo "no chromium, and apt needs root: the browser tests will be skipped"; \
+	  fi; }
+
+test: lint browser
 	$(BIN)/pytest -q
 
 test-quick: lint
@@ -36,6 +50,7 @@ bench: setup
 	$(BIN)/python -m bench.report
 	$(BIN)/python -m bench.budgets
 	$(BIN)/python -m bench.importers
+	$(BIN)/python -m bench.serve
 
 clean:
 	rm -rf $(VENV) $(HOME_DIR) .pytest_cache .mypy_cache .ruff_cache

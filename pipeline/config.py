@@ -23,11 +23,13 @@ from pipeline.settings import (
     PRICE_KEYS,
     RATE_BOUNDS,
     SECTIONS,
+    SERVE_TEXT_KEYS,
     SOURCE_KEYS,
     AlertSettings,
     Bounds,
     BudgetSettings,
     CompactorSettings,
+    ServeSettings,
     TailerSettings,
     setting_fields,
 )
@@ -52,6 +54,7 @@ class Home:
     compactor: CompactorSettings = field(default_factory=CompactorSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
     pricing: dict[str, dict[str, float]] = field(default_factory=dict)
     sources: tuple[Source, ...] = ()
     logs_configured: bool = False  # [paths] logs was set in config.toml (see require_logs_dir)
@@ -137,6 +140,7 @@ def load_home(home: str | Path | None = None) -> Home:
     budgets = _table(raw, "budgets", config_path)
     agents = _agents(_table(budgets, "agents", config_path, "budgets"), config_path)
     alerts = _table(raw, "alerts", config_path)
+    serve = _table(raw, "serve", config_path)
     return Home(
         root=root,
         logs=root / _logs(paths, config_path),
@@ -149,6 +153,8 @@ def load_home(home: str | Path | None = None) -> Home:
                           tz=_time_zone(budgets, config_path)),
         alerts=_settings(AlertSettings, _numbers(alerts, ALERT_TEXT_KEYS), "alerts",
                          config_path, ALERT_TEXT_KEYS, **_alert_texts(alerts, config_path)),
+        serve=_settings(ServeSettings, _numbers(serve, SERVE_TEXT_KEYS), "serve", config_path,
+                        SERVE_TEXT_KEYS, **_serve_texts(serve, config_path)),
         pricing=_pricing(_table(raw, "pricing", config_path), config_path),
         sources=_sources(raw.get("sources", []), config_path),
         logs_configured="logs" in paths,
@@ -286,6 +292,21 @@ def _alert_texts(alerts: dict[str, Any], path: Path) -> dict[str, str]:
     return texts
 
 
+def _serve_texts(serve: dict[str, Any], path: Path) -> dict[str, str]:
+    """[serve] host and token, checked: text without spaces."""
+    texts: dict[str, str] = {}
+    for key in SERVE_TEXT_KEYS:
+        value = serve.get(key, getattr(ServeSettings(), key))
+        if not isinstance(value, str) or any(c.isspace() for c in value):
+            raise ConfigError(f"must be text without spaces, got {value!r}", path=path,
+                              field=f"serve.{key}")
+        texts[key] = value
+    if not texts["host"]:
+        raise ConfigError("must not be empty", path=path, field="serve.host",
+                          hint='for example host = "127.0.0.1"')
+    return texts
+
+
 def _agents(values: dict[str, Any], path: Path) -> dict[str, dict[str, float]]:
     """Per-agent budget tables, checked key by key like [budgets] itself."""
     agents: dict[str, dict[str, float]] = {}
@@ -350,4 +371,4 @@ def _sources(values: Any, path: Path) -> tuple[Source, ...]:
 
 _SETTING_SECTIONS: dict[str, type[Any]] = {
     "tailer": TailerSettings, "compactor": CompactorSettings, "budgets": BudgetSettings,
-    "alerts": AlertSettings}
+    "alerts": AlertSettings, "serve": ServeSettings}

@@ -231,6 +231,18 @@ class PriceListError(TallyError):
         self.line = line
 
 
+class ChartError(TallyError):
+    """A chart could not be drawn (vl-convert refused the spec)."""
+
+    exit_code = 1
+
+
+class ServeError(TallyError):
+    """`tally serve` cannot start: an address it may not bind without a token, or one in use."""
+
+    exit_code = 2
+
+
 @contextlib.contextmanager
 def native_stderr_captured() -> Iterator[list[str]]:
     """Hold back what native code writes to stderr (a Rust panic's report) while the block

@@ -53,9 +53,10 @@ def progress_view(progress: pl.LazyFrame, cells: pl.LazyFrame, agents: Sequence[
 
 @reread_if_vanished
 def run_progress(home: Home, agents: Sequence[str] = (),
-                 statuses: Sequence[str] = ()) -> pl.DataFrame:
-    """The progress view of a home."""
+                 statuses: Sequence[str] = (), tz: str = "UTC") -> pl.DataFrame:
+    """The progress view of a home, last updates in `tz`."""
     query = ReportQuery(agents=tuple(agents))
     cells = open_cells(home, query, ["agent", "task"])
     progress = all_events(home, "task_progress")
-    return progress_view(progress, cells, agents, statuses).collect(engine="streaming")
+    frame = progress_view(progress, cells, agents, statuses).collect(engine="streaming")
+    return frame.with_columns(pl.col("last_update").dt.convert_time_zone(tz))

@@ -59,6 +59,11 @@ class Report:
     unpriced_models: list[str] = field(default_factory=list)
 
 
+def split_values(values: Iterable[str]) -> tuple[str, ...]:
+    """Repeatable options also take comma-separated lists."""
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
 def parse_by(text: str) -> tuple[str, ...]:
     """The group keys of a comma-separated --by value, checked and without repeats."""
     keys = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))

@@ -51,6 +51,12 @@ CONFIG_TEMPLATE = """\
 # timeout = 10.0             # seconds one delivery attempt may take
 # retry_max_seconds = 300.0  # longest wait between attempts of a failing receiver
 
+[serve]                       # `tally serve`, the dashboard
+# host = "127.0.0.1"         # any other address needs a token
+# port = 8787
+# token = ""                 # required off loopback: browsers open /?token=..., scripts send
+#                            # "Authorization: Bearer ..."
+
 # [[sources]]                 # logs an agent CLI writes: claude-code, codex, gemini, opencode
 # kind = "claude-code"       # without a path, found where the CLI keeps them
 # path = "~/.claude"         # optional
@@ -158,6 +164,15 @@ class AlertSettings:
     retry_max_seconds: float = _setting(300.0, above=0)
 
 
+@dataclass(frozen=True)
+class ServeSettings:
+    """Where `tally serve` listens, and the token it asks for."""
+
+    host: str = "127.0.0.1"
+    port: int = _setting(8787, least=0, most=65535)
+    token: str = ""
+
+
 # [pricing."model"] keys; pipeline.pricing applies them. Rates are USD per million tokens.
 PRICE_RATE_NAMES = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
 LONG_CONTEXT_PREFIX = "long_context_"
@@ -165,10 +180,11 @@ LONG_CONTEXT_THRESHOLD = f"{LONG_CONTEXT_PREFIX}threshold"
 PRICE_KEYS = (*PRICE_RATE_NAMES, LONG_CONTEXT_THRESHOLD,
               *(f"{LONG_CONTEXT_PREFIX}{name}" for name in PRICE_RATE_NAMES))
 RATE_BOUNDS = Bounds(least=0)
-SECTIONS = ("paths", "tailer", "compactor", "budgets", "alerts", "pricing", "sources")
+SECTIONS = ("paths", "tailer", "compactor", "budgets", "alerts", "serve", "pricing", "sources")
 SOURCE_KEYS = ("kind", "path", "agent")
 PATHS_KEYS = ("logs", "include")
 ALERT_TEXT_KEYS = ("command", "webhook")
+SERVE_TEXT_KEYS = ("host", "token")
 
 
 def setting_fields(cls: type[Any]) -> dict[str, Field[Any]]:

@@ -3,10 +3,17 @@ CliRunner on homes filled by the tailer: sample_logs/ (the seed's numbers) and s
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import html
 import io
 import json
+import os
+import pty
+import re
 import shutil
+import struct
+import subprocess
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +22,7 @@ import orjson
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
+from conftest import assert_one_line_error, tally_executable
 
 from pipeline.cli import main
 from pipeline.cli.report import render
@@ -410,3 +418,125 @@ def test_json_records_round_floats_and_write_times_as_utc_text(
          "tasks": ["a", "b"], "tokens": 12, "share": 0.1},
         {"day": None, "last": None, "cost_usd": None, "tasks": [], "tokens": None,
          "share": None}]
+
+
+# ---------------------------------------------------------------- html, parquet, --chart and -o
+
+
+def table_cells(page: str) -> list[list[str]]:
+    """The cells of each row of the page's table, as text."""
+    table = page[page.index("<table>"):page.index("</table>")]
+    return [[html.unescape(cell) for cell in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table)]
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """The width and height in a PNG's IHDR chunk."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_html_output_is_the_report_as_a_page(sample_home: Home, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    written = run(sample_home, "report", "--by", "agent", "--format", "html", "-o", str(out))
+    assert written.stdout == ""
+    warning = written.stderr.splitlines()[0]  # the warning still comes
+    assert warning.startswith("warning: no price for ") and "local-llama-3-8b" in warning
+    page = out.read_text(encoding="utf-8")
+    assert "<svg" in page and "<script" not in page.lower()
+    rows = as_json(run(sample_home, "report", "--by", "agent", "--format", "json"))
+    header, *body, total = table_cells(page)
+    assert header == list(rows[0])
+    assert [line[0] for line in body] == [r["agent"] for r in rows]
+    tokens = header.index("total_tokens")
+    assert [line[tokens] for line in body] == [f"{r['total_tokens']:,}" for r in rows]
+    assert total[0] == "total"
+    assert total[tokens] == f"{sum(r['total_tokens'] for r in rows):,}" == "584,950"
+    assert total[header.index("events")] == f"{sum(r['events'] for r in rows):,}"
+    note = re.search(r'<p class="note">No price for ([^:]*):', page)
+    assert note is not None and "local-llama-3-8b" in note.group(1).split(", ")
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_chart_writes_a_png_beside_any_format(sample_home: Home, tmp_path: Path,
+                                              fmt: str) -> None:
+    chart = tmp_path / "usage.png"
+    args = ("report", "--by", "agent,week", "--format", fmt)
+    with_chart = run(sample_home, *args, "--chart", str(chart))
+    assert with_chart.stdout == run(sample_home, *args).stdout  # the report is unchanged
+    width, height = png_size(chart.read_bytes())
+    assert width > 0 and height > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["usage.png"]
+
+
+def test_chart_beside_an_html_file(sample_home: Home, tmp_path: Path) -> None:
+    run(sample_home, "report", "--by", "model", "--format", "html", "-o",
+        str(tmp_path / "r.html"), "--chart", str(tmp_path / "r.png"))
+    assert "<svg" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert png_size((tmp_path / "r.png").read_bytes())[0] > 0
+
+
+def assert_parquet_is_the_json_rows(frame: pl.DataFrame, rows: list[dict[str, Any]]) -> None:
+    assert frame.columns == list(rows[0])
+    assert (frame.schema["agent"], frame.schema["events"], frame.schema["cost_usd"]) == (
+        pl.String, pl.Int64, pl.Float64)
+    assert frame.height == len(rows)
+    for read, row in zip(frame.iter_rows(named=True), rows, strict=True):
+        cost, expected = read.pop("cost_usd"), row.pop("cost_usd")
+        assert read == row
+        assert cost == pytest.approx(expected, abs=1e-6) if expected is not None else cost is None
+
+
+def test_parquet_file_holds_the_json_rows(sample_home: Home, tmp_path: Path) -> None:
+    out = tmp_path / "usage.parquet"
+    out.write_bytes(b"an older, longer file " * 1000)
+    args = ("report", "--by", "agent,day,model")
+    assert run(sample_home, *args, "--format", "parquet", "-o", str(out)).stdout == ""
+    rows = as_json(run(sample_home, *args, "--format", "json"))
+    assert len(rows) > 10
+    assert_parquet_is_the_json_rows(pl.read_parquet(out), rows)
+    assert [p.name for p in tmp_path.iterdir()] == ["usage.parquet"]
+
+
+def test_parquet_goes_to_stdout_when_it_is_a_pipe(sample_home: Home, tmp_path: Path) -> None:
+    args = ["report", "--by", "agent", "--home", str(sample_home.root)]
+    piped = subprocess.run([tally_executable(), *args, "--format", "parquet"],
+                           capture_output=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout[:4] == b"PAR1"
+    rows = as_json(run(sample_home, "report", "--by", "agent", "--format", "json"))
+    assert_parquet_is_the_json_rows(pl.read_parquet(io.BytesIO(piped.stdout)), rows)
+
+
+def test_parquet_is_refused_on_a_terminal(sample_home: Home) -> None:
+    terminal, attached = pty.openpty()
+    process = subprocess.Popen([tally_executable(), "report", "--format", "parquet",
+                                "--home", str(sample_home.root)],
+                               stdout=attached, stderr=subprocess.PIPE)
+    os.close(attached)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once tally has exited
+        while chunk := os.read(terminal, 4096):
+            shown += chunk
+    os.close(terminal)
+    _, stderr = process.communicate(timeout=60)
+    finished = subprocess.CompletedProcess(process.args, process.returncode, "",
+                                           stderr.decode(errors="replace"))
+    error = assert_one_line_error(finished, 2, "--format parquet")
+    assert "terminal" in error
+    assert "-o report.parquet" in finished.stderr  # the hint says what to do
+    assert b"PAR1" not in shown and shown.strip() == b""
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_output_file_holds_what_stdout_would_have(sample_home: Home, tmp_path: Path,
+                                                 fmt: str) -> None:
+    out = tmp_path / f"report.{fmt}"
+    out.write_text("x" * 100_000)  # replaced whole
+    args = ("report", "--by", "agent,role", "--format", fmt)
+    to_file = run(sample_home, *args, "-o", str(out))
+    assert to_file.stdout == ""
+    assert out.read_text(encoding="utf-8") == run(sample_home, *args).stdout
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]

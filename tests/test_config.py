@@ -267,13 +267,15 @@ def test_unknown_section_suggests_the_close_one(tmp_path: Path, text: str, field
     assert (error.path, error.field) == (tmp_path / "config.toml", field)
     assert error.message == f"{tmp_path / 'config.toml'}: {field}: unknown section"
     assert error.hint == (f"did you mean {close!r}? "
-                          "sections: paths, tailer, compactor, budgets, alerts, pricing, sources")
+                          "sections: paths, tailer, compactor, budgets, alerts, serve, pricing, "
+                          "sources")
 
 
 def test_unknown_section_with_nothing_close_lists_the_sections(tmp_path: Path) -> None:
     error = load_error(tmp_path, "[zzz]\n")
     assert error.field == "zzz"
-    assert error.hint == "sections: paths, tailer, compactor, budgets, alerts, pricing, sources"
+    assert error.hint == ("sections: paths, tailer, compactor, budgets, alerts, serve, pricing, "
+                          "sources")
 
 
 def test_a_setting_outside_its_section_says_where_it_belongs(tmp_path: Path) -> None:
@@ -562,3 +564,55 @@ def test_alerts_section(tmp_path: Path) -> None:
     assert load_error(tmp_path, "[alerts]\ncommand = 1\n").field == "alerts.command"
     assert load_error(tmp_path, "[alerts]\ncomand = 'x'\n").hint.startswith(
         "did you mean 'command'?")
+
+
+def test_serve_section_defaults(tmp_path: Path) -> None:
+    write_config(tmp_path, "")
+    serve = load_home(tmp_path).serve
+    assert (serve.host, serve.port, serve.token) == ("127.0.0.1", 8787, "")
+    init_home(tmp_path / "fresh")  # the template changes none of them
+    assert load_home(tmp_path / "fresh").serve == serve
+
+
+def test_serve_section_values_are_read(tmp_path: Path) -> None:
+    write_config(tmp_path, '[serve]\nhost = "0.0.0.0"\nport = 9000\ntoken = "s3cr3t-t0ken"\n')
+    serve = load_home(tmp_path).serve
+    assert (serve.host, serve.port, serve.token) == ("0.0.0.0", 9000, "s3cr3t-t0ken")
+    write_config(tmp_path, "[serve]\nport = 65535.0\n")
+    port = load_home(tmp_path).serve.port
+    assert (port, type(port)) == (65535, int)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("65536", "must be between 0 and 65535, got 65536"),
+    ("-1", "must be between 0 and 65535, got -1"),
+    ("80.5", "must be a whole number, got 80.5"),
+    ('"8787"', "must be a number, got '8787'"),
+])
+def test_serve_port_out_of_range_is_refused(tmp_path: Path, value: str, message: str) -> None:
+    error = load_error(tmp_path, f"[serve]\nport = {value}\n")
+    assert error.field == "serve.port"
+    assert error.message.endswith(message)
+    assert error.exit_code == 3
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ('[serve]\ntoken = "two words"\n', "serve.token"),
+    ('[serve]\ntoken = "tab\\there"\n', "serve.token"),
+    ("[serve]\ntoken = 1234\n", "serve.token"),
+    ('[serve]\nhost = "local host"\n', "serve.host"),
+    ('[serve]\nhost = ""\n', "serve.host"),
+    ("[serve]\nhost = 127\n", "serve.host"),
+])
+def test_serve_host_and_token_must_be_text_without_spaces(tmp_path: Path, text: str,
+                                                          field: str) -> None:
+    assert load_error(tmp_path, text).field == field
+
+
+def test_unknown_key_in_serve_is_refused(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "[serve]\nprot = 9000\n")
+    assert error.field == "serve.prot"
+    assert error.hint is not None and error.hint.startswith("did you mean 'port'?")
+    assert "host" in error.hint and "token" in error.hint  # every valid name is listed
+    assert load_error(tmp_path, "[serve]\nbind = '0.0.0.0'\n").field == "serve.bind"
+    assert load_error(tmp_path, "serve = 1\n").field == "serve"  # a table, not a value

@@ -25,6 +25,7 @@ LAZY_COMMANDS = {
     "watch": "pipeline.cli.live:watch",
     "statusline": "pipeline.cli.live:statusline",
     "run": "pipeline.cli.live:run",
+    "serve": "pipeline.cli.serve:serve",
 }
 
 

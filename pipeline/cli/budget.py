@@ -22,9 +22,9 @@ from pipeline.cli.report import (
     agent_option,
     refuse_group_options,
     render,
-    split_values,
 )
 from pipeline.config import Home
+from pipeline.query import split_values
 
 BUDGET_SCHEMA = {"scope": pl.String, "period": pl.String, "metric": pl.String,
                  "period_start": pl.String, "used": pl.Float64, "budget": pl.Float64,

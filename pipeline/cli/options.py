@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import math
 import os
 import signal
@@ -16,7 +15,6 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import click
-import orjson
 
 from pipeline.config import Home, load_home
 from pipeline.errors import (
@@ -28,6 +26,7 @@ from pipeline.errors import (
     safe_text,
     storage_error,
 )
+from pipeline.records import json_text
 from pipeline.settings import setting_bounds
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -104,17 +103,9 @@ def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:
                         show_default=True, help="output format")
 
 
-_JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
-
-
 def echo_json(value: Any) -> None:
-    """Print a value as indented JSON (dates and anything else not JSON as their text)."""
-    # orjson: a year's report is 20k+ records, which the json module takes 0.4 s to print.
-    try:
-        text = orjson.dumps(value, option=_JSON_OPTIONS, default=str).decode()
-    except orjson.JSONEncodeError:  # text orjson refuses (a file name's lone surrogates)
-        text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
-    click.echo(text)
+    """Print a value as indented JSON (see `records.json_text`)."""
+    click.echo(json_text(value))
 
 
 def say(message: str) -> None:

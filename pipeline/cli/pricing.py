@@ -15,11 +15,12 @@ from pipeline.cli.options import (
     new_home_option,
     require_home,
 )
-from pipeline.cli.report import FORMATS, _records, refuse_group_options, render
+from pipeline.cli.report import FORMATS, refuse_group_options, render
 from pipeline.config import Home
 from pipeline.errors import UsageError
 from pipeline.price_list import ImportResult, PriceChange, import_price_list
 from pipeline.pricing import RATE_NAMES, ModelPrice, PriceTable, pricing_for
+from pipeline.records import json_records
 
 
 def _price_row(price: ModelPrice) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def pricing(ctx: click.Context, home: Home, model: str | None, fmt: str) -> None
     if fmt == "json":
         aliases = {a: t for a, t in table.aliases.items() if t in set(frame["model"])}
         echo_json({"taken": table.taken, "source": table.source, "unit": "USD per 1M tokens",
-                   "models": _records(frame), "aliases": aliases})
+                   "models": json_records(frame), "aliases": aliases})
         return
     if fmt in ("table", "markdown"):
         frame = frame.select(pl.exclude("^long_context_(cache_.*)$"))

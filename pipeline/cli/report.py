@@ -3,19 +3,20 @@ each parses, calls one library function, renders."""
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import io
-import math
+import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import click
 import polars as pl
-import polars.selectors as cs
 from click.core import ParameterSource
 
+from pipeline.charts import draw_png, report_figure
 from pipeline.cli.options import (
     echo_json,
     format_option,
@@ -26,7 +27,26 @@ from pipeline.cli.options import (
 from pipeline.config import Home
 from pipeline.errors import LakeError, UsageError
 from pipeline.progress import run_progress
-from pipeline.query import COST_MODES, DEFAULT_BY, GROUP_KEYS, ReportQuery, check_timezone, parse_by
+from pipeline.query import (
+    COST_MODES,
+    DEFAULT_BY,
+    GROUP_KEYS,
+    ReportQuery,
+    check_timezone,
+    parse_by,
+    split_values,
+)
+from pipeline.records import (
+    cell_text,
+    csv_text,
+    json_records,
+    numeric,
+    parquet_bytes,
+    plain,
+    totals_row,
+    write_bytes,
+)
+from pipeline.report_html import report_html
 from pipeline.reports import (
     ReportCheck,
     check_report,
@@ -43,11 +63,6 @@ DAY = click.DateTime(formats=["%Y-%m-%d"])
 
 
 # ---------------------------------------------------------------- shared options
-
-
-def split_values(values: tuple[str, ...]) -> tuple[str, ...]:
-    """Repeatable options also take comma-separated lists."""
-    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
 
 
 def _day(value: datetime | None) -> date | None:
@@ -102,77 +117,14 @@ def cost_mode_option(func: F) -> F:
 # ---------------------------------------------------------------- rendering
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-ready value: dates as ISO text, floats without binary noise."""
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, float):
-        return None if math.isnan(value) else round(value, 6)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:
-    """The frame's rows as JSON-ready dicts (see `_plain`)."""
-    frame = frame.with_columns(cs.float().cast(pl.Float64).round(6).fill_nan(None))
-    # Only datetimes and lists need `_plain` once floats are rounded: a year's report has
-    # 20k+ rows, too many to convert value by value.
-    slow = [name for name, dtype in frame.schema.items()
-            if isinstance(dtype, (pl.Datetime, pl.List))]
-    records = frame.to_dicts()
-    for record in records if slow else ():
-        for name in slow:
-            record[name] = _plain(record[name])
-    return records
-
-
-def _is_cost(column: str) -> bool:
-    return column.endswith("cost_usd")
-
-
-def _cell(column: str, value: Any) -> str:
-    """How a value reads in a table: thousands separators, dollars, lists joined."""
-    if value is None:
-        return "-"
-    if _is_cost(column):
-        return f"${value:,.2f}"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.1%}" if column.endswith("ratio") else f"{value:,.6g}"
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return str(_plain(value))
-
-
-def _numeric(frame: pl.DataFrame, column: str) -> bool:
-    return frame.schema[column].is_numeric()
-
-
-def _totals_row(frame: pl.DataFrame, label_column: str) -> dict[str, Any]:
-    """Sums of the count and cost columns; a cost total is null when no row had a cost."""
-    row: dict[str, Any] = {c: None for c in frame.columns}
-    row[label_column] = "total"
-    for column in frame.columns:
-        if _numeric(frame, column) and not column.endswith("ratio") and column != "progress":
-            values = frame[column].drop_nulls()
-            row[column] = values.sum() if len(values) else None
-    return row
-
-
 def _table_lines(frame: pl.DataFrame, totals: bool, markdown: bool) -> list[str]:
     headers = frame.columns
-    rows = [[_cell(c, v) for c, v in zip(headers, r, strict=True)] for r in frame.iter_rows()]
+    rows = [[cell_text(c, v) for c, v in zip(headers, r, strict=True)] for r in frame.iter_rows()]
     if totals and frame.height:
-        total = _totals_row(frame, headers[0])
-        rows.append([_cell(c, total[c]) if total[c] is not None or _numeric(frame, c) else ""
+        total = totals_row(frame, headers[0])
+        rows.append([cell_text(c, total[c]) if total[c] is not None or numeric(frame, c) else ""
                      for c in headers])
-    right = [_numeric(frame, c) for c in headers]
+    right = [numeric(frame, c) for c in headers]
     if markdown:
         rule = ["---:" if r else "---" for r in right]
         return ["| " + " | ".join(cells) + " |" for cells in (headers, rule, *rows)]
@@ -188,22 +140,12 @@ def _table_lines(frame: pl.DataFrame, totals: bool, markdown: bool) -> list[str]
     return out
 
 
-def _csv_text(frame: pl.DataFrame) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(frame.columns)
-    for record in _records(frame):
-        writer.writerow("" if v is None else "; ".join(map(str, v)) if isinstance(v, list)
-                        else v for v in record.values())
-    return buffer.getvalue()
-
-
 def render(frame: pl.DataFrame, fmt: str, *, totals: bool = False) -> None:
     """Print a result frame as a table, JSON array, CSV or Markdown table."""
     if fmt == "json":
-        echo_json(_records(frame))
+        echo_json(json_records(frame))
     elif fmt == "csv":
-        click.echo(_csv_text(frame), nl=False)
+        click.echo(csv_text(frame), nl=False)
     elif frame.height == 0:
         click.echo("no events match", err=True)
     else:
@@ -227,7 +169,13 @@ def _warn_unpriced(models: list[str], events: int) -> None:
 @filter_options
 @tz_option
 @cost_mode_option
-@format_option(*FORMATS)
+@format_option(*FORMATS, "html", "parquet")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              metavar="FILE", help="write the report to FILE instead of stdout "
+                                   "(--format parquet needs one unless stdout is a pipe)")
+@click.option("--chart", type=click.Path(dir_okay=False, writable=True), default=None,
+              metavar="FILE.png", help="also draw the report as a PNG picture: cost above "
+                                       "tokens, stacked by group over the time key")
 @click.option("--check", is_flag=True,
               help="also count the report from every event, and say whether the rollups' "
                    "answer is the same (exit 5 if not)")
@@ -236,14 +184,16 @@ def _warn_unpriced(models: list[str], events: int) -> None:
 def report(ctx: click.Context, home: Home, by_text: str, since: datetime | None,
            until: datetime | None, agents: tuple[str, ...], roles: tuple[str, ...],
            phases: tuple[str, ...], models: tuple[str, ...], tz: str, cost_mode: str,
-           fmt: str, check: bool) -> None:
+           fmt: str, output: str | None, chart: str | None, check: bool) -> None:
     """Tokens and cost per agent, role, phase, day, week, month, model, task or session.
 
     Counts every validated event once, compacted or still staged: token-usage rows
     summed, task_progress tokens_used increments for tasks without usage rows.
     Columns: events, input/output/cache_read/cache_write/other/total tokens, cost_usd
     (null when nothing in the group has a price) and unpriced_events. Models without
-    a price are listed on stderr.
+    a price are listed on stderr. --format html writes one self-contained page (charts
+    as inline SVG, no script: fit for mail and CI artefacts); --format parquet a typed
+    Parquet file for analysts.
 
     \b
     Examples:
@@ -251,6 +201,8 @@ def report(ctx: click.Context, home: Home, by_text: str, since: datetime | None,
       tally report --by agent,week --since 2025-08-01 --tz Europe/Istanbul
       tally report --by model --agent claude --cost-mode calculate --format json
       tally report --by agent,day --check           # the rollups against every event
+      tally report --by agent,week --format html -o report.html --chart report.png
+      tally report --by model,day --format parquet -o usage.parquet
       tally report daily-summary --date 2025-08-29 --format json
     """
     if ctx.invoked_subcommand is not None:
@@ -261,11 +213,38 @@ def report(ctx: click.Context, home: Home, by_text: str, since: datetime | None,
                         agents=split_values(agents), roles=split_values(roles),
                         phases=split_values(phases),
                         models=split_values(models), tz=tz, cost_mode=cost_mode)
+    if fmt == "parquet" and output is None and sys.stdout.isatty():
+        raise UsageError("--format parquet writes binary data, not for a terminal",
+                         hint="give a file: tally report --format parquet -o report.parquet")
     result = run_report(home, query)
-    render(result.rows, fmt, totals=True)
+    if chart:
+        write_bytes(Path(chart), draw_png(report_figure(json_records(result.rows), query.by)))
+    if fmt in ("html", "parquet") or output is not None:
+        _write_report(result.rows, fmt, query, result.unpriced_models, output)
+    else:
+        render(result.rows, fmt, totals=True)
     _warn_unpriced(result.unpriced_models, int(result.rows["unpriced_events"].sum()))
     if check:
         _render_check(check_report(home, query))
+
+
+def _write_report(rows: pl.DataFrame, fmt: str, query: ReportQuery, unpriced: list[str],
+                  output: str | None) -> None:
+    """A report as a file's bytes, to --output or stdout."""
+    if fmt == "html":
+        data = report_html(rows, query, unpriced, datetime.now(ZoneInfo(query.tz))).encode()
+    elif fmt == "parquet":
+        data = parquet_bytes(rows)
+    else:
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            render(rows, fmt, totals=True)
+        data = buffer.getvalue().encode()
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        write_bytes(Path(output), data)
 
 
 def _render_check(checked: ReportCheck) -> None:
@@ -368,8 +347,7 @@ def progress(home: Home, agents: tuple[str, ...], statuses: tuple[str, ...], tz:
       tally progress --status in_progress
       tally progress --agent gemini --format json
     """
-    frame = run_progress(home, split_values(agents), statuses)
-    frame = frame.with_columns(pl.col("last_update").dt.convert_time_zone(tz))
+    frame = run_progress(home, split_values(agents), statuses, tz)
     if fmt in ("table", "markdown"):
         frame = frame.drop("snapshots", "components_completed")
     render(frame, fmt)
@@ -396,8 +374,8 @@ def usage(home: Home, day: datetime | None, agents: tuple[str, ...], tz: str, co
     frame = run_usage(home, today, ReportQuery(agents=split_values(agents), tz=tz,
                                                cost_mode=cost_mode))
     if fmt == "json":
-        total = _totals_row(frame, "agent")
-        echo_json({"date": today.isoformat(), "tz": tz, "agents": _records(frame),
-                   "total": {k: _plain(v) for k, v in total.items() if k != "agent"}})
+        total = totals_row(frame, "agent")
+        echo_json({"date": today.isoformat(), "tz": tz, "agents": json_records(frame),
+                   "total": {k: plain(v) for k, v in total.items() if k != "agent"}})
         return
     render(frame, fmt, totals=True)
