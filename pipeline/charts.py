@@ -10,17 +10,19 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ChartError
-from pipeline.query import KEY_COLUMN, TIME_KEYS
+from pipeline.query import KEY_COLUMN, TIME_FORMAT, TIME_KEYS
 
 SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json"
 MEASURES = {"cost": ("cost_usd", "cost (USD)"), "tokens": ("total_tokens", "tokens")}
 TOP_SERIES = 10  # series beyond the largest ones are drawn as one "other" series
 NO_VALUE = "(none)"
 ALL = "all"
+MOST_PERIODS = 1000  # a longer range keeps only the periods with data on its axis
 WIDTH = 640
 HEIGHT = 220
 BUNDLE_SNIPPET = "window.vegaEmbed = vegaEmbed;"
@@ -68,12 +70,50 @@ def _fold_small_series(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(folded.values())
 
 
+def period_of(label: str, time_key: str) -> date:
+    """The first day of a report's period label (2025-08-29, 2025-W35, 2025-08)."""
+    if time_key == "week":
+        year, week = label.split("-W")
+        return date.fromisocalendar(int(year), int(week), 1)
+    if time_key == "month":
+        return datetime.strptime(label, "%Y-%m").date()
+    return date.fromisoformat(label)
+
+
+def periods_between(first: date, last: date, time_key: str) -> list[str]:
+    """Every period label from the one holding `first` to the one holding `last`."""
+    day = period_of(first.strftime(TIME_FORMAT[time_key]), time_key)
+    labels: list[str] = []
+    while day <= last and len(labels) <= MOST_PERIODS:
+        labels.append(day.strftime(TIME_FORMAT[time_key]))
+        day = (day + timedelta(days=7 if time_key == "week" else 1) if time_key != "month"
+               else (day.replace(day=28) + timedelta(days=4)).replace(day=1))
+    return labels
+
+
+def period_domain(points: Sequence[dict[str, Any]], time_key: str, since: date | None,
+                  until: date | None) -> list[str] | None:
+    """The x axis of a time chart: every period of the range, the idle ones too, so that
+    bars stand where they fall in time (None past MOST_PERIODS, or without a range)."""
+    try:
+        days = [period_of(p["period"], time_key) for p in points if p["period"] != NO_VALUE]
+    except ValueError:  # not a label of ours: the data's own periods will do
+        return None
+    first, last = since or min(days, default=None), until or max(days, default=None)
+    if first is None or last is None or first > last:
+        return None
+    labels = periods_between(first, last, time_key)
+    return labels if len(labels) <= MOST_PERIODS else None
+
+
 def usage_spec(records: Sequence[dict[str, Any]], by: Sequence[str], measure: str = "cost",
-               title: str | None = None) -> dict[str, Any]:
-    """Stacked bars of one measure per period and series; bars per series without a time key."""
+               title: str | None = None, since: date | None = None,
+               until: date | None = None) -> dict[str, Any]:
+    """Stacked bars of one measure per period and series (over every period from `since`
+    to `until`, or the data's own); bars per series without a time key."""
     time_key, keys = series_keys(by)
     field, label = MEASURES[measure]
-    points = chart_points(records, by)
+    points = _ranked(chart_points(records, by))
     legend = " · ".join(keys) or ALL
     value = {"field": measure, "type": "quantitative", "title": label, "aggregate": "sum",
              **({"format": "$,.2f"} if measure == "cost" else {"format": ",d"})}
@@ -81,12 +121,16 @@ def usage_spec(records: Sequence[dict[str, Any]], by: Sequence[str], measure: st
                *([{"field": "period", "title": time_key}] if time_key else [])]
     encoding: dict[str, Any]
     if time_key:
+        domain = period_domain(points, time_key, since, until)
         encoding = {"x": {"field": "period", "type": "ordinal", "title": time_key,
-                          "axis": {"labelAngle": -40}},
+                          "axis": {"labelAngle": -40, "labelOverlap": "greedy"},
+                          **({"scale": {"domain": domain}} if domain else {})},
                     "y": value,
+                    # Sorted by a rank, not a list of names: Vega breaks on a listed name
+                    # such as "toString".
                     "color": {"field": "series", "type": "nominal", "title": legend,
-                              "sort": _series_order(points)},
-                    "order": {"field": "series"}, "tooltip": tooltip}
+                              "sort": {"field": "rank", "op": "min"}},
+                    "order": {"field": "rank", "type": "quantitative"}, "tooltip": tooltip}
     else:
         encoding = {"y": {"field": "series", "type": "nominal", "title": legend,
                           "sort": "-x"},
@@ -104,16 +148,21 @@ def usage_spec(records: Sequence[dict[str, Any]], by: Sequence[str], measure: st
     return spec
 
 
-def _series_order(points: Sequence[dict[str, Any]]) -> list[str]:
+def _ranked(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points, each with its series' rank: 0 for the most tokens."""
     totals: dict[str, float] = {}
     for point in points:
         totals[point["series"]] = totals.get(point["series"], 0) + point["tokens"]
-    return sorted(totals, key=lambda s: (-totals[s], s))
+    order = {series: rank for rank, series in
+             enumerate(sorted(totals, key=lambda s: (-totals[s], s)))}
+    return [{**point, "rank": order[point["series"]]} for point in points]
 
 
-def report_figure(records: Sequence[dict[str, Any]], by: Sequence[str]) -> dict[str, Any]:
+def report_figure(records: Sequence[dict[str, Any]], by: Sequence[str],
+                  since: date | None = None, until: date | None = None) -> dict[str, Any]:
     """The picture of a report: its cost above its tokens, by the same groups."""
-    parts = [usage_spec(records, by, measure, title=MEASURES[measure][1]) for measure in MEASURES]
+    parts = [usage_spec(records, by, measure, MEASURES[measure][1], since, until)
+             for measure in MEASURES]
     for part in parts:
         part.pop("$schema")
     return {"$schema": SCHEMA, "vconcat": parts,
@@ -130,7 +179,7 @@ def draw_svg(spec: dict[str, Any]) -> str:
     try:
         svg: str = vl_convert.vegalite_to_svg(spec)
     except ValueError as exc:
-        raise ChartError(f"could not draw the chart: {exc}") from exc
+        raise _chart_error(exc) from exc
     return svg
 
 
@@ -141,8 +190,17 @@ def draw_png(spec: dict[str, Any], scale: float = 2.0) -> bytes:
     try:
         png: bytes = vl_convert.vegalite_to_png(spec, scale=scale)
     except ValueError as exc:
-        raise ChartError(f"could not draw the chart: {exc}") from exc
+        raise _chart_error(exc) from exc
     return png
+
+
+def _chart_error(exc: ValueError) -> ChartError:
+    """vl-convert's refusal in one line (it appends Vega's JavaScript stack)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = next((line for line in lines if "Error" in line and " at " not in line), None)
+    return ChartError(f"could not draw the chart: {said or (lines[0] if lines else exc)}",
+                      hint="report it with TALLY_DEBUG=1's output; the report itself is "
+                           "unaffected (leave out --chart, or use another --format)")
 
 
 def cache_dir() -> Path:

@@ -11,7 +11,6 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipeline.errors import ConfigError, display_path
 from pipeline.settings import (
@@ -31,6 +30,7 @@ from pipeline.settings import (
     CompactorSettings,
     ServeSettings,
     TailerSettings,
+    is_time_zone,
     setting_fields,
 )
 from pipeline.sources import KINDS, Source
@@ -267,13 +267,9 @@ def _numbers(values: dict[str, Any], text_keys: tuple[str, ...]) -> dict[str, An
 def _time_zone(budgets: dict[str, Any], path: Path) -> str:
     """[budgets] tz if it names an IANA time zone."""
     name = budgets.get("tz", "UTC")
-    try:
-        if not isinstance(name, str) or not name:
-            raise ValueError(name)
-        ZoneInfo(name)
-    except (ValueError, ZoneInfoNotFoundError) as exc:
+    if not isinstance(name, str) or not is_time_zone(name):
         raise ConfigError(f"unknown time zone {name!r}", path=path, field="budgets.tz",
-                          hint='an IANA name such as "Europe/Paris" or "UTC"') from exc
+                          hint='an IANA name such as "Europe/Paris" or "UTC"')
     return name
 
 

@@ -4,7 +4,9 @@ same library calls as the CLI's; nothing here knows of HTTP."""
 
 from __future__ import annotations
 
+import bisect
 import os
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -27,6 +29,7 @@ from pipeline.stage import iter_quarantine
 PERIODS = ("today", "week", "month")
 COUNTED = ("events", "total_tokens", "cost_usd", "unpriced_events")
 READ_CHUNK = 1 << 20
+COMPARED_CHARS = 16  # of a quarantined line's copy, to tell it is still at its offset
 
 
 def period_starts(today: date) -> dict[str, date]:
@@ -97,7 +100,12 @@ def quarantine_view(home: Home, limit: int, reason: str | None = None) -> dict[s
         reasons[str(record.get("reason"))] += 1
     chosen = [r for r in records if reason is None or r.get("reason") == reason]
     newest = sorted(chosen, key=lambda r: str(r.get("detected_at", "")), reverse=True)[:limit]
-    lines = LineNumbers(home.logs)
+    furthest: dict[str, int] = {}
+    for record in newest:
+        source, offset = record.get("source"), record.get("offset")
+        if isinstance(source, str) and isinstance(offset, int):
+            furthest[source] = max(offset, furthest.get(source, 0))
+    lines = LineNumbers(home.logs, furthest)
     rows = [{"file": record.get("source"), "line": lines.of(record),
              **{k: record.get(k) for k in ("offset", "reason", "message", "pointer", "excerpt",
                                            "excerpt_truncated", "detected_at")}}
@@ -108,46 +116,60 @@ def quarantine_view(home: Home, limit: int, reason: str | None = None) -> dict[s
 
 @dataclass
 class LineNumbers:
-    """Line numbers of byte offsets in the watched files, each file read once as far as
-    the furthest offset asked for."""
+    """Line numbers of quarantined lines in the watched files, each file read once and only
+    as far as the furthest offset asked for (`furthest`, per file)."""
 
     logs: Path
+    furthest: dict[str, int]
     _starts: dict[str, list[int]] = field(default_factory=dict)
 
     def of(self, record: dict[str, Any]) -> int | None:
-        """The 1-based line at the record's offset, None if the file is gone or shorter."""
+        """The 1-based line at the record's offset; None if the file is gone, or holds
+        another line there now (rotated, rewritten)."""
         source, offset = record.get("source"), record.get("offset")
         if not isinstance(source, str) or not isinstance(offset, int) or offset < 0:
             return None
+        path = self.logs / source
         starts = self._starts.get(source)
         if starts is None:
-            starts = self._starts[source] = self._line_starts(self.logs / source)
-        if not starts or offset > starts[-1]:
+            starts = self._starts[source] = _line_starts(path, self.furthest.get(source,
+                                                                                 sys.maxsize))
+        index = bisect.bisect_left(starts, offset)
+        if index == len(starts) or starts[index] != offset:
             return None
-        low, high = 0, len(starts) - 1
-        while low < high:  # the last line start at or before the offset
-            middle = (low + high + 1) // 2
-            low, high = (middle, high) if starts[middle] <= offset else (low, middle - 1)
-        return low + 1 if starts[low] == offset else None
+        return index + 1 if _holds(path, offset, str(record.get("excerpt", ""))) else None
 
-    @staticmethod
-    def _line_starts(path: Path) -> list[int]:
-        """Where each line of the file starts (not the end of a file that ends in one)."""
-        starts = [0]
-        try:
-            with open(path, "rb") as handle:
-                position = 0
-                while chunk := handle.read(READ_CHUNK):
-                    found = chunk.find(b"\n")
-                    while found >= 0:
-                        starts.append(position + found + 1)
-                        found = chunk.find(b"\n", found + 1)
-                    position += len(chunk)
-        except OSError:
-            return []
-        if starts[-1] == position:  # the end of the file: no line starts there
-            starts.pop()
-        return starts
+
+def _line_starts(path: Path, until: int) -> list[int]:
+    """Where the file's lines start, up to offset `until` (not the end of the file)."""
+    starts, position = [0], 0
+    try:
+        with open(path, "rb") as handle:
+            while position <= until and (chunk := handle.read(READ_CHUNK)):
+                found = chunk.find(b"\n")
+                while found >= 0:
+                    starts.append(position + found + 1)
+                    found = chunk.find(b"\n", found + 1)
+                position += len(chunk)
+            at_end = not handle.read(1)
+    except OSError:
+        return []
+    if at_end and starts[-1] == position:  # the end of the file: no line starts there
+        starts.pop()
+    return starts
+
+
+def _holds(path: Path, offset: int, excerpt: str) -> bool:
+    """Whether the file still holds the quarantined line at `offset` (its copy's start)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            head = handle.read(COMPARED_CHARS * 4)
+    except OSError:
+        return False
+    shown = head.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+    length = min(COMPARED_CHARS, len(excerpt))
+    return shown[:length] == excerpt[:length]
 
 
 def alerts_view(home: Home, limit: int) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 
@@ -21,6 +20,7 @@ from pipeline.pricing import (
     long_context_tier,
     matches_model,
 )
+from pipeline.settings import is_time_zone
 
 GROUP_KEYS = ("agent", "role", "phase", "day", "week", "month", "model", "task", "session",
               "project", "branch")
@@ -33,6 +33,7 @@ OPTIONAL_ENVELOPE = ("role", "phase", "session_id", "project", "branch")
 TIME_FORMAT = {"day": "%Y-%m-%d", "week": "%G-W%V", "month": "%Y-%m"}
 
 TASK_PAIR = ["agent", "task"]  # snapshot increments count per (agent, task) pair
+FIRST_DAY, LAST_DAY = date(2, 1, 1), date(9998, 12, 31)
 
 
 @dataclass(frozen=True)
@@ -76,16 +77,25 @@ def parse_by(text: str) -> tuple[str, ...]:
 
 def check_timezone(name: str) -> str:
     """`name` if it is an IANA time zone, else UnknownTimeZone."""
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise UnknownTimeZone(name) from exc
+    if not is_time_zone(name):
+        raise UnknownTimeZone(name)
     return name
+
+
+def check_day(name: str, day: date | None) -> date | None:
+    """`day` if a report can compute with it (its local midnight, a week either side, fits
+    a date), else a UsageError naming the option."""
+    if day is not None and not FIRST_DAY <= day <= LAST_DAY:
+        raise UsageError(f"{name} {day} is out of range",
+                         hint=f"give a day from {FIRST_DAY} to {LAST_DAY}")
+    return day
 
 
 def check_query(query: ReportQuery) -> ReportQuery:
     """The query if its parts fit together, else a UsageError saying which do not."""
     check_timezone(query.tz)
+    check_day("--since", query.since)
+    check_day("--until", query.until)
     if query.cost_mode not in COST_MODES:
         raise UsageError(f"unknown cost mode {query.cost_mode!r}",
                          hint="use " + " or ".join(COST_MODES))

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import stat
 import tempfile
 from datetime import date, datetime
 from pathlib import Path
@@ -121,9 +122,19 @@ def parquet_bytes(frame: pl.DataFrame) -> bytes:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write a file whole, or leave the previous one: a half-written report helps nobody."""
+    """Write a report file: a regular file whole or not at all (a half-written report helps
+    nobody), with the mode a new file gets; a pipe, device or symlink's target as it is."""
+    try:
+        st = os.stat(path)  # through a symlink: its target is what the user named
+    except FileNotFoundError:
+        st = None
+    if (st is not None and not stat.S_ISREG(st.st_mode)) or path.is_symlink():
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
@@ -131,3 +142,9 @@ def write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

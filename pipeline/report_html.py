@@ -54,8 +54,10 @@ def report_html(rows: pl.DataFrame, query: ReportQuery, unpriced_models: list[st
     tiles = [("events", total.get("events") or 0), ("tokens", total.get("total_tokens") or 0),
              ("cost", total.get("cost_usd"))]
     title = f"tally report {describe_query(query)}"
-    charts = "".join(f"<figure>{draw_svg(usage_spec(records, query.by, m, MEASURES[m][1]))}"
-                     "</figure>" for m in MEASURES) if records else "<p>no events match</p>"
+    specs = [usage_spec(records, query.by, m, MEASURES[m][1], query.since, query.until)
+             for m in MEASURES]
+    charts = ("".join(f"<figure>{draw_svg(spec)}</figure>" for spec in specs) if records
+              else "<p>no events match</p>")
     note = (f'<p class="note">No price for {html.escape(", ".join(unpriced_models))}: their '
             "events have no cost.</p>" if unpriced_models else "")
     return "\n".join([

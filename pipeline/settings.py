@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import zoneinfo
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -185,6 +187,16 @@ SOURCE_KEYS = ("kind", "path", "agent")
 PATHS_KEYS = ("logs", "include")
 ALERT_TEXT_KEYS = ("command", "webhook")
 SERVE_TEXT_KEYS = ("host", "token")
+
+
+# Names tzdata holds that are no place's zone and that Polars (chrono-tz) refuses.
+NOT_ZONES = frozenset({"localtime", "Factory"})
+
+
+@functools.cache
+def is_time_zone(name: str) -> bool:
+    """Whether `name` is an IANA time zone that every part of tally can compute in."""
+    return name in zoneinfo.available_timezones() and name not in NOT_ZONES
 
 
 def setting_fields(cls: type[Any]) -> dict[str, Field[Any]]:

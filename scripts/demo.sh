@@ -44,6 +44,12 @@ $TALLY budget
 $TALLY budget --since 2025-08-29 --format json | .venv/bin/python -c \
   "import json, sys; print('2025-08-29:', [(r['scope'], r['metric'], r['percentage'], r['status']) for r in json.load(sys.stdin) if r['period_start'] == '2025-08-29'])"
 
+step "the same report as a page for mail or CI, and as a picture"
+$TALLY report --by agent,day --since 2025-08-23 --format html -o "$TALLY_HOME/report.html" \
+    --chart "$TALLY_HOME/report.png"
+echo "wrote $TALLY_HOME/report.html and $TALLY_HOME/report.png"
+echo "The dashboard: .venv/bin/tally serve --home $TALLY_HOME, then open http://127.0.0.1:8787/#/overview?date=2025-08-29"
+
 step "the lake"
 echo "Delta tables under $TALLY_HOME/lake/ (one per event type, partitioned by date=YYYY-MM-DD)."
 echo "Query them, for example:"

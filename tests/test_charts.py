@@ -8,6 +8,7 @@ import math
 import re
 import struct
 from collections import defaultdict
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from pipeline.charts import (
     draw_png,
     draw_svg,
     javascript_bundle,
+    period_of,
+    periods_between,
     report_figure,
     series_keys,
     usage_spec,
@@ -196,13 +199,17 @@ def test_a_time_key_makes_stacked_bars_over_periods() -> None:
     spec = usage_spec(RECORDS_3, ("agent", "day"), "tokens", title="tokens")
     assert spec["$schema"] == SCHEMA and spec["title"] == "tokens"
     assert spec["mark"]["type"] == "bar"
-    assert spec["data"]["values"] == chart_points(RECORDS_3, ("agent", "day"))
+    assert ([{k: v for k, v in point.items() if k != "rank"} for point in spec["data"]["values"]]
+            == chart_points(RECORDS_3, ("agent", "day")))
     encoding = spec["encoding"]
     assert (encoding["x"]["field"], encoding["x"]["type"], encoding["x"]["title"]) == (
         "period", "ordinal", "day")
     assert (encoding["y"]["field"], encoding["y"]["type"]) == ("tokens", "quantitative")
     assert encoding["color"]["field"] == "series" and encoding["color"]["title"] == "agent"
-    assert encoding["color"]["sort"] == ["claude", "codex"]  # 70 tokens before 50
+    assert encoding["color"]["sort"] == {"field": "rank", "op": "min"}
+    ranks = {p["series"]: p["rank"] for p in spec["data"]["values"]}
+    assert ranks == {"claude": 0, "codex": 1}  # 70 tokens before 50
+    assert encoding["x"]["scale"]["domain"] == ["2025-08-01", "2025-08-02"]
     assert {"field": "period", "title": "day"} in encoding["tooltip"]
     assert spec["usermeta"] == {"field": "total_tokens"}
     assert spec["height"] > 0 and spec["width"] > 0
@@ -256,7 +263,36 @@ def test_draw_svg_draws_one_bar_per_point() -> None:
     assert 'class="mark-rect role-mark' in svg
     drawn = bars(svg)
     assert len(drawn) == 3
-    assert "day: 2025-08-01; tokens: 50; agent: codex; series: codex" in drawn
+    assert "day: 2025-08-01; tokens: 50; agent: codex; rank: 1" in drawn
+
+
+@pytest.mark.parametrize("name", ["toString", "constructor", "__proto__", "hasOwnProperty"])
+def test_a_series_named_like_a_javascript_property_is_drawn(name: str) -> None:
+    records = [{"agent": name, "day": "2025-08-01", "total_tokens": 5, "cost_usd": 1.0},
+               {"agent": "b", "day": "2025-08-03", "total_tokens": 3, "cost_usd": None}]
+    assert len(bars(draw_svg(usage_spec(records, ("agent", "day"), "tokens")))) == 2
+
+
+@pytest.mark.parametrize("key,first,last,expected", [
+    ("day", date(2025, 8, 30), date(2025, 9, 2),
+     ["2025-08-30", "2025-08-31", "2025-09-01", "2025-09-02"]),
+    ("week", date(2025, 12, 24), date(2026, 1, 6), ["2025-W52", "2026-W01", "2026-W02"]),
+    ("month", date(2025, 11, 30), date(2026, 2, 1), ["2025-11", "2025-12", "2026-01",
+                                                     "2026-02"]),
+])
+def test_periods_between_holds_every_period(key: str, first: date, last: date,
+                                            expected: list[str]) -> None:
+    assert periods_between(first, last, key) == expected
+    assert all(period_of(label, key) <= last for label in expected)
+
+
+def test_the_axis_spans_the_range_asked_for_idle_periods_too() -> None:
+    spec = usage_spec(RECORDS_3, ("agent", "day"), "tokens", since=date(2025, 7, 30),
+                      until=date(2025, 8, 3))
+    assert spec["encoding"]["x"]["scale"]["domain"] == [
+        "2025-07-30", "2025-07-31", "2025-08-01", "2025-08-02", "2025-08-03"]
+    years = usage_spec(RECORDS_3, ("agent", "day"), "tokens", since=date(2020, 1, 1))
+    assert "scale" not in years["encoding"]["x"]  # too many days: the data's own
 
 
 def test_draw_svg_of_the_figure_has_both_charts() -> None:

@@ -540,3 +540,25 @@ def test_output_file_holds_what_stdout_would_have(sample_home: Home, tmp_path: P
     assert to_file.stdout == ""
     assert out.read_text(encoding="utf-8") == run(sample_home, *args).stdout
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_a_chart_of_agents_named_like_javascript_properties(tmp_path: Path) -> None:
+    home = home_with(tmp_path / "home", [
+        {"event_type": "agent_token_usage", "ts": "2025-08-01T10:00:00Z", "agent": name,
+         "model": "gpt-5", "input_tokens": 100, "output_tokens": 10}
+        for name in ("toString", "constructor", "__proto__")])
+    picture = tmp_path / "agents.png"
+    run(home, "report", "--by", "agent,day", "--chart", str(picture))
+    assert picture.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--until", "9999-12-31"], "--until 9999-12-31 is out of range"),
+    (["--since", "0001-01-01"], "--since 0001-01-01 is out of range"),
+    (["--tz", "localtime"], "unknown time zone"),
+])
+def test_days_and_zones_no_report_can_compute_with_are_refused(sample_home: Home,
+                                                               args: list[str],
+                                                               says: str) -> None:
+    result = CliRunner().invoke(main, ["report", *args, "--home", str(sample_home.root)])
+    assert result.exit_code == 2 and says in result.stderr, result.stderr

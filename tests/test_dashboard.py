@@ -210,7 +210,7 @@ def test_an_empty_quarantine(home: Home) -> None:
 def test_line_numbers_of_offsets(tmp_path: Path) -> None:
     lines = [b"first", b"", b"third line", b"x" * 300, b"last"]
     (tmp_path / "a.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
-    numbers = LineNumbers(tmp_path)
+    numbers = LineNumbers(tmp_path, {})
     offset = 0
     for number, line in enumerate(lines, 1):
         assert numbers.of({"source": "a.jsonl", "offset": offset}) == number
@@ -233,7 +233,7 @@ def test_line_numbers_across_read_chunks(tmp_path: Path) -> None:
     starts = [0]
     for line in lines:
         starts.append(starts[-1] + len(line) + 1)
-    numbers = LineNumbers(tmp_path)
+    numbers = LineNumbers(tmp_path, {})
     for number in [*range(1, len(lines) + 1, 37), len(lines)]:
         assert numbers.of({"source": "big.jsonl", "offset": starts[number - 1]}) == number
     around = [s for s in starts if s % READ_CHUNK > READ_CHUNK - 5000][:5]
@@ -244,15 +244,32 @@ def test_line_numbers_across_read_chunks(tmp_path: Path) -> None:
 def test_a_file_rewritten_shorter_has_no_such_line(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     path.write_bytes(b"one\ntwo\nthree\nfour\n")
-    assert LineNumbers(tmp_path).of({"source": "a.jsonl", "offset": 14}) == 4
+    assert LineNumbers(tmp_path, {}).of({"source": "a.jsonl", "offset": 14}) == 4
     path.write_bytes(b"one\ntwo\n")
-    assert LineNumbers(tmp_path).of({"source": "a.jsonl", "offset": 14}) is None
+    assert LineNumbers(tmp_path, {}).of({"source": "a.jsonl", "offset": 14}) is None
+
+
+def test_a_rotated_file_holds_another_line_at_the_offset(tmp_path: Path) -> None:
+    path = tmp_path / "app.jsonl"
+    path.write_bytes(b'{"ok":1}\n{bad json\n')
+    record = {"source": "app.jsonl", "offset": 9, "excerpt": "{bad json"}
+    assert LineNumbers(tmp_path, {}).of(record) == 2
+    path.rename(tmp_path / "app.jsonl.1")
+    path.write_bytes(b'{"ok":2}\n{"event_type":"metric"}\n')  # a valid line starts there now
+    assert LineNumbers(tmp_path, {}).of(record) is None
+
+
+def test_a_file_is_read_only_as_far_as_asked(tmp_path: Path) -> None:
+    (tmp_path / "big.jsonl").write_bytes(b"x\n" * (3 * READ_CHUNK))
+    numbers = LineNumbers(tmp_path, {"big.jsonl": 10})
+    assert numbers.of({"source": "big.jsonl", "offset": 10, "excerpt": "x"}) == 6
+    assert len(numbers._starts["big.jsonl"]) <= READ_CHUNK // 2 + 1  # one chunk's lines
 
 
 def test_the_end_of_a_file_is_no_line(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_bytes(b"good\nbad\n")
     (tmp_path / "a.jsonl").write_bytes(b"good\n")  # the bad last line removed by hand
-    assert LineNumbers(tmp_path).of({"source": "a.jsonl", "offset": 5}) is None
+    assert LineNumbers(tmp_path, {}).of({"source": "a.jsonl", "offset": 5}) is None
 
 
 # ---------------------------------------------------------------- alerts_view

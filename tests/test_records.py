@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import stat
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -329,3 +330,35 @@ def test_write_bytes_into_a_missing_directory_fails_without_a_trace(tmp_path: Pa
     with pytest.raises(FileNotFoundError):
         write_bytes(tmp_path / "missing" / "out.csv", b"a,b\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_bytes_gives_a_new_file_the_umasks_mode_and_keeps_an_old_ones(
+        tmp_path: Path) -> None:
+    mask = os.umask(0o027)
+    try:
+        write_bytes(tmp_path / "new.csv", b"a\n")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "new.csv").stat().st_mode & 0o777 == 0o640
+    kept = tmp_path / "kept.csv"
+    kept.write_bytes(b"old")
+    kept.chmod(0o604)
+    write_bytes(kept, b"new")
+    assert kept.read_bytes() == b"new" and kept.stat().st_mode & 0o777 == 0o604
+
+
+def test_write_bytes_writes_through_a_symlink_and_into_a_pipe(tmp_path: Path) -> None:
+    (tmp_path / "target.csv").write_bytes(b"old")
+    (tmp_path / "link.csv").symlink_to("target.csv")
+    write_bytes(tmp_path / "link.csv", b"new")
+    assert (tmp_path / "link.csv").is_symlink()
+    assert (tmp_path / "target.csv").read_bytes() == b"new"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        write_bytes(fifo, b"through the pipe")
+        assert os.read(reader, 100) == b"through the pipe"
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)

@@ -8,11 +8,12 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import unquote
 
 import orjson
 import pytest
 from click.testing import CliRunner
-from conftest import make_home
+from conftest import event, make_home
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
@@ -22,7 +23,8 @@ from pipeline.charts import cache_dir
 from pipeline.cli import main
 from pipeline.config import Home
 from pipeline.query import GROUP_KEYS
-from pipeline.web.app import STATIC, TOKEN_COOKIE, create_app
+from pipeline.web.app import STATIC, create_app, token_cookie
+from pipeline.web.server import allowed_hosts
 
 AGENTS = ("claude", "codex", "gemini", "cursor", "yolo", "nobody")
 ZONES = ("UTC", "Europe/Istanbul", "America/Los_Angeles", "Asia/Kolkata")
@@ -162,9 +164,14 @@ def test_quarantine_and_alerts_answer(client: TestClient) -> None:
 @pytest.mark.parametrize("endpoint,params,says", [
     ("/api/report", {"by": "agent,colour"}, "cannot group by colour"),
     ("/api/report", {"sinse": "2025-08-01"}, "unknown parameter 'sinse'"),
-    ("/api/report", {"since": "2025-8-1"}, "is not a date"),
+    ("/api/report", {"since": "2025-8-32"}, "is not a date"),
     ("/api/report", {"since": "2025-08-30", "until": "2025-08-01"}, "is after"),
     ("/api/report", {"tz": "Mars/Olympus"}, "unknown time zone"),
+    ("/api/report", {"tz": "localtime"}, "unknown time zone"),
+    ("/api/report", {"since": "0001-01-01"}, "out of range"),
+    ("/api/report", {"until": "9999-12-31", "tz": "Pacific/Kiritimati"}, "out of range"),
+    ("/api/overview", {"date": "9999-12-31"}, "out of range"),
+    ("/api/budget", {"since": "0001-01-01"}, "out of range"),
     ("/api/report", {"cost-mode": "guess"}, "cost-mode='guess'"),
     ("/api/report", {"format": "xml"}, "format='xml'"),
     ("/api/report", [("by", "agent"), ("by", "day")], "given 2 times"),
@@ -220,11 +227,49 @@ def test_the_token_as_bearer_header_opens_the_api(guarded: TestClient) -> None:
     assert response.status_code == 200 and response.json() == []
 
 
+def test_a_redirect_stays_on_this_server(guarded: TestClient) -> None:
+    response = guarded.get("//evil.example/?token=s3cret")
+    assert response.status_code == 303 and response.headers["location"] == "/"
+
+
+def test_the_cookie_is_this_ports_own(home: Home) -> None:
+    app, _ = create_app(home, token="s3cret")
+    with TestClient(app, base_url="http://127.0.0.1:9001", follow_redirects=False) as other:
+        response = other.get("/?token=s3cret")
+    assert response.headers["set-cookie"].startswith(f"{token_cookie(9001)}=s3cret")
+
+
+def test_on_loopback_another_host_name_is_refused(home: Home) -> None:
+    app, _ = create_app(home, hosts=allowed_hosts("127.0.0.1"))
+    with TestClient(app, base_url="http://127.0.0.1:8787") as local:
+        assert local.get("/api/report").status_code == 200
+        assert local.get("/api/report", headers={"Host": "localhost:8787"}).status_code == 200
+        rebound = local.get("/api/report", headers={"Host": "attacker.example:8787"})
+    assert rebound.status_code == 400
+    assert allowed_hosts("0.0.0.0") == ("*",)
+    assert "[::1]" in allowed_hosts("::1")
+
+
+def test_a_model_name_no_header_can_hold_is_encoded(tmp_path: Path) -> None:
+    root = tmp_path / "home"
+    home = make_home(root)
+    (home.logs / "a.jsonl").write_bytes(
+        b"".join(orjson.dumps(event(model=model)) + b"\n" for model in ("模型-x", "a\r\nb")))
+    run = CliRunner().invoke(main, ["tail", "--once", "--quiet", "--home", str(root)])
+    assert run.exit_code == 0, run.output
+    app, _ = create_app(home)
+    with TestClient(app) as local:
+        response = local.get("/api/report", params={"by": "model"})
+    assert response.status_code == 200
+    named = response.headers["x-tally-unpriced-models"].split(",")
+    assert sorted(unquote(name) for name in named) == ["a\r\nb", "模型-x"]
+
+
 def test_the_token_in_the_address_sets_a_cookie_and_is_taken_off(guarded: TestClient) -> None:
     response = guarded.get("/?token=s3cret&x=1")
     assert response.status_code == 303
     assert response.headers["location"] == "/?x=1"
-    assert f"{TOKEN_COOKIE}=s3cret" in response.headers["set-cookie"]
+    assert f"{token_cookie(None)}=s3cret" in response.headers["set-cookie"]
     assert "httponly" in response.headers["set-cookie"].lower()
     page = guarded.get("/")  # the client keeps the cookie
     assert page.status_code == 200 and "<title>tally</title>" in page.text

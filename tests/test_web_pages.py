@@ -221,6 +221,19 @@ def test_an_append_shows_up_live(browser: Browser, tmp_path: Path) -> None:
                                    ".dataset.tokens === '6020'", timeout=30_000)
             print(f"an append showed on the page {time.monotonic() - appended:.2f} s later")
             assert "codex" in page.inner_text("table[data-table=overview]")
+            page.click("input[name=tz]")
+            page.keyboard.press("End")
+            page.keyboard.type("x")  # a redraw now would take the field from under the typist
+            with open(log, "ab") as handle:
+                handle.write(event_line(agent="gemini", input_tokens=1000, output_tokens=0,
+                                        ts=datetime.now(UTC).isoformat()))
+            page.wait_for_timeout(2500)
+            assert page.input_value("input[name=tz]") == "UTCx"
+            assert page.evaluate("document.activeElement.name") == "tz"
+            page.fill("input[name=tz]", "UTC")
+            page.keyboard.press("Tab")  # left: the view shows the batch it held back
+            page.wait_for_function("document.querySelector('[data-testid=tile-today]')"
+                                   ".dataset.tokens === '7020'", timeout=30_000)
     finally:
         context.close()
         tailer.send_signal(signal.SIGTERM)

@@ -4,10 +4,10 @@ report` builds for the same options (a differential check through the CLI)."""
 
 from __future__ import annotations
 
-import re
 from datetime import date
 from typing import Any
 
+import click
 import polars as pl
 import pytest
 from click.testing import CliRunner
@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 import pipeline.cli.report as cli_report
 from pipeline.cli import main
+from pipeline.cli.report import DAY
 from pipeline.config import Home
 from pipeline.errors import UnknownTimeZone, UsageError
-from pipeline.query import GROUP_KEYS, Report, ReportQuery, check_query
+from pipeline.query import FIRST_DAY, GROUP_KEYS, LAST_DAY, Report, ReportQuery, check_query
 from pipeline.web.params import REPORT_PARAMS, Params, report_query
 
 
@@ -84,7 +85,7 @@ def test_repeatable_names_may_come_again() -> None:
 # ---------------------------------------------------------------- day, count, choice
 
 
-@pytest.mark.parametrize("text", ["2025-8-1", "2025-08-1", "08/01/2025", "yesterday", "",
+@pytest.mark.parametrize("text", ["08/01/2025", "yesterday", "",
                                   "2025-02-30", "2025-13-01", " 2025-08-01", "20250801",
                                   "2025-08-01T00:00"])
 def test_a_day_that_is_not_yyyy_mm_dd_is_refused(text: str) -> None:
@@ -95,33 +96,32 @@ def test_a_day_that_is_not_yyyy_mm_dd_is_refused(text: str) -> None:
 
 def test_a_day() -> None:
     assert Params.of([("until", "2025-08-01")]).day("until") == date(2025, 8, 1)
+    assert Params.of([("until", "2025-8-1")]).day("until") == date(2025, 8, 1)  # as the CLI
     assert Params.of([]).day("until") is None
 
 
-ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-
-
-def is_day(text: str) -> bool:
-    """Whether `text` is a real calendar day written as YYYY-MM-DD."""
-    if not ISO_DAY.fullmatch(text):
-        return False
-    year, month, day = map(int, text.split("-"))
+def cli_day(text: str) -> date | None:
+    """The day `tally report --since TEXT` takes, None if the CLI refuses it."""
     try:
-        date(year, month, day)
-    except ValueError:
-        return False
-    return year >= 1
+        day = DAY.convert(text, None, None).date()
+    except click.BadParameter:
+        return None
+    return day if FIRST_DAY <= day <= LAST_DAY else None
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet="0123456789-/ T:W", min_size=8, max_size=12)
+@given(st.text(alphabet="0123456789-/ T:W", min_size=6, max_size=12)
        | st.dates().map(date.isoformat))
 @example("2025-02-29")
 @example("2024-02-29")
-def test_day_takes_exactly_the_yyyy_mm_dd_days(text: str) -> None:
+@example("2025-8-1")
+@example("0001-01-01")
+@example("9999-12-31")
+def test_day_takes_the_days_the_cli_takes(text: str) -> None:
     params = Params.of([("since", text)])
-    if is_day(text):
-        assert params.day("since") == date.fromisoformat(text)
+    expected = cli_day(text)
+    if expected is not None:
+        assert params.day("since") == expected
     else:
         with pytest.raises(UsageError):
             params.day("since")

@@ -24,7 +24,7 @@ from pipeline.cli.report import (
     render,
 )
 from pipeline.config import Home
-from pipeline.query import split_values
+from pipeline.query import check_day, split_values
 
 BUDGET_SCHEMA = {"scope": pl.String, "period": pl.String, "metric": pl.String,
                  "period_start": pl.String, "used": pl.Float64, "budget": pl.Float64,
@@ -81,7 +81,8 @@ def budget(ctx: click.Context, home: Home, since: datetime | None, agents: tuple
         refuse_group_options(ctx)
         return
     require_home(home)
-    rows = budget_rows(home, _now(), since.date() if since else None, split_values(agents))
+    rows = budget_rows(home, _now(), check_day("--since", since.date() if since else None),
+                       split_values(agents))
     if not rows:
         click.echo(_no_budgets(split_values(agents)), err=True)
         return

@@ -218,7 +218,8 @@ def report(ctx: click.Context, home: Home, by_text: str, since: datetime | None,
                          hint="give a file: tally report --format parquet -o report.parquet")
     result = run_report(home, query)
     if chart:
-        write_bytes(Path(chart), draw_png(report_figure(json_records(result.rows), query.by)))
+        write_bytes(Path(chart), draw_png(report_figure(json_records(result.rows), query.by,
+                                                         query.since, query.until)))
     if fmt in ("html", "parquet") or output is not None:
         _write_report(result.rows, fmt, query, result.unpriced_models, output)
     else:

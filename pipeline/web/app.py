@@ -8,14 +8,16 @@ import functools
 import hmac
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.applications import Starlette
 from starlette.datastructures import URL
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -112,7 +114,9 @@ class Api:
         query = report_query(params)
         fmt = params.choice("format", ("json", "csv"), "json")
         result = run_report(self.home, query)
-        headers = {"X-Tally-Unpriced-Models": ",".join(result.unpriced_models)}
+        # Percent-encoded: a header is Latin-1 without line breaks, a model name anything.
+        headers = {"X-Tally-Unpriced-Models": ",".join(quote(model, safe="")
+                                                       for model in result.unpriced_models)}
         if fmt == "csv":
             return Response(csv_text(result.rows), media_type="text/csv", headers={
                 **headers, "Content-Disposition": 'attachment; filename="tally-report.csv"'})
@@ -127,7 +131,8 @@ class Api:
         query = report_query(params, extra=("measure",))
         measure = params.choice("measure", tuple(MEASURES), "cost")
         records = json_records(run_report(self.home, query).rows)
-        return JSONResponse(usage_spec(records, query.by, measure))
+        return JSONResponse(usage_spec(records, query.by, measure, since=query.since,
+                                       until=query.until))
 
     @answers
     def overview(self, request: Request) -> Response:
@@ -237,8 +242,9 @@ class TokenCheck:
         request = Request(scope)
         header = request.headers.get("authorization", "")
         from_query = request.query_params.get("token")
+        cookie = token_cookie(request.url.port)
         given = (header[7:] if header.lower().startswith("bearer ") else
-                 from_query or request.cookies.get(TOKEN_COOKIE, ""))
+                 from_query or request.cookies.get(cookie, ""))
         if not hmac.compare_digest(given.encode(), self.token):
             response: Response = JSONResponse(
                 {"error": "this dashboard needs its token",
@@ -247,16 +253,23 @@ class TokenCheck:
                 headers={"WWW-Authenticate": 'Bearer realm="tally"'})
         elif from_query is not None and request.method == "GET":
             response = RedirectResponse(_without_token(request.url), 303)
-            response.set_cookie(TOKEN_COOKIE, from_query, httponly=True, samesite="strict")
+            response.set_cookie(cookie, from_query, httponly=True, samesite="strict")
         else:
             await self.app(scope, receive, send)
             return
         await response(scope, receive, send)
 
 
+def token_cookie(port: int | None) -> str:
+    """The cookie that holds the token: one per port, as cookies are shared by every port
+    of a host."""
+    return f"{TOKEN_COOKIE}_{port or 80}"
+
+
 def _without_token(url: URL) -> str:
     kept = url.remove_query_params("token")
-    return kept.path + (f"?{kept.query}" if kept.query else "")
+    path = "/" + kept.path.lstrip("/")  # "//host/" would send the browser to another site
+    return path + (f"?{kept.query}" if kept.query else "")
 
 
 class SecurityHeaders:
@@ -276,8 +289,10 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers if scope["type"] == "http" else send)
 
 
-def create_app(home: Home, token: str = "", clock: Clock = utc_now) -> tuple[Starlette, Api]:
-    """The dashboard app over a home, and its Api (whose `stopping` ends the streams)."""
+def create_app(home: Home, token: str = "", clock: Clock = utc_now,
+               hosts: Sequence[str] = ("*",)) -> tuple[Starlette, Api]:
+    """The dashboard app over a home, and its Api (whose `stopping` ends the streams);
+    requests naming another host than `hosts` get a 400 (DNS rebinding)."""
     api = Api(home, clock)
     routes = [
         Route("/", index),
@@ -289,6 +304,7 @@ def create_app(home: Home, token: str = "", clock: Clock = utc_now) -> tuple[Sta
     ]
     app = Starlette(routes=routes)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
     if token:
         app.add_middleware(TokenCheck, token=token)
     return app, api

@@ -5,17 +5,24 @@ UsageError naming the parameter (a 400)."""
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 from pipeline.errors import UsageError
-from pipeline.query import COST_MODES, DEFAULT_BY, ReportQuery, check_query, parse_by, split_values
+from pipeline.query import (
+    COST_MODES,
+    DEFAULT_BY,
+    ReportQuery,
+    check_day,
+    check_query,
+    parse_by,
+    split_values,
+)
 
 REPEATABLE = ("agent", "role", "phase", "model", "status")
 LIST_LIMIT = 10_000
-ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+DAY_FORMAT = "%Y-%m-%d"  # click.DateTime's, as the CLI's --since and --until take it
 
 
 @dataclass(frozen=True)
@@ -55,17 +62,16 @@ class Params:
         return split_values(tuple(self.values.get(name, ())))
 
     def day(self, name: str) -> date | None:
-        """A YYYY-MM-DD parameter."""
+        """A YYYY-MM-DD parameter, read as the CLI reads its dates."""
         text = self.text(name)
         if text is None:
             return None
         try:
-            if not ISO_DAY.fullmatch(text):  # fromisoformat also takes week dates
-                raise ValueError(text)
-            return date.fromisoformat(text)
+            day = datetime.strptime(text, DAY_FORMAT).date()
         except ValueError:
             raise UsageError(f"{name}={text!r} is not a date",
                              hint=f"give it as YYYY-MM-DD, e.g. {name}=2025-08-01") from None
+        return check_day(name, day)
 
     def count(self, name: str, default: int, most: int = LIST_LIMIT) -> int:
         """A whole-number parameter from 1 to `most`."""

@@ -45,6 +45,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def allowed_hosts(host: str) -> tuple[str, ...]:
+    """The Host headers a server on `host` answers: on loopback, only loopback names, so
+    that a web page cannot rebind its own name to 127.0.0.1 and read the dashboard;
+    elsewhere any (the token guards it)."""
+    if not is_loopback(host):
+        return ("*",)
+    return tuple(dict.fromkeys((host, f"[{host}]" if ":" in host else host, *LOOPBACK_NAMES)))
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0: any free one), or ServeError."""
     try:
@@ -82,7 +94,7 @@ def serve(home: Home, host: str, port: int, token: str,
         raise ServeError(f"{host} is reachable from other machines: it needs a token",
                          hint="give --token SECRET (or [serve] token in config.toml); "
                               "without one, serve on 127.0.0.1")
-    app, api = create_app(home, token)
+    app, api = create_app(home, token, hosts=allowed_hosts(host))
     api.bundle()  # made before the first page asks for it
     sock = bind(host, port)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",

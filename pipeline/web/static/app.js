@@ -148,7 +148,7 @@ function table(rows, { key, totals = false, columns = null, cells = {} } = {}) {
   }, name.replace(/_usd$/, " ($)").replace(/_/g, " "))));
   const body = sorted.map((row) => el("tr", {}, names.map((name) => el("td",
     { class: numeric[name] ? "n" : "", "data-column": name },
-    cells[name] ? cells[name](row[name], row) : cellText(name, row[name])))));
+    Object.hasOwn(cells, name) ? cells[name](row[name], row) : cellText(name, row[name])))));
   if (totals) {
     const sums = names.map((name, i) => {
       if (i === 0) return "total";
@@ -179,15 +179,15 @@ async function overview(params) {
   const gauges = el("div", { class: "gauges", "data-testid": "gauges" }, el("p", { class: "muted" }, "counting…"));
   const chart = el("div", { class: "chart", "data-testid": "chart" });
   const since = new Date(Date.parse(data.date + "T00:00:00Z") - 13 * 86400000).toISOString().slice(0, 10);
-  const agents = {};
+  const agents = new Map();  // not an object: an agent may be named "__proto__"
   for (const name of ["today", "week", "month"]) {
     for (const row of data[name].agents) {
-      agents[row.agent] = agents[row.agent] || { agent: row.agent };
-      agents[row.agent][`${name}_tokens`] = row.total_tokens;
-      agents[row.agent][`${name}_cost_usd`] = row.cost_usd;
+      if (!agents.has(row.agent)) agents.set(row.agent, { agent: row.agent });
+      agents.get(row.agent)[`${name}_tokens`] = row.total_tokens;
+      agents.get(row.agent)[`${name}_cost_usd`] = row.cost_usd;
     }
   }
-  const rows = Object.values(agents).map((a) => ({
+  const rows = [...agents.values()].map((a) => ({
     agent: a.agent, today_tokens: a.today_tokens ?? 0, today_cost_usd: a.today_cost_usd ?? null,
     week_tokens: a.week_tokens ?? 0, week_cost_usd: a.week_cost_usd ?? null,
     month_tokens: a.month_tokens ?? 0, month_cost_usd: a.month_cost_usd ?? null,
@@ -391,16 +391,35 @@ async function render() {
 }
 
 let refreshTimer = null;
+let heldBack = false;
+
+function typing() {
+  const active = document.activeElement;
+  return active && active.matches("main input:not([type=checkbox])");
+}
+
 function refreshSoon() {
+  // A redraw would take the field someone is typing in: it waits until they leave it.
+  if (typing()) {
+    heldBack = true;
+    return;
+  }
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(render, 150);
 }
 
+document.addEventListener("focusout", () => {
+  if (heldBack) setTimeout(() => { if (!typing()) { heldBack = false; refreshSoon(); } }, 0);
+});
+
 function connect() {
   const stream = new EventSource("/api/stream");
+  let connected = false;
   stream.addEventListener("hello", () => {
     liveBadge.classList.add("on");
     liveBadge.textContent = "live";
+    if (connected) refreshSoon();  // back after a break: batches may have landed meanwhile
+    connected = true;
   });
   stream.addEventListener("batch", (event) => {
     const batch = JSON.parse(event.data);
