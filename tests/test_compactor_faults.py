@@ -750,7 +750,7 @@ def test_a_reader_during_compaction_sees_whole_commits_only(seed: int, tmp_path:
             reader_counts.append(count)
 
     readers = [threading.Thread(target=read_loop) for _ in range(2)]
-    process = subprocess.Popen(compact_cmd(home, 150), stdout=subprocess.PIPE,
+    process = subprocess.Popen(compact_cmd(home, 60), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     for reader in readers:
         reader.start()
