@@ -52,14 +52,20 @@ def _label(value: Any) -> str:
     return NO_VALUE if value is None or value == "" else str(value)
 
 
-def _fold_small_series(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _by_size(points: Sequence[dict[str, Any]]) -> list[str]:
+    """The series, the one with the most tokens first."""
     totals: dict[str, float] = {}
     for point in points:
         totals[point["series"]] = totals.get(point["series"], 0) + point["tokens"]
-    if len(totals) <= TOP_SERIES:
+    return sorted(totals, key=lambda s: (-totals[s], s))
+
+
+def _fold_small_series(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ordered = _by_size(points)
+    if len(ordered) <= TOP_SERIES:
         return points
-    kept = set(sorted(totals, key=lambda s: (-totals[s], s))[:TOP_SERIES - 1])
-    other = f"other ({len(totals) - len(kept)})"
+    kept = set(ordered[:TOP_SERIES - 1])
+    other = f"other ({len(ordered) - len(kept)})"
     folded: dict[tuple[str, str], dict[str, Any]] = {}
     for point in points:
         series = point["series"] if point["series"] in kept else other
@@ -150,11 +156,7 @@ def usage_spec(records: Sequence[dict[str, Any]], by: Sequence[str], measure: st
 
 def _ranked(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The points, each with its series' rank: 0 for the most tokens."""
-    totals: dict[str, float] = {}
-    for point in points:
-        totals[point["series"]] = totals.get(point["series"], 0) + point["tokens"]
-    order = {series: rank for rank, series in
-             enumerate(sorted(totals, key=lambda s: (-totals[s], s)))}
+    order = {series: rank for rank, series in enumerate(_by_size(points))}
     return [{**point, "rank": order[point["series"]]} for point in points]
 
 

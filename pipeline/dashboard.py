@@ -49,10 +49,9 @@ def overview(home: Home, today: date, tz: str, cost_mode: str = "auto") -> dict[
     for name, start in starts.items():
         inside = [row for row in rows if row["day"] >= start.isoformat()]
         per_agent: dict[str, dict[str, Any]] = defaultdict(_zero)
-        for row in inside:
-            _add(per_agent[row["agent"]], row)
         total = _zero()
         for row in inside:
+            _add(per_agent[row["agent"]], row)
             _add(total, row)
         periods[name] = {"since": start.isoformat(), "until": today.isoformat(), **total,
                          "agents": [{"agent": agent, **counts}
@@ -200,8 +199,8 @@ class Changes:
     `tally tail --once`, `import` or `compact` left. A look is a few `stat` calls."""
 
     home: Home
-    _feed: FeedReader | None = None
-    _seen: dict[str, tuple[float, int] | None] = field(default_factory=dict)
+    _feed: FeedReader = field(init=False)
+    _seen: dict[str, tuple[float, int] | None] = field(init=False)
 
     def __post_init__(self) -> None:
         self._feed = FeedReader(feed_path(self.home))
@@ -210,7 +209,6 @@ class Changes:
 
     def look(self) -> list[dict[str, Any]]:
         """The changes since the last look: one `batch` per feed line, else one `changed`."""
-        assert self._feed is not None
         found: list[dict[str, Any]] = []
         for line in self._feed.lines():
             try:

@@ -12,6 +12,7 @@ from pipeline.lake import reread_if_vanished
 from pipeline.query import ReportQuery
 from pipeline.reports import all_events, open_cells
 
+STATUSES = ("started", "in_progress", "blocked", "completed", "failed")
 PROGRESS_COLUMNS = ("agent", "task", "name", "status", "progress", "last_update", "snapshots",
                     "tokens", "cost_usd", "deliverables", "components_completed", "remaining")
 _FOLDED = ("name", "status", "progress", "deliverables", "components_completed", "remaining")

@@ -30,7 +30,8 @@ COST_MODES = ("auto", "calculate")
 REPORT_COLUMNS = ("events", *BUCKETS, "total_tokens", "cost_usd", "unpriced_events")
 KEY_COLUMN = {"session": "session_id"}
 OPTIONAL_ENVELOPE = ("role", "phase", "session_id", "project", "branch")
-TIME_FORMAT = {"day": "%Y-%m-%d", "week": "%G-W%V", "month": "%Y-%m"}
+DAY_FORMAT = "%Y-%m-%d"  # how a day is given: --since, --until, the API's since/until
+TIME_FORMAT = {"day": DAY_FORMAT, "week": "%G-W%V", "month": "%Y-%m"}
 
 TASK_PAIR = ["agent", "task"]  # snapshot increments count per (agent, task) pair
 FIRST_DAY, LAST_DAY = date(2, 1, 1), date(9998, 12, 31)

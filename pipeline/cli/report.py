@@ -3,8 +3,6 @@ each parses, calls one library function, renders."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
@@ -26,9 +24,10 @@ from pipeline.cli.options import (
 )
 from pipeline.config import Home
 from pipeline.errors import LakeError, UsageError
-from pipeline.progress import run_progress
+from pipeline.progress import STATUSES, run_progress
 from pipeline.query import (
     COST_MODES,
+    DAY_FORMAT,
     DEFAULT_BY,
     GROUP_KEYS,
     ReportQuery,
@@ -40,6 +39,7 @@ from pipeline.records import (
     cell_text,
     csv_text,
     json_records,
+    json_text,
     numeric,
     parquet_bytes,
     plain,
@@ -58,8 +58,7 @@ from pipeline.reports import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "json", "csv", "markdown")
-STATUSES = ("started", "in_progress", "blocked", "completed", "failed")
-DAY = click.DateTime(formats=["%Y-%m-%d"])
+DAY = click.DateTime(formats=[DAY_FORMAT])
 
 
 # ---------------------------------------------------------------- shared options
@@ -140,16 +139,25 @@ def _table_lines(frame: pl.DataFrame, totals: bool, markdown: bool) -> list[str]
     return out
 
 
+def rendered(frame: pl.DataFrame, fmt: str, *, totals: bool = False) -> str | None:
+    """A result frame as the text of a table, JSON array, CSV or Markdown table; None for a
+    table of no rows."""
+    if fmt == "json":
+        return json_text(json_records(frame)) + "\n"
+    if fmt == "csv":
+        return csv_text(frame)
+    if frame.height == 0:
+        return None
+    return "\n".join(_table_lines(frame, totals, markdown=fmt == "markdown")) + "\n"
+
+
 def render(frame: pl.DataFrame, fmt: str, *, totals: bool = False) -> None:
     """Print a result frame as a table, JSON array, CSV or Markdown table."""
-    if fmt == "json":
-        echo_json(json_records(frame))
-    elif fmt == "csv":
-        click.echo(csv_text(frame), nl=False)
-    elif frame.height == 0:
+    text = rendered(frame, fmt, totals=totals)
+    if text is None:
         click.echo("no events match", err=True)
     else:
-        click.echo("\n".join(_table_lines(frame, totals, markdown=fmt == "markdown")))
+        click.echo(text, nl=False)
 
 
 def _warn_unpriced(models: list[str], events: int) -> None:
@@ -237,10 +245,10 @@ def _write_report(rows: pl.DataFrame, fmt: str, query: ReportQuery, unpriced: li
     elif fmt == "parquet":
         data = parquet_bytes(rows)
     else:
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            render(rows, fmt, totals=True)
-        data = buffer.getvalue().encode()
+        text = rendered(rows, fmt, totals=True)
+        if text is None:
+            click.echo("no events match", err=True)
+        data = (text or "").encode()
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()

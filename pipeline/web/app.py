@@ -35,7 +35,7 @@ from pipeline.charts import MEASURES, cache_dir, javascript_bundle, usage_spec
 from pipeline.config import Home
 from pipeline.dashboard import Changes, alerts_view, live_view, overview, quarantine_view, today_in
 from pipeline.errors import InternalError, TallyError, UsageError
-from pipeline.progress import run_progress
+from pipeline.progress import STATUSES, run_progress
 from pipeline.query import COST_MODES, check_timezone
 from pipeline.records import csv_text, json_records, json_text
 from pipeline.reports import run_report
@@ -43,7 +43,6 @@ from pipeline.web.params import Params, report_query
 
 STATIC = Path(__file__).parent / "static"
 TOKEN_COOKIE = "tally_token"
-STATUSES = ("started", "in_progress", "blocked", "completed", "failed")
 POLL_SECONDS = 0.25  # how often the stream looks for new batches: well within 2 s
 KEEP_ALIVE_SECONDS = 15.0
 SECURITY_HEADERS = {

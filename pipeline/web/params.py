@@ -12,6 +12,7 @@ from datetime import date, datetime
 from pipeline.errors import UsageError
 from pipeline.query import (
     COST_MODES,
+    DAY_FORMAT,
     DEFAULT_BY,
     ReportQuery,
     check_day,
@@ -22,7 +23,6 @@ from pipeline.query import (
 
 REPEATABLE = ("agent", "role", "phase", "model", "status")
 LIST_LIMIT = 10_000
-DAY_FORMAT = "%Y-%m-%d"  # click.DateTime's, as the CLI's --since and --until take it
 
 
 @dataclass(frozen=True)
