@@ -3,8 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 HOME_DIR ?= .tally-demo
+# Daft on Ray for the scale tests, apart from .venv: they pull pyarrow down a major version.
+SCALE := .venv-scale
+SCALE_PACKAGES := daft==0.7.26 ray==2.60.0 deltalake==1.6.3
 
-.PHONY: setup demo test test-quick lint browser bench clean
+.PHONY: setup demo test test-quick lint browser scale bench clean
 
 $(BIN)/tally: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,7 +22,7 @@ demo: setup
 	TALLY_HOME=$(HOME_DIR) ./scripts/demo.sh
 
 lint: setup
-	$(BIN)/ruff check pipeline tests bench scripts
+	$(BIN)/ruff check pipeline tests bench scripts examples
 	$(BIN)/mypy pipeline
 
 # Debian's Chromium for the dashboard's browser tests: installed with apt where this runs as
@@ -36,7 +39,17 @@ browser:
 	    echo "no chromium, and apt needs root: the browser tests will be skipped"; \
 	  fi; }
 
-test: lint browser
+# .venv-scale, built once (the stamp names what is in it); offline, the scale tests are skipped.
+scale:
+	@if [ "$$(cat $(SCALE)/.installed 2>/dev/null)" != "$(SCALE_PACKAGES)" ]; then \
+	  echo "installing $(SCALE_PACKAGES) into $(SCALE) for the scale tests"; \
+	  { [ -x $(SCALE)/bin/python ] || $(PY) -m venv $(SCALE); } \
+	  && $(SCALE)/bin/pip install --quiet $(SCALE_PACKAGES) \
+	  && echo "$(SCALE_PACKAGES)" > $(SCALE)/.installed \
+	  || echo "could not install $(SCALE_PACKAGES): the scale tests will be skipped"; \
+	fi
+
+test: lint browser scale
 	$(BIN)/pytest -q
 
 test-quick: lint
@@ -53,4 +66,4 @@ bench: setup
 	$(BIN)/python -m bench.serve
 
 clean:
-	rm -rf $(VENV) $(HOME_DIR) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SCALE) $(HOME_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -31,7 +31,7 @@ from pipeline.counting import (
     with_local_date,
 )
 from pipeline.lake import Events, open_events
-from pipeline.ledger import open_table
+from pipeline.ledger import open_table, table_path
 from pipeline.pricing import PriceTable, pricing_for
 from pipeline.query import (
     ReportQuery,
@@ -44,7 +44,7 @@ from pipeline.query import (
 from pipeline.rollups import SOURCES, reflected, rollup_path, touched_since
 
 USAGE, PROGRESS, CONTEXT = "agent_token_usage", "task_progress", "context_compiled"
-ROLLUP_KEYS = {"agent", "role", "phase", "model", "project", "branch", "_date"}
+ROLLUP_KEYS = {"agent", "role", "phase", "model", "project", "branch", "host", "_date"}
 PAIR = ["agent", "task"]
 
 
@@ -71,17 +71,18 @@ class ReadModel:
 
     def _opened(self, name: str) -> pl.LazyFrame | None:
         event_type = SOURCES[name]
-        source_log = self.home.lake / event_type / "_delta_log"
-        if not source_log.is_dir():
+        place = table_path(self.home, event_type)
+        if place.is_local and not (place.path / "_delta_log").is_dir():
             return None
         rollup = open_table(rollup_path(self.home, name))
         if rollup is None:
             return None
         version = reflected(rollup)
-        if version is not None and not (source_log / f"{version + 1:020d}.json").exists():
+        if (place.is_local and version is not None
+                and not (place.path / "_delta_log" / f"{version + 1:020d}.json").exists()):
             touched: set[str] | None = set()  # no commit after the one it reflects
         else:
-            source = open_table(source_log.parent)
+            source = open_table(place)
             touched = None if source is None else touched_since(source, version)
         if touched is None:
             return None

@@ -3,19 +3,27 @@ applied (pipeline.resolve), rows the lake refuses quarantined (pipeline.poison),
 write itself: an append, or, when lake rows are replaced, one MERGE that deletes them and
 inserts their winners. Either way one atomic commit, carrying the streams' transactions
 (pipeline.ledger) and the dates it touched (`tally.dates`, which the rollups follow).
+
+Every commit that adds or deletes events also carries `Transaction(FLEET_APP, ...)`. Hosts
+sharing a lake all do, so delta-rs refuses the second of two commits made from the same
+table version ("concurrent transaction"): the duplicate rule's decisions, taken against the
+version a commit was planned on, always hold for the version it lands on. A refused commit
+raises `CommitConflict`, and compaction plans again (pipeline.compactor).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError
 
 from pipeline.dedupe import id_hash
-from pipeline.errors import LakeError, StorageError, display_path, native_stderr_captured
-from pipeline.ledger import dates_sql, open_table
+from pipeline.errors import LakeError, StorageError, native_stderr_captured
+from pipeline.ledger import HOST, REMOTE_HINT, dates_sql
 from pipeline.maintenance import (
     data_files,
     is_storage_refusal,
@@ -24,23 +32,27 @@ from pipeline.maintenance import (
 )
 from pipeline.poison import Unwritable, scratch_probe, split_writable
 from pipeline.resolve import FILE, ROW, Resolution, staged_scan
+from pipeline.storage import Location, is_unreachable
 
 TOMBSTONE = "_tombstone"
 DATES_KEY = "tally.dates"
+FLEET_APP = "tally-lake"  # every commit of events carries it (see above)
 WRITER = WriterProperties(compression="ZSTD")
 
 
 @dataclass(frozen=True)
 class Commit:
     """One Delta commit to make: its table, its stage files (FILE numbers from `first`),
-    per stream (by app id) the highest batch among them, and the run's decisions."""
+    per stream (by app id) the highest batch among them, the run's decisions, and the
+    host that staged the rows."""
 
     event_type: str
-    table: Path
+    table: Location
     files: list[Path]
     batches: dict[str, int]
     first: int
     resolution: Resolution
+    host: str
 
     @property
     def numbers(self) -> set[int]:
@@ -77,6 +89,10 @@ def read_rows(commit: Commit) -> Rows:
     return Rows(data, unreadable)
 
 
+class CommitConflict(Exception):
+    """Another writer committed to the table since the commit was planned: plan again."""
+
+
 class RowsRefused(Exception):
     """A write failed for something in the rows, not the file system."""
 
@@ -85,14 +101,15 @@ class RowsRefused(Exception):
         self.error = error
 
 
-def write_commit(commit: Commit, data: pl.DataFrame
+def write_commit(commit: Commit, data: pl.DataFrame, table: DeltaTable | None
                  ) -> tuple[pl.DataFrame, list[Unwritable]]:
-    """Write a commit's rows under the run's decisions. Returns what was written and the
-    rows the lake refused (to be quarantined)."""
+    """Write a commit's rows under the run's decisions, through `table` (the version they
+    were planned on; None: no table yet). Returns what was written and the rows the lake
+    refused (to be quarantined); CommitConflict if another writer came first."""
     rows, unwritable = split_writable(commit.resolution.kept(data))
     tombstones = commit.resolution.tombstones(commit.numbers)
     try:
-        _write(commit, rows, tombstones)
+        _write(commit, table, rows, tombstones)
     except RowsRefused as refused:
         probe, cleanup = scratch_probe(_trial_write)
         try:
@@ -102,11 +119,12 @@ def write_commit(commit: Commit, data: pl.DataFrame
         if not more:
             raise refused.error from refused
         unwritable += more
-        _write(commit, rows, tombstones)
+        _write(commit, table, rows, tombstones)
     return rows, unwritable
 
 
-def _write(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> None:
+def _write(commit: Commit, table: DeltaTable | None, rows: pl.DataFrame,
+           tombstones: pl.DataFrame) -> None:
     """One Delta commit; a failed one leaves no files behind, and says why in one line."""
     # A write adds files only to the partitions of its rows and of the rows it deletes.
     dates = date_texts(pl.concat([rows["date"], tombstones["date"]]))
@@ -114,25 +132,32 @@ def _write(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> None
     try:
         with native_stderr_captured() as captured:
             if tombstones.is_empty():
-                _append(commit, rows)
+                _append(commit, table, rows)
             else:
-                _replace(commit, rows, tombstones)
+                _replace(commit, table, rows, tombstones)
     except Exception as exc:
         remove_uncommitted_files(commit.table, before=before, dates=dates)
+        if isinstance(exc, CommitFailedError):
+            raise CommitConflict(str(exc)) from exc
         panic = panic_summary("".join(captured))
         detail = (str(exc).splitlines() or [""])[0] or panic or type(exc).__name__
         if is_storage_refusal(exc, panic):
-            raise StorageError(f"cannot write the lake: {detail}", path=commit.table,
+            raise StorageError(f"cannot write the lake: {detail}", path=str(commit.table),
                                hint="free space or fix the permissions, then run compact "
                                     "again; the stage is untouched, nothing was lost") from exc
-        error = LakeError(f"commit to {display_path(commit.table)} failed: {detail}",
+        if not commit.table.is_local and is_unreachable(f"{exc} {panic}"):
+            raise LakeError(f"cannot write the lake table {commit.table}: {detail[:300]}",
+                            hint=REMOTE_HINT) from exc
+        error = LakeError(f"commit to {commit.table} failed: {detail}",
                           hint="the stage is untouched; fix the cause and run compact again")
         raise RowsRefused(error) from exc
 
 
-def lake_rows(rows: pl.DataFrame) -> pl.DataFrame:
-    """Staged rows as the lake holds them: with `_id_hash`, without FILE and ROW."""
-    return rows.drop(FILE, ROW, strict=False).with_columns(id_hash())
+def lake_rows(rows: pl.DataFrame, host: str) -> pl.DataFrame:
+    """Staged rows as the lake holds them: with `_id_hash` and the host that staged them,
+    without FILE and ROW."""
+    return rows.drop(FILE, ROW, strict=False).with_columns(id_hash(),
+                                                           pl.lit(host, pl.String).alias(HOST))
 
 
 def date_texts(dates: pl.Series) -> list[str]:
@@ -143,27 +168,39 @@ def date_texts(dates: pl.Series) -> list[str]:
 def _properties(commit: Commit, dates: pl.Series) -> CommitProperties:
     touched = ",".join(date_texts(dates))
     return CommitProperties(
-        app_transactions=[Transaction(app, batch) for app, batch in commit.batches.items()],
+        app_transactions=[*(Transaction(app, batch) for app, batch in commit.batches.items()),
+                          fleet_transaction()],
         custom_metadata={"tally.batch": str(max(commit.batches.values())),
                          DATES_KEY: touched})
 
 
-def _append(commit: Commit, rows: pl.DataFrame) -> None:
+def fleet_transaction() -> Transaction:
+    """The transaction every commit of events carries (its version: when, in ms)."""
+    return Transaction(FLEET_APP, time.time_ns() // 1_000_000)
+
+
+def _append(commit: Commit, table: DeltaTable | None, rows: pl.DataFrame) -> None:
     # Through the table opened before, if any: the commit brings it up to date (ledger).
-    target = open_table(commit.table) or str(commit.table)
-    write_deltalake(target, lake_rows(rows), mode="append", partition_by=["date"],
+    if table is None:
+        write_deltalake(commit.table.uri, lake_rows(rows, commit.host), mode="append",
+                        partition_by=["date"], schema_mode="merge", writer_properties=WRITER,
+                        commit_properties=_properties(commit, rows["date"]),
+                        storage_options=commit.table.storage_options)
+        return
+    write_deltalake(table, lake_rows(rows, commit.host), mode="append", partition_by=["date"],
                     schema_mode="merge", writer_properties=WRITER,
                     commit_properties=_properties(commit, rows["date"]))
 
 
-def _replace(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> None:
+def _replace(commit: Commit, table: DeltaTable | None, rows: pl.DataFrame,
+             tombstones: pl.DataFrame) -> None:
     """Insert `rows` and delete the lake rows `tombstones` (event_id, date) they replace."""
-    written = lake_rows(rows).with_columns(pl.lit(False).alias(TOMBSTONE))
+    written = lake_rows(rows, commit.host).with_columns(pl.lit(False).alias(TOMBSTONE))
     doomed = tombstones.with_columns(pl.lit(True).alias(TOMBSTONE))
     source = pl.concat([written, doomed], how="diagonal_relaxed")
     days = dates_sql(tombstones["date"].cast(pl.String).to_list())
     columns = [name for name in written.columns if name != TOMBSTONE]
-    table = open_table(commit.table) or DeltaTable(str(commit.table))
+    table = table or DeltaTable(commit.table.uri, storage_options=commit.table.storage_options)
     (table.merge(source, predicate=f"s.{TOMBSTONE} AND t.date IN {days} AND "
                                    "t.event_id = s.event_id AND t.date = s.date",
                  source_alias="s", target_alias="t", merge_schema=True, writer_properties=WRITER,
@@ -177,8 +214,21 @@ def _replace(commit: Commit, rows: pl.DataFrame, tombstones: pl.DataFrame) -> No
 
 def _trial_write(uri: str, rows: pl.DataFrame) -> None:
     with native_stderr_captured():
-        write_deltalake(uri, lake_rows(rows), mode="append", partition_by=["date"],
+        write_deltalake(uri, lake_rows(rows, ""), mode="append", partition_by=["date"],
                         schema_mode="merge")
+
+
+def create_table(place: Location, rows: pl.DataFrame, host: str) -> None:
+    """Make an empty table with the columns of `rows`, unless another writer made it first
+    (in an object store, hosts may race to make one)."""
+    from deltalake.exceptions import DeltaError
+
+    try:
+        with native_stderr_captured():
+            write_deltalake(place.uri, lake_rows(rows.head(0), host), mode="error",
+                            partition_by=["date"], storage_options=place.storage_options)
+    except DeltaError:
+        pass  # made meanwhile: the caller opens it
 
 
 def rewrite_dates(table: DeltaTable, dates: list[str], rows: pl.DataFrame) -> None:
@@ -188,4 +238,5 @@ def rewrite_dates(table: DeltaTable, dates: list[str], rows: pl.DataFrame) -> No
                         predicate=f"date IN {dates_sql(dates)}", schema_mode="merge",
                         writer_properties=WRITER,
                         commit_properties=CommitProperties(
+                            app_transactions=[fleet_transaction()],
                             custom_metadata={DATES_KEY: ",".join(dates)}))

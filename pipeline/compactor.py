@@ -5,6 +5,11 @@ batches of, N the highest (pipeline.ledger). Stage files of batches a table alre
 are deleted, never written again. A kill at any point therefore leaves either the old
 table plus the stage files, or the new table plus stage files that the next run removes.
 
+Hosts that share a lake in an object store compact at the same moments: a commit another
+host's commit came before is refused (`CommitConflict`, see pipeline.commits), and the run
+plans again from the table as it now is (the batches already in it are skipped, the
+duplicate rule decides again), after a short random wait.
+
 Nothing a single file or event holds stops a run: a stage file that cannot be read is
 set aside and staged again from the logs (pipeline.recovery), and rows the lake cannot
 take are quarantined with their origin while the rest is committed (pipeline.poison).
@@ -12,6 +17,7 @@ take are quarantined with their origin while the rest is committed (pipeline.poi
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,11 +29,13 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from pipeline.checkpoint import read_watermark
+from pipeline.checkpoint import Watermark, read_watermark
 from pipeline.commits import (
     Commit,
+    CommitConflict,
     Rows,
     add_partition_date,
+    create_table,
     date_texts,
     read_rows,
     rewrite_dates,
@@ -55,6 +63,7 @@ from pipeline.ledger import (
     table_path,
 )
 from pipeline.maintenance import (
+    check_retention,
     checkpoint_if_due,
     compaction_lock,
     killed_writes_removed,
@@ -74,11 +83,14 @@ from pipeline.swap import recover_interrupted_rebuild
 # 250k; 10M events: 1.28 GB vs 0.70 GB) while CPU time stays the same. Reading the next
 # commit's files during a write holds two commits' rows: 600-640 MB at 2M, 683-756 MB at 10M.
 ROWS_PER_COMMIT = 250_000
+# Plans a run may make when other hosts keep committing first (each wait up to 2 s).
+MAX_PLANS = 30
 Progress = Callable[[int, int], None]
 # Test hook for the kill tests: TALLY_FAULT=compact:<point>:<n> SIGKILLs this process the
 # n-th time (default 1st) it reaches <point>: `before_write` (just before a Delta write) or
 # `after_commit` (a commit done, its stage files not yet removed). Never set in production.
-__all__ = ["CompactionResult", "optimize_lake", "run_compaction", "vacuum_lake"]
+__all__ = ["CompactionResult", "check_retention", "optimize_lake", "run_compaction",
+           "vacuum_lake"]
 
 
 @dataclass
@@ -97,6 +109,7 @@ class CompactionResult:
     uncommitted_files_removed: int = 0
     upgraded: dict[str, int] = field(default_factory=dict)  # duplicates deleted per table
     rollups_rebuilt: list[str] = field(default_factory=list)  # computed again whole
+    conflicts: int = 0  # commits refused because another host committed first
     recovered: list[str] = field(default_factory=list)  # what an interrupted rebuild left
 
     @property
@@ -120,14 +133,7 @@ def run_compaction(home: Home, *, lock_timeout: float | None = None,
             killed_writes_removed(home, [*table_dirs(home), *rollup_dirs(home)]) as removed:
         result.uncommitted_files_removed = removed
         try:
-            watermark = read_watermark(home.state)
-            plan = {t: staged_files(home.stage, t, watermark) for t in _staged_types(home)}
-            rows = _count_rows(home, plan, result)
-            total = sum(rows.values())
-            with _Run(home, result, _Budget(rows, rows_per_commit),
-                      lambda n: progress(n, total) if progress else None) as run:
-                _make_commits(run, [commit for event_type, files in plan.items()
-                                    for commit in _plan_commits(run, event_type, files)])
+            watermark = _commit_stage(home, result, progress, rows_per_commit)
             result.rollups_rebuilt = _sync_rollups(home)
             result.optimized = _tidy(home)
             prune(home.state, _still_staged(home), watermark.stream)
@@ -138,6 +144,36 @@ def run_compaction(home: Home, *, lock_timeout: float | None = None,
             raise
     result.seconds = time.monotonic() - started
     return result
+
+
+def _commit_stage(home: Home, result: CompactionResult, progress: Progress | None,
+                  rows_per_commit: int) -> Watermark:
+    """Commit the stage's batches, planning again when another host commits first; the
+    watermark they were planned under."""
+    for plans in range(1, MAX_PLANS + 1):
+        watermark = read_watermark(home.state)
+        plan = {t: staged_files(home.stage, t, watermark) for t in _staged_types(home)}
+        rows = _count_rows(home, plan, result)
+        total = sum(rows.values())
+        try:
+            with _Run(home, result, _Budget(rows, rows_per_commit),
+                      _reporter(progress, total)) as run:
+                _make_commits(run, [commit for event_type, files in plan.items()
+                                    for commit in _plan_commits(run, event_type, files)])
+            return watermark
+        except CommitConflict as conflict:
+            result.conflicts += 1
+            if plans == MAX_PLANS:
+                raise LakeError(f"other writers committed first {plans} times in a row: "
+                                f"{conflict}", hint="the stage is untouched; run compact "
+                                "again (each host's runs are best spread apart)") from conflict
+            time.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** plans)))
+    raise AssertionError("unreachable")
+
+
+def _reporter(progress: Progress | None, total: int) -> Callable[[int], None]:
+    """Progress of a plan's commits: rows done, out of `total`."""
+    return lambda done: progress(done, total) if progress else None
 
 
 def _sync_rollups(home: Home) -> list[str]:
@@ -230,6 +266,7 @@ class _Run:
                  progress: Callable[[int], None]) -> None:
         self.home, self.result, self.budget, self.progress = home, result, budget, progress
         self.done = 0
+        self.snapshots: dict[str, DeltaTable | None] = {}  # the versions commits are planned on
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="tally-stage-reader")
         self._remover = ThreadPoolExecutor(1, thread_name_prefix="tally-stage-remover")
         self._removals: list[Future[None]] = []
@@ -268,24 +305,31 @@ def _plan_commits(run: _Run, event_type: str,
                   files: list[tuple[BatchId, Path]]) -> list[Commit]:
     """The commits that bring a type's stage files into its table, with the duplicate
     rule's decisions for them; deletes the stage files the table has already."""
-    path = table_path(run.home, event_type)
+    path, host = table_path(run.home, event_type), run.home.host
     table = open_table(path)
     check_not_behind(run.home, event_type, table)
-    held = {stream: stream_batch(table, stream) for stream in {b.stream for b, _ in files}}
+    held = {stream: stream_batch(table, stream, host) for stream in {b.stream for b, _ in files}}
     run.remove(event_type, [f for b, f in files if b.number <= held[b.stream]])
     pending = [(b, f) for b, f in files if b.number > held[b.stream]]
     if not pending:
         return []
+    if table is None and not path.is_local:
+        # Hosts may race to make it: an empty table first, so that every commit of rows
+        # is made from a version, and refused if another came first.
+        create_table(path, add_partition_date(staged_scan([pending[0][1]])).head(0).collect(),
+                     host)
+        return _plan_commits(run, event_type, files)
     try:
         table = _upgraded(run, event_type, table)
         resolution = _resolved(run, event_type, [f for _, f in pending], table)
     except FileNotFoundError as exc:  # a data file of the table is gone
-        raise DamagedFile("lake table", path, f"a data file it references is missing: {exc}",
+        raise DamagedFile("lake table", str(path), f"a data file it references is missing: {exc}",
                           hint=REBUILD_HINT) from exc
+    run.snapshots[event_type] = table
     commits, first = [], 0
     for chunk in _chunks(pending, run.budget):
-        commits.append(Commit(event_type, path, [f for _, f in chunk], _highest(chunk), first,
-                              resolution))
+        commits.append(Commit(event_type, path, [f for _, f in chunk], _highest(chunk, host),
+                              first, resolution, host))
         first += len(chunk)
     return commits
 
@@ -315,10 +359,10 @@ def _upgraded(run: _Run, event_type: str, table: DeltaTable | None) -> DeltaTabl
     return open_table(table_path(run.home, event_type))
 
 
-def _highest(chunk: list[tuple[BatchId, Path]]) -> dict[str, int]:
+def _highest(chunk: list[tuple[BatchId, Path]], host: str) -> dict[str, int]:
     batches: dict[str, int] = {}
     for batch, _ in chunk:
-        key = app_id(batch.stream)
+        key = app_id(batch.stream, host)
         batches[key] = max(batches.get(key, 0), batch.number)
     return batches
 
@@ -333,7 +377,7 @@ def _make_commits(run: _Run, commits: list[Commit]) -> None:
         data = _with_restaged(run, rows)
         raise_high_water(run.home, commit.batches)
         fault("compact", "before_write")
-        data, unwritable = write_commit(commit, data)
+        data, unwritable = write_commit(commit, data, run.snapshots.get(commit.event_type))
         fault("compact", "after_commit")
         if unwritable:
             quarantine_unwritable(run.home, unwritable)

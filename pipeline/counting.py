@@ -13,7 +13,8 @@ import polars as pl
 
 BUCKETS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
            "other_tokens")
-ENVELOPE = ("ts", "agent", "role", "phase", "session_id", "task", "model", "project", "branch")
+ENVELOPE = ("ts", "agent", "role", "phase", "session_id", "task", "model", "project", "branch",
+            "host")
 NANO = 1_000_000_000
 # An `extra` counter in task_progress.tokens_used JSON text: `"name": 123`.
 _EXTRA_COUNTER = r'"\s*:\s*[0-9]+'

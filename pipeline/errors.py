@@ -141,7 +141,7 @@ class LakeError(TallyError):
 class DamagedFile(LakeError):
     """A file tally wrote (checkpoint, stage batch) cannot be read back."""
 
-    def __init__(self, what: str, path: Path, detail: str, *, hint: str) -> None:
+    def __init__(self, what: str, path: Path | str, detail: str, *, hint: str) -> None:
         super().__init__(f"{what} {display_path(path)} is damaged: {detail}", hint=hint)
         self.path = path
 

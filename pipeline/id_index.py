@@ -21,13 +21,13 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from urllib.parse import unquote
 
 import orjson
 import polars as pl
 from deltalake import DeltaTable
 
 from pipeline.dedupe import ID_HASH
+from pipeline.storage import Location
 
 INDEX_DIR = "id_index"
 MANIFEST = "index.json"
@@ -47,9 +47,11 @@ def index_dir(state: Path, event_type: str) -> Path:
     return state / INDEX_DIR / event_type
 
 
-def lake_hashes(directory: Path, table: DeltaTable, table_dir: Path) -> pl.LazyFrame:
+def lake_hashes(directory: Path, table: DeltaTable, table_dir: Location | Path) -> pl.LazyFrame:
     """(`_id_hash`, `date`) of every row of `table` (at `table_dir`), and perhaps of rows
     since deleted: the index in `directory` brought up to date with the table first."""
+    if isinstance(table_dir, Path):
+        table_dir = Location.local(table_dir)
     files = _current_files(table)
     manifest = _load(directory, str(table.metadata().id))
     fresh = sorted(set(files) - manifest.covered)
@@ -88,18 +90,20 @@ def _current_files(table: DeltaTable) -> dict[str, date | None]:
     return dict(zip(actions.get_column("path").to_list(), dates.to_list(), strict=True))
 
 
-def _read_hashes(root: Path, paths: list[str], dates: dict[str, date | None]) -> pl.LazyFrame:
+def _read_hashes(root: Location, paths: list[str],
+                 dates: dict[str, date | None]) -> pl.LazyFrame:
     """(`_id_hash`, `date`) of the rows of the data files `paths` of the table at `root`."""
     if not paths:
         return pl.LazyFrame(schema=SCHEMA)
-    located = [str(root / unquote(path)) for path in paths]  # the log's paths are URL-encoded
+    located = [root.file(path) for path in paths]  # the log's paths are URL-encoded
     dated = pl.LazyFrame({"_path": located, "date": [dates[p] for p in paths]},
                          schema={"_path": pl.String, "date": pl.Date})
     # Files of older schemas lack columns of newer ones: only `_id_hash` is read. No glob:
     # these are file names, never patterns. A path not matched keeps its hashes (date
     # null: `resolve` then reads every date).
     scan = pl.scan_parquet(located, schema={ID_HASH: pl.Int64}, extra_columns="ignore",
-                           glob=False, include_file_paths="_path")
+                           glob=False, include_file_paths="_path",
+                           storage_options=root.storage_options)
     return (scan.drop_nulls(ID_HASH).join(dated, on="_path", how="left")
             .select(ID_HASH, "date"))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import polars as pl
@@ -20,7 +19,7 @@ from pipeline.config import Home
 from pipeline.dedupe import ID_HASH, ORIGIN, dedupe, id_hash, losers, matching_hashes
 from pipeline.errors import DamagedFile, native_stderr_captured
 from pipeline.frames import conform, stage_schema
-from pipeline.ledger import REBUILD_HINT, open_table, stream_batch, table_path
+from pipeline.ledger import HOST, REBUILD_HINT, open_table, stream_batch, table_path
 from pipeline.resolve import needs_upgrade
 from pipeline.schemas import SchemaSet, load_schemas
 from pipeline.stage import BatchId, staged_files
@@ -107,7 +106,7 @@ def scan_events(home: Home, event_type: str,
 
 def open_events(home: Home, event_type: str, schemas: SchemaSet | None = None) -> Events:
     """A type's lake rows and staged rows, each event once (see `Events`)."""
-    schema = stage_schema(event_type, schemas or load_schemas())
+    schema = {**stage_schema(event_type, schemas or load_schemas()), HOST: pl.String()}
     # Stage first, table second. A stage file is deleted only after its commit, so one that
     # vanishes before we read it is in the table we open next; batches read from the stage
     # that the table already holds are dropped.
@@ -121,9 +120,10 @@ def open_events(home: Home, event_type: str, schemas: SchemaSet | None = None) -
     parts = []
     for batch, frame in staged:
         if batch.stream not in held:
-            held[batch.stream] = stream_batch(table, batch.stream)
-        if batch.number > held[batch.stream]:
-            parts.append(conform(frame.lazy(), schema))
+            held[batch.stream] = stream_batch(table, batch.stream, home.host)
+        if batch.number > held[batch.stream]:  # staged here: this host's
+            parts.append(conform(frame.lazy(), schema).with_columns(
+                pl.col(HOST).fill_null(home.host)))
     stage = dedupe(pl.concat(parts, how="vertical"), event_type) if parts else None
     opened = Events(stage, _NO_EVENT_IDS, table=lambda: table, schema=schema,
                     event_type=event_type)
@@ -190,7 +190,7 @@ def reread_if_vanished(read: Callable[P, T]) -> Callable[P, T]:
                     raise
                 if attempt == READ_ATTEMPTS - 1:
                     missing = getattr(exc, "filename", None) or str(exc).rpartition(": ")[2]
-                    raise DamagedFile("lake file", Path(missing), "it is missing",
+                    raise DamagedFile("lake file", missing, "it is missing",
                                       hint=REBUILD_HINT) from exc
         raise AssertionError("unreachable")
 
@@ -199,4 +199,5 @@ def reread_if_vanished(read: Callable[P, T]) -> Callable[P, T]:
 
 def _vanished(exc: BaseException) -> bool:
     text = str(exc)
-    return isinstance(exc, FileNotFoundError) or "No such file" in text or "os error 2)" in text
+    return (isinstance(exc, FileNotFoundError) or "No such file" in text or "os error 2)" in text
+            or ("Object at location" in text and "not found" in text))  # an object store's

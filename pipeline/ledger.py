@@ -1,20 +1,23 @@
 """Which stage batches the lake holds, and which table versions compaction made.
 
-Each Delta commit of a compaction records `Transaction(app_id(S), N)` for every stream S
-it holds batches of, N the highest. Stage batches of S numbered up to N are in that table.
-A stream's numbers never fall behind what the lake holds: a tailer that finds its
-checkpoint behind the lake (restored from a backup, replaced after damage) starts a new
-stream (see `Tailer`). So that the tailer need not load deltalake (its threads would keep
-it from forking its workers), compaction writes the highest batch of each stream to
-`lake/_tally_batches.json` before each commit: never below what the tables hold.
+Each Delta commit of a compaction records `Transaction(app_id(S, H), N)` for every stream S
+it holds batches of, N the highest, H the host that staged them (`[host] id`): on a lake
+many hosts share, each commits under app ids of its own. Stage batches of S numbered up
+to N are in that table. A stream's numbers never fall behind what the lake holds: a tailer
+that finds its checkpoint behind the lake (restored from a backup, replaced after damage)
+starts a new stream (see `Tailer`). So that the tailer need not load deltalake (its
+threads would keep it from forking its workers), compaction writes the highest batch of
+each stream to `lake/_tally_batches.json` before each commit: never below what the tables
+hold. (For a lake in an object store, that file stays in the home's local `lake/`.)
 
 Compaction also records, in `state/lake.json`, the version each table had after its last
 commit. A table found at an older version lost commits (files deleted under `_delta_log/`):
 its events are gone from the lake although the stage no longer holds them, which is said
 loudly instead of compacting on top.
 
-deltalake is imported only when a table is opened, so a tailer over a home without a lake
-never loads it.
+Tables are opened where `[lake] uri` says (pipeline.storage): a local directory, or an
+object store that other hosts write too. deltalake is imported only when a table is opened,
+so a tailer over a home without a lake never loads it.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from typing import TYPE_CHECKING
 import orjson
 
 from pipeline.config import Home
-from pipeline.errors import DamagedFile, LakeError, display_path
+from pipeline.errors import DamagedFile, LakeError
+from pipeline.schemas import load_schemas
 from pipeline.stage import fsync_dir, write_atomic
+from pipeline.storage import Location
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -42,38 +47,57 @@ REBUILD_HINT = ("`tally rebuild` replays the logs into a fresh lake (it refuses 
                 "no longer hold every event the lake held)")
 
 
-def app_id(stream: str) -> str:
-    """The Delta app id of a stream's batches ("tally-stage" for homes older than streams)."""
+def app_id(stream: str, host: str = "") -> str:
+    """The Delta app id of a stream's batches staged on `host`; without a host, the id
+    older tallies used ("tally-stage" for homes older than streams)."""
+    if host:
+        return f"{APP_ID}-{host}-{stream}"
     return f"{APP_ID}-{stream}" if stream else APP_ID
 
 
-def table_path(home: Home, event_type: str) -> Path:
+def table_path(home: Home, event_type: str) -> Location:
     """Where the Delta table of an event type lives."""
-    return home.lake / event_type
+    return home.lake_location / event_type
 
 
+HOST = "host"  # the lake column naming the host that staged an event
 ROLLUPS_DIR = "_rollups"  # lake/_rollups/<name>: tables derived from the events
+ROLLUP_NAMES = ("usage", "usage_tasks", "increments", "context")  # pipeline.rollups
 
 
-def table_dirs(home: Home) -> list[Path]:
-    """The directories under lake/ that hold an event table."""
+def table_dirs(home: Home) -> list[Location]:
+    """The event tables of the lake (for an object store: the registered types that have a
+    table, since a bucket has no directories to list)."""
+    root = home.lake_location
+    if not root.is_local:
+        return [place for t in sorted(load_schemas().types)
+                if open_table(place := root / t) is not None]
     if not home.lake.is_dir():
         return []
-    return sorted(p for p in home.lake.iterdir() if (p / "_delta_log").is_dir())
+    return [Location.local(p) for p in sorted(home.lake.iterdir())
+            if (p / "_delta_log").is_dir()]
 
 
-def all_table_dirs(home: Home) -> list[Path]:
+def all_table_dirs(home: Home) -> list[Location]:
     """Every Delta table of the lake: the event tables, then the rollups."""
-    rollups = home.lake / ROLLUPS_DIR
-    derived = sorted(p for p in rollups.iterdir() if (p / "_delta_log").is_dir()) \
-        if rollups.is_dir() else []
+    rollups = home.lake_location / ROLLUPS_DIR
+    if not rollups.is_local:
+        derived = [place for name in sorted(ROLLUP_NAMES)
+                   if open_table(place := rollups / name) is not None]
+    elif rollups.path.is_dir():
+        derived = [Location.local(p) for p in sorted(rollups.path.iterdir())
+                   if (p / "_delta_log").is_dir()]
+    else:
+        derived = []
     return [*table_dirs(home), *derived]
 
 
 _opened: dict[str, tuple[DeltaTable, tuple[object, ...], int]] = {}
+REMOTE_HINT = ("check [lake] uri and endpoint, the AWS_* credentials and the network; "
+               "nothing is lost: the events wait in the stage")
 
 
-def open_table(path: Path) -> DeltaTable | None:
+def open_table(place: Location | Path) -> DeltaTable | None:
     """The Delta table at `path` as of now, or None when there is none yet; DamagedFile if
     its log cannot be read.
 
@@ -87,6 +111,10 @@ def open_table(path: Path) -> DeltaTable | None:
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
 
+    place = place if isinstance(place, Location) else Location.local(place)
+    if not place.is_local:
+        return _open_remote(place)
+    path = place.path
     key, log = str(path), path / "_delta_log"
     known = _opened.get(key)
     try:
@@ -112,6 +140,23 @@ def open_table(path: Path) -> DeltaTable | None:
     return table
 
 
+def _open_remote(place: Location) -> DeltaTable | None:
+    """A table in an object store, opened anew (its log cannot be watched cheaply)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError, TableNotFoundError
+
+    try:
+        return DeltaTable(place.uri, storage_options=place.storage_options)
+    except TableNotFoundError:
+        return None
+    except (DeltaError, OSError) as exc:
+        detail = (str(exc).splitlines() or ["unreadable"])[0][:300]
+        if "gap" in detail or "Invalid JSON" in detail:
+            raise DamagedFile("lake table", place.uri, detail, hint=REBUILD_HINT) from exc
+        raise LakeError(f"cannot read the lake table {place.uri}: {detail}",
+                        hint=REMOTE_HINT) from exc
+
+
 def _identity(log: Path) -> tuple[object, ...]:
     """What tells one table's log from another's at the same path, or the same log changed
     (a commit added or a commit file lost): the inodes and times of the directory and of
@@ -126,17 +171,19 @@ def _identity(log: Path) -> tuple[object, ...]:
     return tuple(found)
 
 
-def stream_batch(table: DeltaTable | None, stream: str) -> int:
-    """The highest batch of `stream` already committed into a table (0 for none)."""
+def stream_batch(table: DeltaTable | None, stream: str, host: str) -> int:
+    """The highest batch of `stream`, staged on `host`, already committed into a table (0
+    for none); batches an older tally committed without a host count too."""
     if table is None:
         return 0
-    version = table.transaction_version(app_id(stream))
-    return int(version) if version is not None else 0
+    versions = [table.transaction_version(app) for app in (app_id(stream, host), app_id(stream))]
+    return max((int(v) for v in versions if v is not None), default=0)
 
 
 def lake_high_water(home: Home, stream: str) -> int:
     """At least the highest batch of `stream` that any table of the lake holds."""
-    return _high_water(home).get(app_id(stream), 0)
+    known = _high_water(home)
+    return max(known.get(app_id(stream, home.host), 0), known.get(app_id(stream), 0))
 
 
 def raise_high_water(home: Home, batches: dict[str, int]) -> None:
@@ -193,7 +240,7 @@ def lost_commits(home: Home, event_type: str, table: DeltaTable | None) -> str |
     if table.version() < made:
         return (f"lake table {event_type} is at version {table.version()}, but compaction "
                 f"committed version {made}: commits were lost from "
-                f"{display_path(table_path(home, event_type) / '_delta_log')}")
+                f"{table_path(home, event_type) / '_delta_log'}")
     return None
 
 

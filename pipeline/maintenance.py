@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 import orjson
 import pyarrow as pa
 from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from pipeline.checkpoint import ProcessLock
 from pipeline.config import Home
@@ -30,12 +30,14 @@ from pipeline.errors import (
     DamagedFile,
     LakeError,
     UsageError,
-    display_path,
     is_storage_failure,
     native_stderr_captured,
 )
 from pipeline.ledger import REBUILD_HINT, all_table_dirs, open_table, record_versions
+from pipeline.storage import Location, read_object
 
+# A vacuum of a shared lake keeps younger files: another host's write under way owns some.
+SHARED_RETENTION_HOURS = 1
 STORAGE_MARKERS = ("No space left", "os error 28", "Disk quota", "os error 122",
                    "Read-only file system", "os error 30", "Permission denied", "os error 13")
 
@@ -63,9 +65,12 @@ def local_path(uri: str) -> Path:
     return Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
 
 
-def data_files(table_dir: Path, dates: Iterable[str] | None = None) -> set[Path]:
+def data_files(place: Location | Path, dates: Iterable[str] | None = None) -> set[Path]:
     """Every Parquet file under a table's directory, committed or not; with `dates`, only
-    those of these date partitions."""
+    those of these date partitions (none for a table in an object store: see above)."""
+    if isinstance(place, Location) and not place.is_local:
+        return set()
+    table_dir = place.path if isinstance(place, Location) else place
     roots = [table_dir] if dates is None else [table_dir / f"date={day}" for day in dates]
     found: set[Path] = set()
     for root in roots:
@@ -76,13 +81,15 @@ def data_files(table_dir: Path, dates: Iterable[str] | None = None) -> set[Path]
     return found
 
 
-def remove_uncommitted_files(table_dir: Path, since_ns: int = 0,
+def remove_uncommitted_files(table_dir: Location | Path, since_ns: int = 0,
                              before: set[Path] | None = None,
                              dates: Iterable[str] | None = None) -> int:
     """Delete Parquet files under a table (in the partitions of `dates`, if given) that it
     does not reference and that a write left: those not in `before` (the files there were
     before the write), or, without it, those modified after `since_ns` (a time no commit
-    since made). Returns how many."""
+    since made). Returns how many (none in an object store: see above)."""
+    if isinstance(table_dir, Location) and not table_dir.is_local:
+        return 0
     table = open_table(table_dir)
     referenced = set() if table is None else {local_path(u) for u in table.file_uris()}
     removed = 0
@@ -107,7 +114,7 @@ RUN_MARKER = "compacting"  # in state/: a run under way, or one that was killed
 
 
 @contextlib.contextmanager
-def killed_writes_removed(home: Home, tables: list[Path]) -> Iterator[int]:
+def killed_writes_removed(home: Home, tables: list[Location]) -> Iterator[int]:
     """Around a compaction run: if the run before was killed (its marker is still there),
     first delete the Parquet files its writes left in `tables` (newer than their table's
     last commit, referenced by none), and yield how many. The marker is set for this run,
@@ -115,8 +122,8 @@ def killed_writes_removed(home: Home, tables: list[Path]) -> Iterator[int]:
     marker = home.state / RUN_MARKER
     removed = 0
     if marker.exists():
-        removed = sum(remove_uncommitted_files(path, last_commit_ns(open_table(path)))
-                      for path in tables)
+        removed = sum(remove_uncommitted_files(place, last_commit_ns(open_table(place)))
+                      for place in tables if place.is_local)
     marker.touch()
     try:
         yield removed
@@ -136,10 +143,11 @@ def compaction_lock(home: Home, timeout: float | None) -> ProcessLock:
 def tables(home: Home) -> list[tuple[str, DeltaTable]]:
     """(name, table) of every table in the lake: an event type, or `_rollups/<name>`."""
     found: list[tuple[str, DeltaTable]] = []
-    for path in all_table_dirs(home):
-        table = open_table(path)
+    root = home.lake_location.uri.rstrip("/")
+    for place in all_table_dirs(home):
+        table = open_table(place)
         if table is not None:
-            found.append((path.relative_to(home.lake).as_posix(), table))
+            found.append((place.uri[len(root):].strip("/"), table))
     return found
 
 
@@ -156,11 +164,28 @@ def optimize_lake(home: Home, target_mb: int | None = None,
     merged = {}
     with compaction_lock(home, lock_timeout):
         for event_type, table in tables(home):
-            with delta_errors("optimize", table):
-                metrics = table.optimize.compact(target_size=target)
-            merged[event_type] = int(metrics.get("numFilesRemoved", 0))
+            merged[event_type] = _optimize(table, target)
             _record(home, event_type, table)
     return merged
+
+
+OPTIMIZE_ATTEMPTS = 5  # another host may merge or vacuum the same files meanwhile
+
+
+def _optimize(table: DeltaTable, target: int) -> int:
+    """Merge a table's small files; tried again from its new version when another writer
+    changed the same files first. The files removed."""
+    for attempt in range(1, OPTIMIZE_ATTEMPTS + 1):
+        try:
+            with delta_errors("optimize", table):
+                return int(table.optimize.compact(target_size=target).get("numFilesRemoved", 0))
+        except CommitFailedError:
+            if attempt == OPTIMIZE_ATTEMPTS:
+                raise LakeError(f"cannot optimize {table_location(table)}: other writers "
+                                f"changed its files first {attempt} times",
+                                hint="run it again later") from None
+            table.update_incremental()
+    raise AssertionError("unreachable")
 
 
 Partition = tuple[str, ...]  # a partition's values, as text
@@ -198,13 +223,16 @@ def optimize_small_files(table: DeltaTable, max_files: int, target_bytes: int,
                if count > max_files or (count > 1 and _settled(columns, key, settled_before))]
     if not crowded:
         return 0
-    before = data_files(local_path(table.table_uri))
+    place = table_location(table)
+    before = data_files(place)
     try:
         with delta_errors("optimize", table):
             metrics = table.optimize.compact(partition_filters=_filter(columns, crowded),
                                              target_size=target_bytes)
-    except BaseException:
-        remove_uncommitted_files(local_path(table.table_uri), before=before)
+    except BaseException as exc:
+        remove_uncommitted_files(place, before=before)
+        if isinstance(exc, CommitFailedError):
+            return 0  # another writer merged those files first: a later run sees what is left
         raise
     return int(metrics.get("numFilesRemoved", 0))
 
@@ -241,9 +269,7 @@ def vacuum_lake(home: Home, retention_hours: float | None = None,
     writing) go too. It holds the compaction lock, so a short retention can never delete
     the not-yet-committed files of a running compaction.
     """
-    hours = home.compactor.vacuum_retention_hours if retention_hours is None else retention_hours
-    if hours < 0:
-        raise UsageError("retention must be zero or more hours")
+    hours = check_retention(home, retention_hours)
     removed = {}
     with compaction_lock(home, lock_timeout):
         for event_type, table in tables(home):
@@ -253,24 +279,50 @@ def vacuum_lake(home: Home, retention_hours: float | None = None,
     return removed
 
 
+def check_retention(home: Home, retention_hours: float | None) -> float:
+    """The vacuum retention to use (default: the config's), if the lake allows it."""
+    hours = home.compactor.vacuum_retention_hours if retention_hours is None else retention_hours
+    if hours < 0:
+        raise UsageError("retention must be zero or more hours")
+    if hours < SHARED_RETENTION_HOURS and not home.lake_location.is_local:
+        raise UsageError(f"a lake in an object store keeps unreferenced files at least "
+                         f"{SHARED_RETENTION_HOURS} hour",
+                         hint="a shorter retention could delete the files of a commit "
+                              "another host is making; give --retention-hours 1 or more")
+    return hours
+
+
 @contextlib.contextmanager
 def delta_errors(doing: str, table: DeltaTable) -> Iterator[None]:
     """A failure of delta-rs as one line: a data file gone is a damaged table."""
     try:
         with native_stderr_captured():
             yield
+    except CommitFailedError:
+        raise  # another writer came first: the caller decides
     except (OSError, DeltaError) as exc:
         detail = (str(exc).splitlines() or [type(exc).__name__])[0]
-        root = local_path(table.table_uri)
+        root = str(table_location(table))
         if "not found" in detail or isinstance(exc, FileNotFoundError):
             raise DamagedFile("lake table", root, "a data file it references is missing",
                               hint=REBUILD_HINT) from exc
-        raise LakeError(f"cannot {doing} {display_path(root)}: {detail[:300]}") from exc
+        raise LakeError(f"cannot {doing} {root}: {detail[:300]}") from exc
+
+
+def table_location(table: DeltaTable) -> Location:
+    """Where an opened table lives."""
+    uri = table.table_uri.rstrip("/")
+    if uri.startswith("file://"):
+        return Location.local(local_path(uri))
+    return Location(uri, tuple(sorted((table._storage_options or {}).items())))
 
 
 def _vacuum(table: DeltaTable, hours: int) -> int:
     """Vacuum one table; count the files that existed and are gone (delta-rs lists what it
-    meant to delete, present or not)."""
+    meant to delete, present or not; in an object store, what it deleted)."""
+    if not table_location(table).is_local:
+        return len(table.vacuum(retention_hours=hours, dry_run=False,
+                                enforce_retention_duration=False, full=True))
     root = local_path(table.table_uri)
     listed = table.vacuum(retention_hours=hours, dry_run=True,
                           enforce_retention_duration=False, full=True)
@@ -291,9 +343,9 @@ CHECKPOINT_EVERY = 10  # commits: opening a table replays its log since the last
 def checkpoint_if_due(table: DeltaTable) -> bool:
     """Write a checkpoint of a table's log when CHECKPOINT_EVERY commits or more came after
     the last one (a year of five-minute runs: 30-70 ms to open without, 15-25 with)."""
-    last = local_path(table.table_uri) / "_delta_log" / "_last_checkpoint"
+    last = table_location(table) / "_delta_log" / "_last_checkpoint"
     try:
-        since = int(orjson.loads(last.read_bytes())["version"])
+        since = int(orjson.loads(read_object(last) or b"")["version"])
     except (OSError, ValueError, KeyError, TypeError):
         since = -1
     if table.version() - since < CHECKPOINT_EVERY:

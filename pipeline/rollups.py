@@ -2,8 +2,8 @@
 
 Four Delta tables under `lake/_rollups/`, each derived from one event table:
 
-- `usage` (from agent_token_usage): per UTC date, 15-minute `bucket`, agent, role, phase,
-  model, project, branch, long-context class and whether the producer gave a cost: events
+- `usage` (from agent_token_usage): per UTC date, 15-minute `bucket`, host, agent, role,
+  phase, model, project, branch, long-context class and whether the producer gave a cost: events
   and token sums, and the producers' cost. A 15-minute bucket lies within one local day in
   every time zone whose offset is a multiple of 15 minutes, which covers today's zones
   (+05:45 too).
@@ -21,29 +21,37 @@ A rollup records, as `Transaction(SOURCE_APP, v)`, the version v of its event ta
 reflects. Catching up reads that table's commits after v: each names the dates it touched
 (`tally.dates`), and only those dates, or the pairs with rows on them, are computed again.
 A commit naming none (or history cleaned away) makes the rollup computed again whole. Each
-step recomputes from the events as they are, so it can be killed and run again.
+step recomputes from the events as they are, so it can be killed and run again. Hosts
+sharing a lake catch up the same rollups: their commits all carry SOURCE_APP, so delta-rs
+refuses the second of two made at once, and the loser starts over (finding, often, that
+the winner left nothing to do).
 """
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import polars as pl
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError
 
 from pipeline.config import Home
 from pipeline.counting import context_estimates, nano_usd, snapshot_increments, usage_rows
-from pipeline.errors import native_stderr_captured
-from pipeline.ledger import ROLLUPS_DIR, dates_sql, open_table
+from pipeline.errors import LakeError, native_stderr_captured
+from pipeline.ledger import HOST, ROLLUP_NAMES, ROLLUPS_DIR, dates_sql, open_table, table_path
+from pipeline.storage import Location
 
 SOURCE_APP = "tally-source"
 DATES_KEY = "tally.dates"
 BUCKET = "15m"
 USAGE, PROGRESS, CONTEXT = "agent_token_usage", "task_progress", "context_compiled"
 SOURCES = {"usage": USAGE, "usage_tasks": USAGE, "increments": PROGRESS, "context": CONTEXT}
-USAGE_KEYS = ("date", "bucket", "agent", "role", "phase", "model", "project", "branch",
-              "prompt_above", "prompt_upto", "producer_cost")
+assert tuple(SOURCES) == ROLLUP_NAMES
+SYNC_ATTEMPTS = 20  # tries of a rollup's catching up while other hosts catch it up too
+USAGE_KEYS = ("date", "bucket", "host", "agent", "role", "phase", "model", "project",
+              "branch", "prompt_above", "prompt_upto", "producer_cost")
 USAGE_SUMS = ("events", "input_tokens", "output_tokens", "cache_read_tokens",
               "cache_write_tokens", "cache_write_1h_tokens", "cost_nano_usd")
 PAIRS = {"increments": ("agent", "task"), "context": ("role", "session_id")}
@@ -51,15 +59,17 @@ PAIRS = {"increments": ("agent", "task"), "context": ("role", "session_id")}
 _NO_CHANGE = {"OPTIMIZE", "VACUUM START", "VACUUM END"}
 
 
-def rollup_path(home: Home, name: str) -> Path:
+def rollup_path(home: Home, name: str) -> Location:
     """Where a rollup table lives."""
-    return home.lake / ROLLUPS_DIR / name
+    return home.lake_location / ROLLUPS_DIR / name
 
 
-def rollup_dirs(home: Home) -> list[Path]:
+def rollup_dirs(home: Home) -> list[Location]:
     """The rollup tables that exist."""
-    return [path for name in SOURCES if ((path := rollup_path(home, name)) / "_delta_log")
-            .is_dir()]
+    places = [rollup_path(home, name) for name in SOURCES]
+    if not home.lake_location.is_local:
+        return [place for place in places if open_table(place) is not None]
+    return [place for place in places if (place.path / "_delta_log").is_dir()]
 
 
 # ---------------------------------------------------------------- building (pure)
@@ -150,20 +160,34 @@ def reflected(rollup: DeltaTable | None) -> int | None:
 def sync_rollups(home: Home, event_type: str, thresholds: Sequence[int]) -> list[str]:
     """Bring the rollups of an event table up to its current version; the names of those
     computed again whole."""
-    source = open_table(home.lake / event_type)
-    if source is None:
-        return []
     whole = []
     for name in (n for n, t in SOURCES.items() if t == event_type):
-        path = rollup_path(home, name)
-        rollup = open_table(path)
-        touched = None if _outdated(name, rollup) else touched_since(source, reflected(rollup))
-        if rollup is not None and touched is not None and not touched:
-            continue
-        _write(name, path, rollup, source, touched, thresholds)
-        if touched is None:
-            whole.append(name)
+        for attempt in range(1, SYNC_ATTEMPTS + 1):
+            try:
+                if _sync(home, name, event_type, thresholds):
+                    whole.append(name)
+                break
+            except CommitFailedError as exc:  # another host's catching up came first
+                if attempt == SYNC_ATTEMPTS:
+                    raise LakeError(f"the rollup {name} kept changing under this host: {exc}",
+                                    hint="run compact again; reports read the events "
+                                         "meanwhile") from exc
+                time.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
     return whole
+
+
+def _sync(home: Home, name: str, event_type: str, thresholds: Sequence[int]) -> bool:
+    """Bring one rollup up to its event table; whether it was computed again whole."""
+    source = open_table(table_path(home, event_type))
+    if source is None:
+        return False
+    path = rollup_path(home, name)
+    rollup = open_table(path)
+    touched = None if _outdated(name, rollup) else touched_since(source, reflected(rollup))
+    if rollup is not None and touched is not None and not touched:
+        return False
+    _write(name, path, rollup, source, touched, thresholds)
+    return touched is None
 
 
 def _outdated(name: str, rollup: DeltaTable | None) -> bool:
@@ -173,9 +197,9 @@ def _outdated(name: str, rollup: DeltaTable | None) -> bool:
     return not set(USAGE_KEYS) <= set(rollup.schema().to_arrow().names)
 
 
-def _write(name: str, path: Path, rollup: DeltaTable | None, source: DeltaTable,
+def _write(name: str, path: Location, rollup: DeltaTable | None, source: DeltaTable,
            touched: set[str] | None, thresholds: Sequence[int]) -> None:
-    events = pl.scan_delta(source)
+    events = with_host(pl.scan_delta(source))
     properties = CommitProperties(app_transactions=[Transaction(SOURCE_APP, source.version())])
     if name in PAIRS:
         _write_pairs(name, path, rollup, events, touched, properties)
@@ -188,13 +212,14 @@ def _write(name: str, path: Path, rollup: DeltaTable | None, source: DeltaTable,
     data = usage_rollup(chosen, thresholds).collect(engine="streaming")
     predicate = None if touched is None or rollup is None else _dates_in(touched)
     with native_stderr_captured():
-        write_deltalake(str(path) if rollup is None else rollup, data, mode="overwrite",
+        write_deltalake(path.uri if rollup is None else rollup, data, mode="overwrite",
                         partition_by=["date"],
                         predicate=predicate, schema_mode="overwrite" if predicate is None
-                        else None, commit_properties=properties)
+                        else None, commit_properties=properties,
+                        storage_options=None if rollup is not None else path.storage_options)
 
 
-def _write_whole(path: Path, rollup: DeltaTable | None, fresh: pl.LazyFrame,
+def _write_whole(path: Location, rollup: DeltaTable | None, fresh: pl.LazyFrame,
                  touched: set[str] | None, properties: CommitProperties) -> None:
     """Rewrite an unpartitioned rollup as one file: its rows of the dates not touched, and
     `fresh`, the touched dates' rows computed again (every row when `touched` is None)."""
@@ -206,13 +231,14 @@ def _write_whole(path: Path, rollup: DeltaTable | None, fresh: pl.LazyFrame,
     # A table an older tally partitioned by date is made unpartitioned too.
     layout = rollup is None or bool(rollup.metadata().partition_columns)
     with native_stderr_captured():
-        write_deltalake(str(path) if rollup is None else rollup, data, mode="overwrite",
+        write_deltalake(path.uri if rollup is None else rollup, data, mode="overwrite",
                         partition_by=[] if layout else None,
                         schema_mode="overwrite" if layout else None,
-                        commit_properties=properties)
+                        commit_properties=properties,
+                        storage_options=None if rollup is not None else path.storage_options)
 
 
-def _write_pairs(name: str, path: Path, rollup: DeltaTable | None, events: pl.LazyFrame,
+def _write_pairs(name: str, path: Location, rollup: DeltaTable | None, events: pl.LazyFrame,
                  touched: set[str] | None, properties: CommitProperties) -> None:
     """Increments and context rows depend on every row of their pair (their order): the
     pairs with rows on the touched dates, before or after, are computed again whole, and
@@ -222,8 +248,11 @@ def _write_pairs(name: str, path: Path, rollup: DeltaTable | None, events: pl.La
     if touched is None or rollup is None:
         data = build(events).collect(engine="streaming")
         with native_stderr_captured():
-            write_deltalake(str(path), data, mode="overwrite", partition_by=["date"],
-                            schema_mode="overwrite", commit_properties=properties)
+            write_deltalake(path.uri if rollup is None else rollup, data, mode="overwrite",
+                            partition_by=["date"],
+                            schema_mode="overwrite", commit_properties=properties,
+                            storage_options=None if rollup is not None
+                            else path.storage_options)
         return
     current = pl.scan_delta(rollup)
     pair_of = _pair_columns(name)
@@ -245,6 +274,13 @@ def _write_pairs(name: str, path: Path, rollup: DeltaTable | None, events: pl.La
         write_deltalake(rollup, data, mode="overwrite", partition_by=["date"],
                         predicate=_dates_in(dates), schema_mode="merge",
                         commit_properties=properties)
+
+
+def with_host(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Events with the `host` column, null in a table written before hosts were recorded."""
+    if HOST in events.collect_schema().names():
+        return events
+    return events.with_columns(pl.lit(None, pl.String).alias(HOST))
 
 
 def _pair_columns(name: str) -> list[pl.Expr]:

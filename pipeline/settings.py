@@ -59,6 +59,17 @@ CONFIG_TEMPLATE = """\
 # token = ""                 # required off loopback: browsers open /?token=..., scripts send
 #                            # "Authorization: Bearer ..."
 
+[lake]                        # where the Delta tables live (stage and checkpoints stay here)
+# uri = "lake"               # a directory (relative to the home), or s3://bucket/prefix
+#                            # shared by many hosts (docs/scale-out.md)
+# endpoint = ""              # an S3-compatible store (MinIO, Ceph...); or AWS_ENDPOINT_URL
+# region = ""                # or AWS_REGION
+# allow_http = false         # true for an endpoint without TLS; or AWS_ALLOW_HTTP=true
+#                            # keys come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+
+[host]
+# id = "<hostname>"          # this host's name in the lake: its `host` column, its commits
+
 # [[sources]]                 # logs an agent CLI writes: claude-code, codex, gemini, opencode
 # kind = "claude-code"       # without a path, found where the CLI keeps them
 # path = "~/.claude"         # optional
@@ -182,7 +193,10 @@ LONG_CONTEXT_THRESHOLD = f"{LONG_CONTEXT_PREFIX}threshold"
 PRICE_KEYS = (*PRICE_RATE_NAMES, LONG_CONTEXT_THRESHOLD,
               *(f"{LONG_CONTEXT_PREFIX}{name}" for name in PRICE_RATE_NAMES))
 RATE_BOUNDS = Bounds(least=0)
-SECTIONS = ("paths", "tailer", "compactor", "budgets", "alerts", "serve", "pricing", "sources")
+SECTIONS = ("paths", "tailer", "compactor", "budgets", "alerts", "serve", "lake", "host",
+            "pricing", "sources")
+LAKE_KEYS = ("uri", "endpoint", "region", "allow_http")
+HOST_KEYS = ("id",)
 SOURCE_KEYS = ("kind", "path", "agent")
 PATHS_KEYS = ("logs", "include")
 ALERT_TEXT_KEYS = ("command", "webhook")

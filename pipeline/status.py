@@ -106,7 +106,7 @@ def _waiting(home: Home, watermark: Watermark, problems: list[str]) -> int:
             if not is_committed(batch, watermark):
                 continue
             if batch.stream not in held:
-                held[batch.stream] = stream_batch(table, batch.stream)
+                held[batch.stream] = stream_batch(table, batch.stream, home.host)
             if batch.number <= held[batch.stream]:
                 continue
             waiting += _rows_or_problem(path, problems)

@@ -24,6 +24,7 @@ from pipeline.counting import snapshot_increments
 from pipeline.frames import FrameBuilder, stage_schema
 from pipeline.pricing import shipped_pricing
 from pipeline.query import ReportQuery, counted_cells
+from tests.s3 import MotoServer
 
 _ids = itertools.count(1)
 TS = "2025-03-01T12:00:00Z"
@@ -122,6 +123,19 @@ def make_home(root: Path, config: str = "") -> Home:
 def home(tmp_path: Path) -> Home:
     """A freshly initialised home with the default configuration."""
     return make_home(tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One S3 emulator (moto, in a child process on 127.0.0.1) for the whole session."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(moto_server: MotoServer) -> str:
+    """A fresh, empty bucket on the session's emulator: its URI, s3://<unique name>."""
+    return moto_server.bucket()
 
 
 def tally_executable() -> str:

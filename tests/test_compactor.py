@@ -132,7 +132,7 @@ def stream_of(home: Home) -> str:
 
 def lake_batch(home: Home, event_type: str = USAGE) -> int:
     """The highest batch of the home's stream that the type's table holds."""
-    return stream_batch(table(home, event_type), stream_of(home))
+    return stream_batch(table(home, event_type), stream_of(home), home.host)
 
 
 def stage_files(home: Home, event_type: str = USAGE) -> list[Path]:
@@ -145,7 +145,7 @@ def live_files(home: Home, event_type: str = USAGE) -> set[Path]:
 
 
 def parquet_on_disk(home: Home, event_type: str = USAGE) -> set[Path]:
-    return set(table_path(home, event_type).rglob("*.parquet"))
+    return set(table_path(home, event_type).path.rglob("*.parquet"))
 
 
 def invoke(*args: str) -> Any:
@@ -179,7 +179,7 @@ def test_compaction_writes_zstd_parquet_partitioned_by_utc_date(home: Home) -> N
     assert result.partitions == {(USAGE, "2025-08-01"), (USAGE, "2025-08-02"),
                                  (USAGE, "2025-08-03")}
 
-    root = table_path(home, USAGE)
+    root = table_path(home, USAGE).path
     assert root == home.lake / USAGE
     assert sorted(p.name for p in root.iterdir() if p.name.startswith("date=")) == [
         "date=2025-08-01", "date=2025-08-02", "date=2025-08-03"]
@@ -290,7 +290,7 @@ def test_transaction_version_is_the_highest_batch_of_each_commit(home: Home) -> 
     result = run_compaction(home, rows_per_commit=1)  # one batch per commit
     assert result.commits == 3 + 1
     usage_table = table(home, USAGE)
-    assert usage_table.transaction_version(app_id(stream)) == 3 == lake_batch(home)
+    assert usage_table.transaction_version(app_id(stream, home.host)) == 3 == lake_batch(home)
     assert lake_batch(home, PROGRESS) == 4
     batches = sorted(int(h["tally.batch"]) for h in usage_table.history()
                      if h.get("operation") == "WRITE")
@@ -722,7 +722,7 @@ def test_optimize_merges_small_files_and_vacuum_deletes_the_replaced(tmp_path: P
         tail(home)
         run_compaction(home)
     before = events(home)
-    partition = table_path(home, USAGE) / "date=2025-08-01"
+    partition = table_path(home, USAGE).path / "date=2025-08-01"
     assert len([f for f in live_files(home) if f.parent == partition]) == 4
 
     result = invoke("compact", "--home", str(home.root), "--optimize", "--target-mb", "64")

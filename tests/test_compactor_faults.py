@@ -138,7 +138,7 @@ def assert_exactly_once(home: Home, expected: dict[str, Counter[tuple[str, int]]
         assert set(frame["event_id"]) == ids[event_type]
         table = open_table(table_path(home, event_type))
         watermark = read_watermark(home.state)
-        assert stream_batch(table, watermark.stream) == last_batch[event_type]
+        assert stream_batch(table, watermark.stream, home.host) == last_batch[event_type]
         left = staged_files(home.stage, event_type, watermark)
         assert left == [], f"{event_type}: stage files left {left}"
 
@@ -160,10 +160,10 @@ class Snapshot:
             versions[event_type] = -1 if table is None else table.version()
             live = set() if table is None else {u.removeprefix("file://")
                                                 for u in table.file_uris()}
-            orphans += sum(1 for f in path.rglob("*.parquet") if str(f) not in live)
+            orphans += sum(1 for f in path.path.rglob("*.parquet") if str(f) not in live)
             batches = [batch_id(p) for p in (home.stage / event_type).glob("b*.arrow")]
             stale += sum(1 for b in batches
-                         if b is not None and b.number <= stream_batch(table, b.stream))
+                         if b is not None and b.number <= stream_batch(table, b.stream, home.host))
         return cls(versions, orphans, stale)
 
     def landing(self, before: Snapshot) -> str:
@@ -195,7 +195,8 @@ def run_seconds(tmp_path_factory: pytest.TempPathFactory) -> tuple[float, float]
 
 
 def data_files(home: Home, types: list[str]) -> int:
-    return sum(1 for event_type in types for _ in table_path(home, event_type).rglob("*.parquet"))
+    return sum(1 for event_type in types
+               for _ in table_path(home, event_type).path.rglob("*.parquet"))
 
 
 def kill_once_a_write_begins(process: subprocess.Popen[bytes], home: Home, types: list[str],
@@ -694,7 +695,7 @@ def staged_rows_including_lake(home: Home) -> tuple[dict[str, Counter[tuple[str,
                     ids.setdefault(kind, set()).add(event["event_id"])
                 offset += len(line)
     watermark = read_watermark(home.state)
-    last = {t: max([stream_batch(open_table(table_path(home, t)), watermark.stream),
+    last = {t: max([stream_batch(open_table(table_path(home, t)), watermark.stream, home.host),
                     *(b.number for b, _ in staged_files(home.stage, t, watermark)
                       if b.stream == watermark.stream)])
             for t in expected}
@@ -719,7 +720,7 @@ def lake_and_stage(home: Home) -> pl.DataFrame | None:
             continue  # compacted meanwhile: the table opened next holds it
     table = open_table(table_path(home, USAGE))
     parts = [frame for batch, frame in staged
-             if batch.number > stream_batch(table, batch.stream)]
+             if batch.number > stream_batch(table, batch.stream, home.host)]
     if table is not None:
         parts.append(pl.scan_delta(table).select("_source", "_offset").collect())
     return pl.concat(parts) if parts else None

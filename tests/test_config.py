@@ -267,15 +267,15 @@ def test_unknown_section_suggests_the_close_one(tmp_path: Path, text: str, field
     assert (error.path, error.field) == (tmp_path / "config.toml", field)
     assert error.message == f"{tmp_path / 'config.toml'}: {field}: unknown section"
     assert error.hint == (f"did you mean {close!r}? "
-                          "sections: paths, tailer, compactor, budgets, alerts, serve, pricing, "
-                          "sources")
+                          "sections: paths, tailer, compactor, budgets, alerts, serve, lake, host, "
+                          "pricing, sources")
 
 
 def test_unknown_section_with_nothing_close_lists_the_sections(tmp_path: Path) -> None:
     error = load_error(tmp_path, "[zzz]\n")
     assert error.field == "zzz"
-    assert error.hint == ("sections: paths, tailer, compactor, budgets, alerts, serve, pricing, "
-                          "sources")
+    assert error.hint == ("sections: paths, tailer, compactor, budgets, alerts, serve, lake, host, "
+                          "pricing, sources")
 
 
 def test_a_setting_outside_its_section_says_where_it_belongs(tmp_path: Path) -> None:

@@ -68,7 +68,8 @@ def test_staged_events_are_read_with_the_stage_schema(home: Home) -> None:
     append(home.logs / "a.jsonl", *lines[3:])
     tail(home)
     frame = collect(home)
-    assert dict(frame.schema) == stage_schema(USAGE)
+    assert dict(frame.schema) == {**stage_schema(USAGE), "host": pl.String()}
+    assert frame["host"].to_list() == [home.host] * 5  # staged on this host
     assert sorted(frame["event_id"].to_list()) == sorted(
         orjson.loads(line)["event_id"] for line in lines)
     assert sorted(frame["input_tokens"].to_list()) == [0, 1, 2, 3, 4]
@@ -150,5 +151,5 @@ def test_every_type_reads_back_from_a_stage_only_home(home: Home, event_type: st
     tail(home)
     frame = collect(home, event_type)
     assert frame.height == 1
-    assert dict(frame.schema) == stage_schema(event_type)
+    assert dict(frame.schema) == {**stage_schema(event_type), "host": pl.String()}
     assert str(frame["ts"][0]) == "2025-03-01 11:00:00+00:00"

@@ -41,8 +41,16 @@ def test_app_ids_keep_the_name_older_homes_used() -> None:
 
 def test_each_stream_has_its_own_highest_batch(home: Home) -> None:
     table = commit(home, "agent_token_usage", {"aa": 3, "bb": 7})
-    assert stream_batch(table, "aa") == 3 and stream_batch(table, "bb") == 7
-    assert stream_batch(table, "cc") == 0 and stream_batch(None, "aa") == 0
+    assert stream_batch(table, "aa", "h") == 3 and stream_batch(table, "bb", "h") == 7
+    assert stream_batch(table, "cc", "h") == 0 and stream_batch(None, "aa", "h") == 0
+
+
+def test_each_host_commits_under_app_ids_of_its_own(home: Home) -> None:
+    assert app_id("0123abcd", "build-01") == "tally-stage-build-01-0123abcd"
+    write_deltalake(str(table_path(home, "t")), pa.table({"x": [1]}), commit_properties=
+                    CommitProperties(app_transactions=[Transaction(app_id("aa", "h1"), 5)]))
+    table = DeltaTable(str(table_path(home, "t")))
+    assert stream_batch(table, "aa", "h1") == 5 and stream_batch(table, "aa", "h2") == 0
 
 
 @settings(max_examples=30, deadline=None)
@@ -75,7 +83,8 @@ def test_a_table_that_lost_its_latest_commits_is_reported(home: Home) -> None:
     assert lost_commits(home, "agent_token_usage", open_table(table_path(
         home, "agent_token_usage"))) is None
     for version in (2, 3):
-        (table_path(home, "agent_token_usage") / "_delta_log" / f"{version:020d}.json").unlink()
+        log = table_path(home, "agent_token_usage").path / "_delta_log"
+        (log / f"{version:020d}.json").unlink()
     shrunk = open_table(table_path(home, "agent_token_usage"))
     problem = lost_commits(home, "agent_token_usage", shrunk)
     assert problem is not None and "at version 1" in problem and "version 3" in problem
@@ -92,7 +101,7 @@ def test_a_table_missing_altogether_is_reported(home: Home) -> None:
 def test_a_gap_in_the_delta_log_is_a_damaged_table_in_one_line(home: Home) -> None:
     for n in range(1, 4):
         commit(home, "agent_token_usage", {"aa": n})
-    (table_path(home, "agent_token_usage") / "_delta_log" / f"{1:020d}.json").unlink()
+    (table_path(home, "agent_token_usage").path / "_delta_log" / f"{1:020d}.json").unlink()
     with pytest.raises(DamagedFile) as raised:
         open_table(table_path(home, "agent_token_usage"))
     assert "gap" in raised.value.message and "\n" not in raised.value.message
@@ -110,4 +119,4 @@ def test_a_table_handed_out_is_not_moved_by_a_later_open(home: Home) -> None:
     assert later is not None and later is not first
     assert (first.version(), later.version()) == (0, 1)
     assert scan.collect().height == 1 and pl.scan_delta(later).collect().height == 2
-    assert stream_batch(first, "s") == 1 and stream_batch(later, "s") == 2
+    assert stream_batch(first, "s", "h") == 1 and stream_batch(later, "s", "h") == 2

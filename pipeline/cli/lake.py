@@ -8,6 +8,7 @@ from pipeline.cli.options import home_option, progress_bar, setting_type
 from pipeline.compactor import (
     ROWS_PER_COMMIT,
     CompactionResult,
+    check_retention,
     optimize_lake,
     run_compaction,
     vacuum_lake,
@@ -20,9 +21,11 @@ from pipeline.settings import CompactorSettings
 
 
 def _summary(verb: str, result: CompactionResult) -> str:
+    retried = (f", planned again {result.conflicts} time(s) after other hosts' commits"
+               if result.conflicts else "")
     return (f"{verb}: {result.events:,} events in {result.commits} commit(s), "
             f"{len(result.partitions)} partition(s) touched, {result.seconds:.2f} s "
-            f"({result.rate:,.0f} events/s)")
+            f"({result.rate:,.0f} events/s){retried}")
 
 
 @click.command()
@@ -50,6 +53,8 @@ def compact(home: Home, lock_timeout: float | None, optimize: bool, target_mb: i
       tally compact
       tally compact --optimize --vacuum --retention-hours 168
     """
+    if vacuum:
+        check_retention(home, retention_hours)  # before the work, not after it
     with progress_bar("compacting") as progress:
         result = run_compaction(home, lock_timeout=lock_timeout, progress=progress,
                                 rows_per_commit=rows_per_commit)
