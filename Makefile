@@ -64,6 +64,7 @@ bench: setup
 	$(BIN)/python -m bench.budgets
 	$(BIN)/python -m bench.importers
 	$(BIN)/python -m bench.serve
+	$(BIN)/python -m bench.scale
 
 clean:
 	rm -rf $(VENV) $(SCALE) $(HOME_DIR) .pytest_cache .mypy_cache .ruff_cache

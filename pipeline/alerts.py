@@ -5,6 +5,10 @@ The log itself says which alerts were raised: a run reads it before alerting, so
 restart or a kill never repeats one, and a crossing killed before its line was written
 is alerted by the next run. Before the line, the alert is put in the outbox
 (`state/alerts/outbox/`), from which `pipeline.delivery` delivers it at least once.
+
+Hosts sharing a lake in an object store count the same events: a host raises an alert only
+once it holds the alert's claim in the lake (pipeline.claims), so each is raised by one
+host of the fleet.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import orjson
 
 from pipeline.budgets import Crossing
 from pipeline.checkpoint import ProcessLock
+from pipeline.claims import alert_owner
 from pipeline.config import Home, fault
 from pipeline.errors import storage_error
 from pipeline.stage import fsync_dir
@@ -76,7 +81,11 @@ def raise_alerts(home: Home, found: Iterable[Crossing], alerted: set[str], *,
     """Append each crossing's event to the alert log, after putting it in the outbox if
     `outbox`; return the events written. `alerted` gains their ids."""
     written = []
+    shared = not home.lake_location.is_local
     for crossing in found:
+        if shared and alert_owner(home, crossing.event_id) != home.host:
+            alerted.add(crossing.event_id)  # raised by the host that claimed it
+            continue
         event = crossing.event(now_rfc3339())
         line = encode_event(event)  # an event the log cannot take is refused before the outbox
         if outbox:

@@ -1,8 +1,9 @@
 """One Delta commit of a compaction: its staged rows read, the duplicate rule's decisions
 applied (pipeline.resolve), rows the lake refuses quarantined (pipeline.poison), and the
-write itself: an append, or, when lake rows are replaced, one MERGE that deletes them and
-inserts their winners. Either way one atomic commit, carrying the streams' transactions
-(pipeline.ledger) and the dates it touched (`tally.dates`, which the rollups follow).
+write itself: an append, or, when lake rows are replaced, one commit that writes the
+partitions they are in anew, without them and with their winners. Either way one atomic
+commit, carrying the streams' transactions (pipeline.ledger) and the dates it touched
+(`tally.dates`, which the rollups follow).
 
 Every commit that adds or deletes events also carries `Transaction(FLEET_APP, ...)`. Hosts
 sharing a lake all do, so delta-rs refuses the second of two commits made from the same
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
@@ -34,7 +36,6 @@ from pipeline.poison import Unwritable, scratch_probe, split_writable
 from pipeline.resolve import FILE, ROW, Resolution, staged_scan
 from pipeline.storage import Location, is_unreachable
 
-TOMBSTONE = "_tombstone"
 DATES_KEY = "tally.dates"
 FLEET_APP = "tally-lake"  # every commit of events carries it (see above)
 WRITER = WriterProperties(compression="ZSTD")
@@ -153,6 +154,12 @@ def _write(commit: Commit, table: DeltaTable | None, rows: pl.DataFrame,
         raise RowsRefused(error) from exc
 
 
+def plain_arrow(frame: pl.DataFrame) -> pa.Table:
+    """Rows as Arrow with plain string types: Polars' string views would be written into
+    the Parquet files as they are, and some readers of the lake (Daft 0.7) refuse those."""
+    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+
 def lake_rows(rows: pl.DataFrame, host: str) -> pl.DataFrame:
     """Staged rows as the lake holds them: with `_id_hash` and the host that staged them,
     without FILE and ROW."""
@@ -182,34 +189,36 @@ def fleet_transaction() -> Transaction:
 def _append(commit: Commit, table: DeltaTable | None, rows: pl.DataFrame) -> None:
     # Through the table opened before, if any: the commit brings it up to date (ledger).
     if table is None:
-        write_deltalake(commit.table.uri, lake_rows(rows, commit.host), mode="append",
+        write_deltalake(commit.table.uri, plain_arrow(lake_rows(rows, commit.host)),
+                        mode="append",
                         partition_by=["date"], schema_mode="merge", writer_properties=WRITER,
                         commit_properties=_properties(commit, rows["date"]),
                         storage_options=commit.table.storage_options)
         return
-    write_deltalake(table, lake_rows(rows, commit.host), mode="append", partition_by=["date"],
+    write_deltalake(table, plain_arrow(lake_rows(rows, commit.host)), mode="append",
+                    partition_by=["date"],
                     schema_mode="merge", writer_properties=WRITER,
                     commit_properties=_properties(commit, rows["date"]))
 
 
 def _replace(commit: Commit, table: DeltaTable | None, rows: pl.DataFrame,
              tombstones: pl.DataFrame) -> None:
-    """Insert `rows` and delete the lake rows `tombstones` (event_id, date) they replace."""
-    written = lake_rows(rows, commit.host).with_columns(pl.lit(False).alias(TOMBSTONE))
-    doomed = tombstones.with_columns(pl.lit(True).alias(TOMBSTONE))
-    source = pl.concat([written, doomed], how="diagonal_relaxed")
-    days = dates_sql(tombstones["date"].cast(pl.String).to_list())
-    columns = [name for name in written.columns if name != TOMBSTONE]
+    """Insert `rows` and delete the lake rows `tombstones` (event_id, date) they replace:
+    the partitions of every date they touch written anew, in one commit.
+
+    Not a Delta MERGE: delta-rs 1.6 writes a MERGE's files with Arrow string views, which
+    some readers of the lake (Daft 0.7) refuse; an overwrite writes the types it is given."""
+    touched = pl.concat([rows["date"], tombstones["date"]])
+    days = date_texts(touched)
     table = table or DeltaTable(commit.table.uri, storage_options=commit.table.storage_options)
-    (table.merge(source, predicate=f"s.{TOMBSTONE} AND t.date IN {days} AND "
-                                   "t.event_id = s.event_id AND t.date = s.date",
-                 source_alias="s", target_alias="t", merge_schema=True, writer_properties=WRITER,
-                 commit_properties=_properties(commit, pl.concat([rows["date"],
-                                                                  tombstones["date"]])))
-     .when_matched_delete()
-     .when_not_matched_insert(updates={name: f"s.{name}" for name in columns},
-                              predicate=f"NOT s.{TOMBSTONE}")
-     .execute())
+    current = (pl.scan_delta(table).filter(pl.col("date").cast(pl.String).is_in(days))
+               .collect(engine="streaming"))
+    kept = current.join(tombstones.select("event_id", "date"), on=["event_id", "date"],
+                        how="anti")
+    written = pl.concat([kept, lake_rows(rows, commit.host)], how="diagonal_relaxed")
+    write_deltalake(table, plain_arrow(written), mode="overwrite", schema_mode="merge",
+                    predicate=f"date IN {dates_sql(days)}", writer_properties=WRITER,
+                    commit_properties=_properties(commit, touched))
 
 
 def _trial_write(uri: str, rows: pl.DataFrame) -> None:
@@ -225,7 +234,7 @@ def create_table(place: Location, rows: pl.DataFrame, host: str) -> None:
 
     try:
         with native_stderr_captured():
-            write_deltalake(place.uri, lake_rows(rows.head(0), host), mode="error",
+            write_deltalake(place.uri, plain_arrow(lake_rows(rows.head(0), host)), mode="error",
                             partition_by=["date"], storage_options=place.storage_options)
     except DeltaError:
         pass  # made meanwhile: the caller opens it
@@ -234,7 +243,7 @@ def create_table(place: Location, rows: pl.DataFrame, host: str) -> None:
 def rewrite_dates(table: DeltaTable, dates: list[str], rows: pl.DataFrame) -> None:
     """Replace the partitions of `dates` with `rows` (which hold `_id_hash`) in one commit."""
     with native_stderr_captured():
-        write_deltalake(table, rows.drop(FILE, ROW, strict=False), mode="overwrite",
+        write_deltalake(table, plain_arrow(rows.drop(FILE, ROW, strict=False)), mode="overwrite",
                         predicate=f"date IN {dates_sql(dates)}", schema_mode="merge",
                         writer_properties=WRITER,
                         commit_properties=CommitProperties(

@@ -7,7 +7,6 @@ import math
 import os
 import re
 import signal
-import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,14 @@ from pipeline.settings import (
     setting_fields,
 )
 from pipeline.sources import KINDS, Source
-from pipeline.storage import Location, check_lake_uri, env_options, is_remote_uri
+from pipeline.storage import (
+    Location,
+    default_host_id,
+    host_id,
+    is_remote_uri,
+    lake_options,
+    lake_uri,
+)
 
 HOME_ENV = "TALLY_HOME"
 # Test hook of the kill tests, read by compaction and rebuild: never set in production.
@@ -46,14 +52,6 @@ DEFAULT_HOME = Path(".tally")
 T = TypeVar("T")
 SUBDIRS = ("logs", "stage", "quarantine", "state", "lake")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def default_host_id() -> str:
-    """This machine's name, as a host id: characters a host id may not hold become `-`."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).strip("-._")[:64]
-    return name or "localhost"
-
 
 @dataclass(frozen=True)
 class Home:
@@ -94,8 +92,6 @@ class Home:
     def lake(self) -> Path:
         """The lake's directory; for a lake in an object store, the local directory that
         keeps this host's record of it (`_tally_batches.json`)."""
-        if self.lake_uri and not is_remote_uri(self.lake_uri):
-            return self.root / Location(self.lake_uri).path
         return self.root / "lake"
 
     @property
@@ -171,7 +167,7 @@ def load_home(home: str | Path | None = None) -> Home:
     _known_keys(lake, LAKE_KEYS, "lake", config_path)
     host = _table(raw, "host", config_path)
     _known_keys(host, HOST_KEYS, "host", config_path)
-    uri = _lake_uri(lake, config_path)
+    uri = lake_uri(lake, config_path)
     return Home(
         root=root,
         logs=root / _logs(paths, config_path),
@@ -190,8 +186,8 @@ def load_home(home: str | Path | None = None) -> Home:
         sources=_sources(raw.get("sources", []), config_path),
         logs_configured="logs" in paths,
         lake_uri=uri,
-        lake_options=_lake_options(lake, config_path) if is_remote_uri(uri) else (),
-        host=_host_id(host, config_path),
+        lake_options=lake_options(lake, config_path) if is_remote_uri(uri) else (),
+        host=host_id(host, config_path),
     )
 
 
@@ -335,51 +331,6 @@ def _serve_texts(serve: dict[str, Any], path: Path) -> dict[str, str]:
         raise ConfigError("must not be empty", path=path, field="serve.host",
                           hint='for example host = "127.0.0.1"')
     return texts
-
-
-def _lake_uri(lake: dict[str, Any], path: Path) -> str:
-    """[lake] uri, checked: a directory or s3://bucket/prefix ("" for the default)."""
-    uri = lake.get("uri", "")
-    problem = check_lake_uri(uri) if isinstance(uri, str) else "must be text"
-    if uri != "" and problem:
-        raise ConfigError(f"{problem}, got {uri!r}", path=path, field="lake.uri",
-                          hint='for example uri = "s3://team-bucket/tally"')
-    return str(uri)
-
-
-def _lake_options(lake: dict[str, Any], path: Path) -> tuple[tuple[str, str], ...]:
-    """The storage options of a lake in an object store: the environment's AWS_* settings,
-    overridden by [lake] endpoint, region and allow_http."""
-    options = env_options()
-    for key, option in (("endpoint", "AWS_ENDPOINT_URL"), ("region", "AWS_REGION")):
-        value = lake.get(key, "")
-        if not isinstance(value, str) or any(c.isspace() for c in value):
-            raise ConfigError(f"must be text without spaces, got {value!r}", path=path,
-                              field=f"lake.{key}")
-        if value:
-            options[option] = value
-    if "endpoint" in lake and not re.match(r"https?://[^/\s]+", lake["endpoint"]):
-        raise ConfigError(f"must be an http:// or https:// URL, got {lake['endpoint']!r}",
-                          path=path, field="lake.endpoint",
-                          hint='for example endpoint = "http://127.0.0.1:9000"')
-    allow_http = lake.get("allow_http", False)
-    if not isinstance(allow_http, bool):
-        raise ConfigError(f"must be true or false, got {allow_http!r}", path=path,
-                          field="lake.allow_http")
-    if allow_http:
-        options["AWS_ALLOW_HTTP"] = "true"
-    return tuple(sorted(options.items()))
-
-
-def _host_id(host: dict[str, Any], path: Path) -> str:
-    """[host] id, checked: letters, digits, `.`, `_` and `-` (default: the hostname)."""
-    name = host.get("id")
-    if name is None:
-        return default_host_id()
-    if not isinstance(name, str) or not _HOST_ID.fullmatch(name):
-        raise ConfigError(f"must be 1-64 letters, digits, '.', '_' or '-', got {name!r}",
-                          path=path, field="host.id", hint='for example id = "build-01"')
-    return name
 
 
 def _agents(values: dict[str, Any], path: Path) -> dict[str, dict[str, float]]:

@@ -40,6 +40,8 @@ CHECKED_FILE = "checked"  # `tally tail --once`'s last check: the watermark and 
 COUNTED_TYPES = frozenset({"agent_token_usage", "task_progress"})
 PUBLISH_EVERY_SECONDS = 0.5  # live.json at most this often while batches land
 ONE_SHOT_DELIVERY_SECONDS = 30.0  # `tally compact` and `tail --once` try no longer
+# A following tailer on a shared lake counts again this often: other hosts' events.
+FLEET_SEED_SECONDS = 60.0
 Notify = Callable[[str], None]
 Clock = Callable[[], datetime]
 
@@ -65,6 +67,7 @@ class BudgetMonitor:
         self.alerted: set[str] | None = None  # read from the alert log before any alert
         self.totals = LiveTotals(tz=home.budgets.tz)
         self.stale = True  # the next refresh counts the totals from the lake
+        self._seeded_at = 0.0  # when it last did (time.monotonic)
         # The day of the last check: a period that ended since is checked once more (if
         # it ended yesterday: older ones are past periods, which never alert).
         today = local_today(clock(), home.budgets.tz)
@@ -163,9 +166,15 @@ class BudgetMonitor:
         self._problem = problem
 
     def refresh(self) -> None:
-        """Count the totals from the lake if they are stale, then check the budgets."""
+        """Count the totals from the lake if they are stale (on a lake other hosts write
+        too, every FLEET_SEED_SECONDS: their events arrive only there), then check the
+        budgets."""
+        shared = not self.home.lake_location.is_local
+        if shared and time.monotonic() - self._seeded_at >= FLEET_SEED_SECONDS:
+            self.stale = True
         if self.stale or self.totals.needs_seed:
             self.stale = False
+            self._seeded_at = time.monotonic()
             try:
                 self.totals = self._seed(self.home, self.clock())
             except Exception as exc:  # keep what was counted; try again next time

@@ -4,24 +4,52 @@ The fresh lake, stage, quarantine and state are built in `<home>/.rebuild-<stamp
 the build is complete and holds no fewer events of any type than the home (else the
 rebuild refuses, unless forced), it is swapped in by pipeline.swap, which also finishes or
 undoes a swap a kill interrupted.
+
+A lake in an object store holds other hosts' events too, which this host's logs cannot
+replay: there the fresh lake is built on local disk, and each of its tables replaces, in
+one commit, the rows of this host (`host` = its id) in the shared table, less the events
+another host's row already holds. A kill before the swap leaves each shared table either
+as it was or replaced; both hold every event once, and the old stage and checkpoint go on.
 """
 
 from __future__ import annotations
 
+import random
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
-from deltalake.exceptions import DeltaError
+from deltalake import CommitProperties, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from pipeline.checkpoint import read_watermark
-from pipeline.compactor import CompactionResult, Progress, run_compaction
+from pipeline.commits import WRITER, create_table, fleet_transaction, plain_arrow
+from pipeline.compactor import MAX_PLANS, CompactionResult, Progress, run_compaction
 from pipeline.config import Home, fault
-from pipeline.errors import TallyError, WouldLoseData, display_path
+from pipeline.dedupe import ID_HASH
+from pipeline.errors import (
+    LakeError,
+    TallyError,
+    WouldLoseData,
+    display_path,
+    native_stderr_captured,
+)
 from pipeline.lake import scan_events
+from pipeline.ledger import (
+    HOST,
+    ROLLUPS_DIR,
+    app_id,
+    open_table,
+    record_versions,
+    table_dirs,
+    table_path,
+)
+from pipeline.pricing import pricing_for
+from pipeline.rollups import sync_rollups
 from pipeline.schemas import load_schemas
 from pipeline.stage import iter_quarantine
 from pipeline.swap import (
@@ -68,13 +96,17 @@ def run_rebuild(home: Home, *, force: bool = False, progress: Progress | None = 
         recovered = recover(home, locks)
         locks.cover(home.state)  # whichever state/ the recovery left in place
         scratch = home.root / f"{SCRATCH_PREFIX}{_new_stamp(home)}"
-        fresh = replace(home, root=scratch)  # the same logs and settings
+        # The same logs and settings; the lake built on this host's disk in any case.
+        fresh = replace(home, root=scratch, lake_uri="", lake_options=())
+        shared = not home.lake_location.is_local
         try:
             compaction = _build(fresh, progress, notify)
             before = _old_inventory(home, force)
             after = inventory(fresh)
             if before is not None and not force:
                 _refuse_to_shrink(home, before, after)
+            if shared:
+                replace_host_rows(home, fresh)
             locks.cover(fresh.state)  # after the swap it is state/: no tailer may take it
             _carry_alerts(home, fresh)
             write_swap_journal(scratch, keep=force)
@@ -94,11 +126,14 @@ def _carry_alerts(home: Home, fresh: Home) -> None:
 
 
 def inventory(home: Home) -> Inventory:
-    """Events of each type in the lake and the stage, each once, and quarantined lines."""
+    """Events of each type in the lake and the stage, each once, and quarantined lines; of
+    a lake other hosts share, only this host's events."""
     schemas = load_schemas()
     events = {}
     for event_type in schemas.types:
         frame = scan_events(home, event_type, schemas)
+        if frame is not None and not home.lake_location.is_local:
+            frame = frame.filter(pl.col(HOST) == home.host)
         if frame is not None:
             events[event_type] = int(frame.select(pl.len()).collect().item())
     quarantined = sum(1 for _ in iter_quarantine(home.quarantine, read_watermark(home.state)))
@@ -136,6 +171,55 @@ def _build(fresh: Home, progress: Progress | None,
     for name in PARTS:  # each exists, so "still in the scratch" means "not swapped yet"
         (fresh.root / name).mkdir(exist_ok=True)
     return result
+
+
+def replace_host_rows(home: Home, fresh: Home) -> None:
+    """Replace this host's rows in each table of the shared lake by the fresh lake's (built
+    on local disk), keep only the fresh lake's batch record, and bring the rollups up."""
+    stream = read_watermark(fresh.state)
+    batches = {app_id(stream.stream, home.host): stream.batch} if stream.batch else {}
+    versions = {}
+    for place in table_dirs(fresh):
+        table = open_table(place)
+        assert table is not None
+        rows = pl.scan_delta(table).collect(engine="streaming")
+        versions[place.name] = _replace_in_shared(home, place.name, rows, batches)
+        shutil.rmtree(place.path)  # its rows are in the shared lake now
+    shutil.rmtree(fresh.lake / ROLLUPS_DIR, ignore_errors=True)  # the shared lake's are kept
+    record_versions(fresh, versions)
+    thresholds = pricing_for(home).thresholds
+    for event_type in versions:
+        sync_rollups(home, event_type, thresholds)
+
+
+def _replace_in_shared(home: Home, event_type: str, rows: pl.DataFrame,
+                       batches: dict[str, int]) -> int:
+    """One commit: the table's rows of this host replaced by `rows`, less the events the
+    other hosts' rows hold; planned again if another host commits first. The new version."""
+    place = table_path(home, event_type)
+    for attempt in range(1, MAX_PLANS + 1):
+        table = open_table(place)
+        if table is None:
+            create_table(place, rows.drop(HOST, ID_HASH), home.host)
+            continue
+        others = (pl.scan_delta(table).filter(pl.col(HOST).ne_missing(home.host))
+                  .select("event_id").collect(engine="streaming"))
+        kept = rows.join(others, on="event_id", how="anti")
+        try:
+            with native_stderr_captured():
+                write_deltalake(table, plain_arrow(kept), mode="overwrite", schema_mode="merge",
+                                predicate=f"{HOST} = '{home.host}'", writer_properties=WRITER,
+                                commit_properties=CommitProperties(app_transactions=[
+                                    *(Transaction(a, b) for a, b in batches.items()),
+                                    fleet_transaction()]))
+            return table.version()
+        except CommitFailedError as exc:
+            if attempt == MAX_PLANS:
+                raise LakeError(f"cannot replace this host's rows in {place}: other hosts "
+                                f"kept committing first: {exc}",
+                                hint="run `tally rebuild` again") from exc
+            time.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
+    raise AssertionError("unreachable")
 
 
 def _old_inventory(home: Home, force: bool) -> Inventory | None:

@@ -5,7 +5,7 @@ Once per event type and run: the `_id_hash` of every pending stage row is matche
 the table's `_id_hash` column (one column scan, streamed) and against each other. Only the
 rows whose hash matched are read whole and ranked. A staged row that loses is dropped from
 its commit; a lake row that loses is deleted by the commit that holds its winner, in the
-same Delta commit as the winner's insert (a MERGE). Decisions depend on nothing but the
+same Delta commit as the winner's insert. Decisions depend on nothing but the
 rows, so a run killed between commits decides the same again.
 
 A table written before tally kept the rule on write has no `_id_hash` and may hold

@@ -37,6 +37,7 @@ import polars as pl
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
+from pipeline.commits import plain_arrow
 from pipeline.config import Home
 from pipeline.counting import context_estimates, nano_usd, snapshot_increments, usage_rows
 from pipeline.errors import LakeError, native_stderr_captured
@@ -212,10 +213,10 @@ def _write(name: str, path: Location, rollup: DeltaTable | None, source: DeltaTa
     data = usage_rollup(chosen, thresholds).collect(engine="streaming")
     predicate = None if touched is None or rollup is None else _dates_in(touched)
     with native_stderr_captured():
-        write_deltalake(path.uri if rollup is None else rollup, data, mode="overwrite",
-                        partition_by=["date"],
-                        predicate=predicate, schema_mode="overwrite" if predicate is None
-                        else None, commit_properties=properties,
+        write_deltalake(path.uri if rollup is None else rollup, plain_arrow(data),
+                        mode="overwrite", partition_by=["date"], predicate=predicate,
+                        schema_mode="overwrite" if predicate is None else None,
+                        commit_properties=properties,
                         storage_options=None if rollup is not None else path.storage_options)
 
 
@@ -231,7 +232,8 @@ def _write_whole(path: Location, rollup: DeltaTable | None, fresh: pl.LazyFrame,
     # A table an older tally partitioned by date is made unpartitioned too.
     layout = rollup is None or bool(rollup.metadata().partition_columns)
     with native_stderr_captured():
-        write_deltalake(path.uri if rollup is None else rollup, data, mode="overwrite",
+        write_deltalake(path.uri if rollup is None else rollup, plain_arrow(data),
+                        mode="overwrite",
                         partition_by=[] if layout else None,
                         schema_mode="overwrite" if layout else None,
                         commit_properties=properties,
@@ -248,8 +250,8 @@ def _write_pairs(name: str, path: Location, rollup: DeltaTable | None, events: p
     if touched is None or rollup is None:
         data = build(events).collect(engine="streaming")
         with native_stderr_captured():
-            write_deltalake(path.uri if rollup is None else rollup, data, mode="overwrite",
-                            partition_by=["date"],
+            write_deltalake(path.uri if rollup is None else rollup, plain_arrow(data),
+                            mode="overwrite", partition_by=["date"],
                             schema_mode="overwrite", commit_properties=properties,
                             storage_options=None if rollup is not None
                             else path.storage_options)
@@ -271,7 +273,7 @@ def _write_pairs(name: str, path: Location, rollup: DeltaTable | None, events: p
     others = current.filter(on_dates).join(pairs.lazy(), on=keys, how="anti", nulls_equal=True)
     data = pl.concat([others, again], how="diagonal_relaxed").collect(engine="streaming")
     with native_stderr_captured():
-        write_deltalake(rollup, data, mode="overwrite", partition_by=["date"],
+        write_deltalake(rollup, plain_arrow(data), mode="overwrite", partition_by=["date"],
                         predicate=_dates_in(dates), schema_mode="merge",
                         commit_properties=properties)
 

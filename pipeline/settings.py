@@ -60,8 +60,8 @@ CONFIG_TEMPLATE = """\
 #                            # "Authorization: Bearer ..."
 
 [lake]                        # where the Delta tables live (stage and checkpoints stay here)
-# uri = "lake"               # a directory (relative to the home), or s3://bucket/prefix
-#                            # shared by many hosts (docs/scale-out.md)
+# uri = "s3://bucket/prefix" # one lake in an object store for many hosts
+#                            # (docs/scale-out.md); default: the home's lake/
 # endpoint = ""              # an S3-compatible store (MinIO, Ceph...); or AWS_ENDPOINT_URL
 # region = ""                # or AWS_REGION
 # allow_http = false         # true for an endpoint without TLS; or AWS_ALLOW_HTTP=true

@@ -3,23 +3,27 @@ store that many hosts share, with the options that reach it.
 
 A `Location` names a table (or the lake's root) as delta-rs and Polars take it: a URI and
 storage options. The stage, the checkpoints and the quarantine stay on local disk whatever
-the lake is; only the Delta tables move.
+the lake is; only the Delta tables move. The `[lake]` and `[host]` sections of config.toml
+are checked here (pipeline.config reads the file).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
-from pipeline.errors import display_path
+from pipeline.errors import ConfigError, display_path
 
 # The environment variables delta-rs, Polars and tally read for S3 (keys they all accept:
 # Polars refuses storage options it does not know).
 ENV_OPTIONS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ALLOW_HTTP")
+_HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?")
 
 
@@ -81,9 +85,8 @@ def is_remote_uri(uri: str) -> bool:
 
 
 def check_lake_uri(uri: str) -> str | None:
-    """What is wrong with a `[lake] uri`, or None: a directory, or `s3://bucket/prefix`."""
-    if not is_remote_uri(uri):
-        return None if uri and "\0" not in uri else "must name a directory or s3://bucket/prefix"
+    """What is wrong with a `[lake] uri`, or None: it must be `s3://bucket/prefix` (a lake
+    on this host is always the home's `lake/`)."""
     if not _S3_URI.fullmatch(uri):
         return ("must be s3://bucket/prefix (a lowercase bucket name of 3-63 characters; "
                 "other object stores are not supported)")
@@ -104,6 +107,60 @@ def is_unreachable(text: str) -> bool:
 def env_options(environ: dict[str, str] | os._Environ[str] = os.environ) -> dict[str, str]:
     """The S3 settings the environment gives (AWS_* variables)."""
     return {key: environ[key] for key in ENV_OPTIONS if environ.get(key)}
+
+
+# ---------------------------------------------------------------- [lake] and [host]
+
+
+def lake_uri(lake: dict[str, Any], path: Path) -> str:
+    """`[lake] uri`, checked: s3://bucket/prefix ("" for the home's lake/)."""
+    uri = lake.get("uri", "")
+    problem = check_lake_uri(uri) if isinstance(uri, str) else "must be text"
+    if uri != "" and problem:
+        raise ConfigError(f"{problem}, got {uri!r}", path=path, field="lake.uri",
+                          hint='for example uri = "s3://team-bucket/tally"')
+    return str(uri)
+
+
+def lake_options(lake: dict[str, Any], path: Path) -> tuple[tuple[str, str], ...]:
+    """The storage options of a lake in an object store: the environment's AWS_* settings,
+    overridden by [lake] endpoint, region and allow_http."""
+    options = env_options()
+    for key, option in (("endpoint", "AWS_ENDPOINT_URL"), ("region", "AWS_REGION")):
+        value = lake.get(key, "")
+        if not isinstance(value, str) or any(c.isspace() for c in value):
+            raise ConfigError(f"must be text without spaces, got {value!r}", path=path,
+                              field=f"lake.{key}")
+        if value:
+            options[option] = value
+    if "endpoint" in lake and not re.match(r"https?://[^/\s]+", lake["endpoint"]):
+        raise ConfigError(f"must be an http:// or https:// URL, got {lake['endpoint']!r}",
+                          path=path, field="lake.endpoint",
+                          hint='for example endpoint = "http://127.0.0.1:9000"')
+    allow_http = lake.get("allow_http", False)
+    if not isinstance(allow_http, bool):
+        raise ConfigError(f"must be true or false, got {allow_http!r}", path=path,
+                          field="lake.allow_http")
+    if allow_http:
+        options["AWS_ALLOW_HTTP"] = "true"
+    return tuple(sorted(options.items()))
+
+
+def host_id(host: dict[str, Any], path: Path) -> str:
+    """`[host] id`, checked: letters, digits, `.`, `_` and `-` (default: the hostname)."""
+    name = host.get("id")
+    if name is None:
+        return default_host_id()
+    if not isinstance(name, str) or not _HOST_ID.fullmatch(name):
+        raise ConfigError(f"must be 1-64 letters, digits, '.', '_' or '-', got {name!r}",
+                          path=path, field="host.id", hint='for example id = "build-01"')
+    return name
+
+
+def default_host_id() -> str:
+    """This machine's name, as a host id: characters a host id may not hold become `-`."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).strip("-._")[:64]
+    return name or "localhost"
 
 
 def read_object(place: Location) -> bytes | None:

@@ -124,3 +124,15 @@ class MotoServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+
+
+def shared_lake_home(root: Any, name: str, lake: str, extra: str = "") -> Any:
+    """A tally home (directory `root/name`) whose lake is `lake` (s3://...), committing as
+    host `name`; `extra` is more config.toml text. Its path."""
+    from pipeline.config import init_home
+
+    home = root / name
+    init_home(home)
+    (home / "config.toml").write_text(
+        f'[lake]\nuri = "{lake}"\n\n[host]\nid = "{name}"\n\n{extra}')
+    return home

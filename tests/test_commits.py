@@ -1,5 +1,6 @@
-"""pipeline.commits: one Delta commit of a compaction: an append, or a MERGE that replaces
-lake rows; the dates it touched recorded; a full disk said in one line."""
+"""pipeline.commits: one Delta commit of a compaction: an append, or an overwrite of the
+touched partitions that replaces lake rows; the dates it touched recorded; a full disk said
+in one line."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def test_a_row_replacing_a_lake_row_of_another_day_is_one_commit(tmp_path: Path)
     table = compacted(home.root, usage_line("retry", "2025-03-02T00:00:01Z", 99))
     assert table.version() == before + 1  # the delete and the insert in one commit
     [commit] = table.history(1)
-    assert commit["operation"] == "MERGE"
+    assert commit["operation"] == "WRITE"  # an overwrite of the partitions it touched
+    assert commit["operationParameters"]["mode"] == "Overwrite"
     assert commit["tally.dates"] == "2025-03-01,2025-03-02"
     rows = pl.read_delta(str(home.lake / USAGE)).sort("event_id")
     assert rows.select("event_id", "input_tokens").rows() == [("other", 5), ("retry", 99)]

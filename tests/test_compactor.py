@@ -34,6 +34,7 @@ import pipeline.files
 from pipeline import compactor
 from pipeline.checkpoint import read_watermark
 from pipeline.cli import main
+from pipeline.commit_plan import file_rows
 from pipeline.compactor import (
     add_partition_date,
     optimize_lake,
@@ -380,8 +381,8 @@ def test_stage_files_are_counted_the_way_polars_reads_them(home: Home) -> None:
             writer.write_table(table.slice(start, 25 if start < 30 else None))
     assert pa.ipc.open_file(str(several)).num_record_batches == 3
     for path in stage_files(home):
-        assert compactor._rows(path) == pl.read_ipc(path).height
-    assert compactor._rows(several) == pl.read_ipc(several).height == 25 + 25 + parts.height - 30
+        assert file_rows(path) == pl.read_ipc(path).height
+    assert file_rows(several) == pl.read_ipc(several).height == 25 + 25 + parts.height - 30
 
 
 def test_a_kill_at_the_fault_points_loses_and_duplicates_nothing(home: Home) -> None:

@@ -14,9 +14,9 @@ Every staged row, known by its origin (`_source`, `_offset`), must then be in th
 exactly once, read raw with `polars.read_delta` (not `scan_events`, which dedupes).
 
 The duplicate kill test does the same to logs that repeat event_ids, in two compaction
-cycles (the second one's repeats replace rows in the lake, by MERGE commits): each
-event_id must then be in its table once, as the row an oracle written in this file (not
-pipeline.dedupe) chooses, and `tally report` must count what the oracle counts.
+cycles (the second one's repeats replace rows in the lake, by commits that rewrite their
+partitions): each event_id must then be in its table once, as the row an oracle written
+in this file (not pipeline.dedupe) chooses, and `tally report` must count what the oracle counts.
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ def test_kills_landed_everywhere() -> None:
 # Logs that repeat event_ids: producer retries with a larger, smaller or equal token total,
 # the same line copied into another file, retries on another UTC date, and repeats that
 # arrive a compaction later, when their original is in the lake already (the winner's
-# commit is then a MERGE that deletes the lake's row). The oracle below says, from the log
+# commit then rewrites the partition without the lake's row). The oracle below says, from the log
 # files alone and without pipeline.dedupe, which line each event must end as.
 
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
@@ -572,7 +572,7 @@ def compact_with_kills(home: Home, rows_per_commit: int, kills: Kills, rng: rand
     def check() -> None:
         readers_see(home, chosen)
         if merges(home) > merged:
-            landed["after a MERGE commit of the run"] += 1
+            landed["after a replacing commit of the run"] += 1
 
     killed_runs(home, types, rows_per_commit, kills, rng, run_seconds, landed, check)
     KILL_DUPLICATES.update({f"{cycle}: {where}": n for where, n in landed.items()})
@@ -592,7 +592,7 @@ def test_sigkill_among_duplicates_keeps_the_rule_s_row_once(
     # Repeats staged with their originals: every other seed kills this compaction too.
     first = Kills.of_seed(seed // 2, rng) if seed % 2 else Kills(0)
     compact_with_kills(home, rows_per_commit, first, rng, run_seconds, "first")
-    # Repeats of rows in the lake: the commits that replace them are MERGEs.
+    # Repeats of rows in the lake: the commits that replace them rewrite partitions.
     stage_later_cycle(home, seed, lines=rng.randint(1000, 1500), repeats=0.15)
     merged = merges(home)
     compact_with_kills(home, rows_per_commit, Kills.of_seed(seed, rng), rng, run_seconds,
@@ -605,14 +605,16 @@ def test_sigkill_among_duplicates_keeps_the_rule_s_row_once(
 
 
 def merges(home: Home) -> int:
-    """The MERGE commits of the usage table (commits that replaced lake rows)."""
+    """The commits of the usage table that replaced lake rows (each writes the partitions
+    of its rows anew: an overwrite with a predicate)."""
     table = open_table(table_path(home, USAGE))
     history = [] if table is None else table.history()
-    return sum(1 for commit in history if commit.get("operation") == "MERGE")
+    return sum(1 for commit in history if commit.get("operation") == "WRITE"
+               and commit.get("operationParameters", {}).get("mode") == "Overwrite")
 
 
 def test_kills_among_duplicates_landed_everywhere() -> None:
-    """Runs after the duplicate seeds: kills of the later cycle (MERGE commits) covered
+    """Runs after the duplicate seeds: kills of the later cycle (replacing commits) covered
     every phase of a run."""
     if KILL_DUPLICATES["seeds done"] < len(DUPLICATE_SEEDS):
         pytest.skip("meaningful only after every duplicate seed ran in this session")
@@ -620,7 +622,7 @@ def test_kills_among_duplicates_landed_everywhere() -> None:
     assert KILL_DUPLICATES["later: before writing"] >= 1
     assert KILL_DUPLICATES["later: after a commit, before its cleanup"] >= 1
     assert KILL_DUPLICATES["later: inside a write (files written, no commit)"] >= 1
-    assert KILL_DUPLICATES["later: after a MERGE commit of the run"] >= 1
+    assert KILL_DUPLICATES["later: after a replacing commit of the run"] >= 1
     assert KILL_DUPLICATES["first: after a commit, before its cleanup"] \
         + KILL_DUPLICATES["first: between commits"] >= 1
 

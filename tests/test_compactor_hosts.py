@@ -19,9 +19,8 @@ import orjson
 import polars as pl
 import pytest
 
-from pipeline.config import init_home
 from tests.conftest import run_tally, tally_executable
-from tests.s3 import MotoServer
+from tests.s3 import MotoServer, shared_lake_home
 
 pytestmark = pytest.mark.slow
 HOSTS = ("host-a", "host-b", "host-c")
@@ -31,12 +30,8 @@ DAYS = ("2025-09-01", "2025-09-02", "2025-09-03")
 
 def host_home(root: Path, name: str, lake: str) -> Path:
     """A home whose lake is `lake` (in moto), committing as host `name`."""
-    home = root / name
-    init_home(home)
-    (home / "config.toml").write_text(
-        f'[lake]\nuri = "{lake}"\n\n[host]\nid = "{name}"\n\n'
-        "[compactor]\nlock_timeout = 120\nauto_optimize_files = 4\n")
-    return home
+    return Path(shared_lake_home(root, name, lake,
+                                 "[compactor]\nlock_timeout = 120\nauto_optimize_files = 4\n"))
 
 
 def usage_line(event_id: str, day: str, agent: str, tokens: int) -> bytes:
@@ -109,10 +104,9 @@ class Host:
                                  f"{done.stderr[-2000:]}")
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
+@pytest.fixture
+def moto(moto_server: MotoServer) -> MotoServer:
+    return moto_server
 
 
 @pytest.mark.parametrize("seed", [11, 23, 37])

@@ -18,15 +18,17 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline import monitor as monitor_module
 from pipeline.alerts import alert_log, outbox_dir, outbox_path, put_in_outbox
 from pipeline.budgets import Budget, Crossing, local_today
 from pipeline.compactor import run_compaction
-from pipeline.config import Home
+from pipeline.config import Home, load_home
 from pipeline.monitor import BudgetMonitor, check_budgets, check_budgets_after
 from pipeline.reports import all_events
 from pipeline.tailer import Tailer
 from pipeline.writer import append_event
 from tests.conftest import make_home, tally_executable
+from tests.s3 import MotoServer, shared_lake_home
 
 SEED_CONFIG = "[budgets]\n[budgets.agents.claude]\ndaily_tokens = 80000\n"
 
@@ -365,3 +367,30 @@ def test_a_cron_run_with_nothing_new_still_retries_deliveries(tmp_path: Path) ->
     put_in_outbox(home, entry["event"], attempts=1, due=0.0)  # due now
     assert check_budgets_after(home, told.append, tailer.checkpoint) == []  # nothing new
     assert calls.exists()
+
+
+def test_a_monitor_on_a_shared_lake_counts_the_other_hosts_again(
+        tmp_path: Path, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in moto_server.env().items():
+        monkeypatch.setenv(key, value)
+    lake = f"{moto_server.bucket()}/tally"
+    here, there = (load_home(shared_lake_home(tmp_path, name, lake)) for name in ("here", "there"))
+
+    def land(home: Home, tokens: int) -> None:  # another host's events reach the lake
+        append_event(home.logs / "a.jsonl", usage("claude", tokens))
+        with Tailer(home) as tailer:
+            tailer.poll()
+        run_compaction(home)
+
+    def counted(monitor: BudgetMonitor) -> int:
+        return sum(day.tokens for day in monitor.totals.day_usage())
+
+    land(there, 300)
+    monitor = BudgetMonitor(here, lambda message: None)
+    assert counted(monitor) == 300  # seeded from the shared lake
+    land(there, 500)
+    monitor.refresh()
+    assert counted(monitor) == 300  # not counted again within FLEET_SEED_SECONDS
+    monkeypatch.setattr(monitor_module, "FLEET_SEED_SECONDS", 0.0)
+    monitor.refresh()
+    assert counted(monitor) == 800

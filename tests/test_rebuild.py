@@ -30,13 +30,14 @@ from pipeline import rebuild, swap
 from pipeline.checkpoint import ProcessLock
 from pipeline.cli import main
 from pipeline.compactor import run_compaction
-from pipeline.config import Home
+from pipeline.config import Home, load_home
 from pipeline.errors import LockTimeout, WouldLoseData
 from pipeline.lake import scan_events
 from pipeline.ledger import table_dirs, table_path
 from pipeline.rebuild import inventory, run_rebuild
 from pipeline.swap import PARTS, interrupted_rebuild, recover_interrupted_rebuild
 from pipeline.tailer import PollResult, Tailer
+from tests.s3 import MotoServer, shared_lake_home
 
 TALLY = str(Path(sys.executable).with_name("tally"))
 USAGE = "agent_token_usage"
@@ -450,3 +451,60 @@ def test_alerts_waiting_for_delivery_outlive_the_rebuild(home: Home) -> None:
     run_rebuild(home)
     assert [entry["event"]["event_id"] for _, entry in pending_alerts(home)] == [
         "tally-budget:x"]
+
+
+# ------------------------------------------------------------------ a lake many hosts share
+
+
+def shared_rows(lake_uri: str, options: dict[str, str]) -> pl.DataFrame:
+    return pl.read_delta(f"{lake_uri}/{USAGE}", storage_options=options).select(
+        "event_id", "host", "input_tokens").sort("event_id")
+
+
+def test_a_rebuild_on_a_shared_lake_replaces_only_this_hosts_events(
+        tmp_path: Path, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in moto_server.env().items():
+        monkeypatch.setenv(key, value)
+    lake_uri = f"{moto_server.bucket()}/tally"
+    homes = {name: load_home(shared_lake_home(tmp_path, name, lake_uri))
+             for name in ("host-a", "host-b")}
+    # The same five events reached both hosts; b's copies are larger, so they win.
+    append(homes["host-b"], "b.jsonl", [usage(f"b-{i}") for i in range(20)]
+           + [usage(f"shared-{i}", input_tokens=900) for i in range(5)])
+    append(homes["host-a"], "a.jsonl", [usage(f"a-{i}") for i in range(30)]
+           + [usage(f"shared-{i}", input_tokens=7) for i in range(5)])
+    for name in ("host-b", "host-a"):
+        tail(homes[name])
+        run_compaction(homes[name])
+    before = shared_rows(lake_uri, moto_server.options)
+    assert before.height == before["event_id"].n_unique() == 55
+    assert set(before.filter(pl.col("event_id").str.starts_with("shared"))["host"]) == {"host-b"}
+
+    result = run_rebuild(homes["host-a"])
+
+    assert result.before is not None
+    assert result.before.events[USAGE] == result.after.events[USAGE] - 5 == 30
+    after = shared_rows(lake_uri, moto_server.options)
+    assert after.equals(before)  # the same events, each once, b's rows untouched
+    assert not interrupted_rebuild(homes["host-a"])
+    assert not any(homes["host-a"].lake.rglob("_delta_log"))  # no local tables left
+    versions = {t.name: DeltaTable(t.uri, storage_options=moto_server.options).version()
+                for t in table_dirs(homes["host-a"])}
+    assert versions[USAGE] >= 2
+    # The host goes on under the rebuilt state: new lines land once.
+    append(homes["host-a"], "a.jsonl", [usage("a-late")])
+    tail(homes["host-a"])
+    run_compaction(homes["host-a"])
+    later = shared_rows(lake_uri, moto_server.options)
+    assert later.height == later["event_id"].n_unique() == 56
+    report = runner_report(homes["host-b"])
+    assert report == runner_report(homes["host-a"])
+    assert sum(row["events"] for row in report) == 56
+
+
+def runner_report(home: Home) -> list[dict[str, Any]]:
+    result = CliRunner().invoke(main, ["report", "--by", "host", "--format", "json",
+                                       "--home", str(home.root)])
+    assert result.exit_code == 0, result.output
+    records: list[dict[str, Any]] = orjson.loads(result.stdout)
+    return records

@@ -109,7 +109,8 @@ def rebuild(home: Home, force: bool) -> None:
 
     Refuses (exit 6, nothing changed) if the fresh lake would hold fewer events of any
     type than the current one, as after old logs were pruned. Safe to kill: the next
-    rebuild first finishes or undoes an interrupted one.
+    rebuild first finishes or undoes an interrupted one. On a lake other hosts share
+    ([lake] uri), it replaces this host's events only.
 
     \b
     Examples:
@@ -122,7 +123,8 @@ def rebuild(home: Home, force: bool) -> None:
     for line in result.recovered:
         click.echo(f"recovered: {line}", err=True)
     click.echo(_summary("rebuild", result.compaction))
-    click.echo(f"lake: {home.lake}")
+    shared = "" if home.lake_location.is_local else f" (the rows of host {home.host})"
+    click.echo(f"lake: {home.lake_location}{shared}")
     changed = changes(result.before, result.after) if result.before else []
     if changed:
         click.echo("changed: " + ", ".join(changed))
