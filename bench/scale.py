@@ -86,7 +86,8 @@ EXIT_DISAGREE = 1
 SUMMARY = re.compile(
     r"compact: (?P<events>[\d,]+) events in (?P<commits>\d+) commit\(s\), "
     r"(?P<partitions>\d+) partition\(s\) touched, (?P<seconds>[\d.]+) s "
-    r"\((?P<rate>[\d,]+) events/s\)(?:, planned again (?P<retries>\d+) time\(s\))?")
+    r"\((?P<rate>[\d,]+) events/s\)(?:, planned again (?P<retries>\d+) time\(s\)[^,]*)?"
+    r"(?:, rollups caught up again (?P<rollup_retries>\d+) time\(s\))?")
 
 # examples/daft_report.py's own main(), in .venv-scale, with two stamps on stderr: after its
 # local cluster is up, and once the report's rows are all read. argv: examples dir, then the
@@ -223,7 +224,8 @@ def parse_summary(stdout: str, who: str) -> dict[str, Any]:
         raise RuntimeError(f"{who}: no summary line in tally compact's output: {stdout!r}")
     return {"summary": match.group(0), "events": int(match["events"].replace(",", "")),
             "commits": int(match["commits"]), "partitions": int(match["partitions"]),
-            "own_s": float(match["seconds"]), "retries": int(match["retries"] or 0)}
+            "own_s": float(match["seconds"]), "retries": int(match["retries"] or 0),
+            "rollup_retries": int(match["rollup_retries"] or 0)}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -473,6 +475,8 @@ def rows_of(runs: list[dict[str, Any]], names: list[str]) -> list[tuple[str, str
                      [r["hosts"]["hosts"][name]["seconds"] for r in runs]))
         rows.append((f"  {name}: retries (planned again)", "",
                      [r["hosts"]["hosts"][name]["retries"] for r in runs]))
+        rows.append((f"  {name}: rollup retries", "",
+                     [r["hosts"]["hosts"][name]["rollup_retries"] for r in runs]))
     for name in names:
         rows.append((f"tally report from {name}", "s", [r["report_s"][name] for r in runs]))
     rows.append(("Polars in-process query", "s", [r["polars_s"] for r in runs]))

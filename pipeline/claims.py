@@ -17,8 +17,8 @@ import time
 
 from pipeline.config import Home
 from pipeline.errors import LakeError, native_stderr_captured
-from pipeline.ledger import REMOTE_HINT, open_table
-from pipeline.storage import Location
+from pipeline.ledger import open_table
+from pipeline.storage import REMOTE_HINT, Location
 
 CLAIMS_TABLE = "_alerts"
 CLAIM_ATTEMPTS = 20
@@ -39,9 +39,12 @@ def alert_owner(home: Home, alert_id: str) -> str:
     """The host that raises an alert: this one, if no host claimed it before."""
     place = claims_table(home)
     key = (place.uri, alert_id)
-    if key not in _owners:
-        _owners[key] = _claim(place, alert_id, home.host)
-    return _owners[key]
+    if key in _owners:
+        return _owners[key]
+    owner = _claim(place, alert_id, home.host)
+    if owner:  # a claim whose row cannot be read is asked about again next time
+        _owners[key] = owner
+    return owner
 
 
 def _claim(place: Location, alert_id: str, host: str) -> str:
@@ -50,6 +53,7 @@ def _claim(place: Location, alert_id: str, host: str) -> str:
     from deltalake.exceptions import CommitFailedError, DeltaError
 
     from pipeline.commits import plain_arrow
+    from pipeline.maintenance import checkpoint_if_due
 
     app = claim_app(alert_id)
     row = pl.DataFrame({"alert_id": [alert_id], "host": [host]})
@@ -72,6 +76,7 @@ def _claim(place: Location, alert_id: str, host: str) -> str:
                 write_deltalake(table, plain_arrow(row), mode="append",
                                 commit_properties=CommitProperties(
                                     app_transactions=[Transaction(app, 1)]))
+            checkpoint_if_due(table)  # a claim a commit: its log is read at every claim
             return host
         except CommitFailedError:  # another claim came first: read the table again
             time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** attempt)))

@@ -25,7 +25,7 @@ from deltalake.exceptions import CommitFailedError
 
 from pipeline.dedupe import id_hash
 from pipeline.errors import LakeError, StorageError, native_stderr_captured
-from pipeline.ledger import HOST, REMOTE_HINT, dates_sql
+from pipeline.ledger import HOST, dates_sql, open_table
 from pipeline.maintenance import (
     data_files,
     is_storage_refusal,
@@ -34,7 +34,7 @@ from pipeline.maintenance import (
 )
 from pipeline.poison import Unwritable, scratch_probe, split_writable
 from pipeline.resolve import FILE, ROW, Resolution, staged_scan
-from pipeline.storage import Location, is_unreachable
+from pipeline.storage import REMOTE_HINT, Location, is_unreachable
 
 DATES_KEY = "tally.dates"
 FLEET_APP = "tally-lake"  # every commit of events carries it (see above)
@@ -227,17 +227,25 @@ def _trial_write(uri: str, rows: pl.DataFrame) -> None:
                         schema_mode="merge")
 
 
-def create_table(place: Location, rows: pl.DataFrame, host: str) -> None:
-    """Make an empty table with the columns of `rows`, unless another writer made it first
-    (in an object store, hosts may race to make one)."""
+def create_table(place: Location, rows: pl.DataFrame, host: str) -> DeltaTable:
+    """An empty table with the columns of `rows`, or the one another writer made first (in
+    an object store, hosts may race to make one)."""
     from deltalake.exceptions import DeltaError
 
     try:
         with native_stderr_captured():
             write_deltalake(place.uri, plain_arrow(lake_rows(rows.head(0), host)), mode="error",
                             partition_by=["date"], storage_options=place.storage_options)
-    except DeltaError:
-        pass  # made meanwhile: the caller opens it
+    except (DeltaError, OSError) as exc:
+        made = open_table(place)  # by another host meanwhile, or not at all
+        if made is None:
+            detail = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            raise LakeError(f"cannot make the lake table {place}: {detail}",
+                            hint=REMOTE_HINT) from exc
+        return made
+    made = open_table(place)
+    assert made is not None
+    return made
 
 
 def rewrite_dates(table: DeltaTable, dates: list[str], rows: pl.DataFrame) -> None:

@@ -1,9 +1,10 @@
 """Compaction: committed stage batches into one Delta table per event type, exactly once.
 
-Each Delta commit records `Transaction(app_id(S), N)` for each tailer stream S it holds
-batches of, N the highest (pipeline.ledger). Stage files of batches a table already holds
-are deleted, never written again. A kill at any point therefore leaves either the old
-table plus the stage files, or the new table plus stage files that the next run removes.
+Each Delta commit records `Transaction(app_id(S, H), N)` for each tailer stream S it holds
+batches of, N the highest, H this host (pipeline.ledger). Stage files of batches a table
+already holds are deleted, never written again. A kill at any point therefore leaves either
+the old table plus the stage files, or the new table plus stage files that the next run
+removes.
 
 Hosts that share a lake in an object store compact at the same moments: a commit another
 host's commit came before is refused (`CommitConflict`, see pipeline.commits), and the run
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import polars as pl
 from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from pipeline.checkpoint import Watermark, read_watermark
 from pipeline.commit_plan import Budget, chunks, count_rows, highest_batches
@@ -76,6 +78,7 @@ from pipeline.recovery import Restaged, restage
 from pipeline.resolve import Resolution, needs_upgrade, resolve, staged_scan, upgrade_table
 from pipeline.rollups import rollup_dirs, sync_rollups
 from pipeline.stage import BatchId, all_batch_files, fsync_dir, staged_files
+from pipeline.storage import REMOTE_HINT, is_unreachable
 from pipeline.swap import recover_interrupted_rebuild
 
 # Rows per Delta commit: peak RSS grows with it (2M events: 1.07 GB at 1M rows, 570 MB at
@@ -108,7 +111,8 @@ class CompactionResult:
     uncommitted_files_removed: int = 0
     upgraded: dict[str, int] = field(default_factory=dict)  # duplicates deleted per table
     rollups_rebuilt: list[str] = field(default_factory=list)  # computed again whole
-    conflicts: int = 0  # commits refused because another host committed first
+    conflicts: int = 0  # plans made again because another host committed first
+    rollup_conflicts: int = 0  # rollup catch-ups made again, for the same reason
     recovered: list[str] = field(default_factory=list)  # what an interrupted rebuild left
 
     @property
@@ -133,11 +137,15 @@ def run_compaction(home: Home, *, lock_timeout: float | None = None,
         result.uncommitted_files_removed = removed
         try:
             watermark = _commit_stage(home, result, progress, rows_per_commit)
-            result.rollups_rebuilt = _sync_rollups(home)
+            result.rollups_rebuilt = _sync_rollups(home, result)
             result.optimized = _tidy(home)
             prune(home.state, _still_staged(home), watermark.stream)
-        except OSError as exc:
-            if is_storage_failure(exc):
+        except (OSError, pl.exceptions.PolarsError, DeltaError) as exc:
+            if not home.lake_location.is_local and is_unreachable(str(exc)):
+                detail = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+                raise LakeError(f"cannot reach the lake {home.lake_location}: {detail}",
+                                hint=REMOTE_HINT) from exc
+            if isinstance(exc, OSError) and is_storage_failure(exc):
                 raise StorageError(f"cannot compact: {exc.strerror}", path=exc.filename,
                                    errno_code=exc.errno) from exc
             raise
@@ -175,12 +183,16 @@ def _reporter(progress: Progress | None, total: int) -> Callable[[int], None]:
     return lambda done: progress(done, total) if progress else None
 
 
-def _sync_rollups(home: Home) -> list[str]:
+def _sync_rollups(home: Home, result: CompactionResult) -> list[str]:
     """Bring every rollup up to its event table (after this run's commits, or a run killed
     before it caught up); the rollups computed again whole."""
     thresholds = pricing_for(home).thresholds
+
+    def retried() -> None:
+        result.rollup_conflicts += 1
+
     return [name for path in table_dirs(home)
-            for name in sync_rollups(home, path.name, thresholds)]
+            for name in sync_rollups(home, path.name, thresholds, retried)]
 
 
 def _tidy(home: Home) -> dict[str, int]:
@@ -265,7 +277,9 @@ def _plan_commits(run: _Run, event_type: str,
     path, host = table_path(run.home, event_type), run.home.host
     table = open_table(path)
     check_not_behind(run.home, event_type, table)
-    held = {stream: stream_batch(table, stream, host) for stream in {b.stream for b, _ in files}}
+    legacy = path.is_local
+    held = {stream: stream_batch(table, stream, host, legacy)
+            for stream in {b.stream for b, _ in files}}
     run.remove(event_type, [f for b, f in files if b.number <= held[b.stream]])
     pending = [(b, f) for b, f in files if b.number > held[b.stream]]
     if not pending:
@@ -273,9 +287,8 @@ def _plan_commits(run: _Run, event_type: str,
     if table is None and not path.is_local:
         # Hosts may race to make it: an empty table first, so that every commit of rows
         # is made from a version, and refused if another came first.
-        create_table(path, add_partition_date(staged_scan([pending[0][1]])).head(0).collect(),
-                     host)
-        return _plan_commits(run, event_type, files)
+        table = create_table(path, add_partition_date(staged_scan([pending[0][1]])).head(0)
+                             .collect(), host)
     try:
         table = _upgraded(run, event_type, table)
         resolution = _resolved(run, event_type, [f for _, f in pending], table)
@@ -301,7 +314,9 @@ def _resolved(run: _Run, event_type: str, files: list[Path],
     try:
         return resolve(files, table, event_type, lake_hashes(index, table, table_path(
             run.home, event_type)))
-    except pl.exceptions.PolarsError:
+    except pl.exceptions.PolarsError as exc:
+        if is_unreachable(str(exc)):  # the store, not the index: keep it
+            raise
         forget(index)
         return resolve(files, table, event_type)
 
@@ -310,9 +325,12 @@ def _upgraded(run: _Run, event_type: str, table: DeltaTable | None) -> DeltaTabl
     """The table, its duplicates deleted and `_id_hash` written if an older tally made it."""
     if table is None or not needs_upgrade(table):
         return table
-    run.result.upgraded[event_type] = upgrade_table(
-        table, event_type, lambda dates, rows: rewrite_dates(table, dates, rows),
-        run.budget.per_commit)
+    try:
+        run.result.upgraded[event_type] = upgrade_table(
+            table, event_type, lambda dates, rows: rewrite_dates(table, dates, rows),
+            run.budget.per_commit)
+    except CommitFailedError as exc:  # another host upgrades it too: plan again
+        raise CommitConflict(str(exc)) from exc
     return open_table(table_path(run.home, event_type))
 
 

@@ -120,7 +120,8 @@ def open_events(home: Home, event_type: str, schemas: SchemaSet | None = None) -
     parts = []
     for batch, frame in staged:
         if batch.stream not in held:
-            held[batch.stream] = stream_batch(table, batch.stream, home.host)
+            held[batch.stream] = stream_batch(table, batch.stream, home.host,
+                                              home.lake_location.is_local)
         if batch.number > held[batch.stream]:  # staged here: this host's
             parts.append(conform(frame.lazy(), schema).with_columns(
                 pl.col(HOST).fill_null(home.host)))

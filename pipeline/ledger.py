@@ -34,7 +34,7 @@ from pipeline.config import Home
 from pipeline.errors import DamagedFile, LakeError
 from pipeline.schemas import load_schemas
 from pipeline.stage import fsync_dir, write_atomic
-from pipeline.storage import Location
+from pipeline.storage import REMOTE_HINT, Location
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -93,8 +93,6 @@ def all_table_dirs(home: Home) -> list[Location]:
 
 
 _opened: dict[str, tuple[DeltaTable, tuple[object, ...], int]] = {}
-REMOTE_HINT = ("check [lake] uri and endpoint, the AWS_* credentials and the network; "
-               "nothing is lost: the events wait in the stage")
 
 
 def open_table(place: Location | Path) -> DeltaTable | None:
@@ -171,12 +169,14 @@ def _identity(log: Path) -> tuple[object, ...]:
     return tuple(found)
 
 
-def stream_batch(table: DeltaTable | None, stream: str, host: str) -> int:
+def stream_batch(table: DeltaTable | None, stream: str, host: str, legacy: bool = True) -> int:
     """The highest batch of `stream`, staged on `host`, already committed into a table (0
-    for none); batches an older tally committed without a host count too."""
+    for none); with `legacy`, batches an older tally committed without a host count too
+    (never on a lake hosts share: there the id without a host may be another host's)."""
     if table is None:
         return 0
-    versions = [table.transaction_version(app) for app in (app_id(stream, host), app_id(stream))]
+    apps = (app_id(stream, host), app_id(stream)) if legacy else (app_id(stream, host),)
+    versions = [table.transaction_version(app) for app in apps]
     return max((int(v) for v in versions if v is not None), default=0)
 
 

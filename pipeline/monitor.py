@@ -68,6 +68,7 @@ class BudgetMonitor:
         self.totals = LiveTotals(tz=home.budgets.tz)
         self.stale = True  # the next refresh counts the totals from the lake
         self._seeded_at = 0.0  # when it last did (time.monotonic)
+        self._seed_failed = False  # and failed: on a shared lake, tried again only later
         # The day of the last check: a period that ended since is checked once more (if
         # it ended yesterday: older ones are past periods, which never alert).
         today = local_today(clock(), home.budgets.tz)
@@ -170,15 +171,19 @@ class BudgetMonitor:
         too, every FLEET_SEED_SECONDS: their events arrive only there), then check the
         budgets."""
         shared = not self.home.lake_location.is_local
-        if shared and time.monotonic() - self._seeded_at >= FLEET_SEED_SECONDS:
+        since = time.monotonic() - self._seeded_at
+        if shared and since >= FLEET_SEED_SECONDS:
             self.stale = True
+        elif shared and self._seed_failed:
+            return  # the store did not answer a moment ago: not again at every poll
         if self.stale or self.totals.needs_seed:
             self.stale = False
             self._seeded_at = time.monotonic()
             try:
                 self.totals = self._seed(self.home, self.clock())
+                self._seed_failed = False
             except Exception as exc:  # keep what was counted; try again next time
-                self.stale = self.failed = True
+                self.stale = self.failed = self._seed_failed = True
                 self._tell_once(f"could not count the current periods: {safe_text(str(exc))}")
             self.check()
 

@@ -102,7 +102,7 @@ def run_rebuild(home: Home, *, force: bool = False, progress: Progress | None = 
         try:
             compaction = _build(fresh, progress, notify)
             before = _old_inventory(home, force)
-            after = inventory(fresh)
+            after = shared_inventory(home, fresh) if shared else inventory(fresh)
             if before is not None and not force:
                 _refuse_to_shrink(home, before, after)
             if shared:
@@ -173,6 +173,22 @@ def _build(fresh: Home, progress: Progress | None,
     return result
 
 
+def shared_inventory(home: Home, fresh: Home) -> Inventory:
+    """What a rebuilt fresh lake would leave of this host's events in the shared lake: its
+    events, less those other hosts' rows hold (which the shared lake keeps as they are)."""
+    events = {}
+    for place in table_dirs(fresh):
+        table = open_table(place)
+        assert table is not None
+        ids = pl.scan_delta(table).select("event_id")
+        shared = open_table(table_path(home, place.name))
+        if shared is not None:
+            others = pl.scan_delta(shared).filter(pl.col(HOST).ne_missing(home.host))
+            ids = ids.join(others.select("event_id"), on="event_id", how="anti")
+        events[place.name] = int(ids.select(pl.len()).collect(engine="streaming").item())
+    return Inventory(events, inventory(fresh).quarantined)
+
+
 def replace_host_rows(home: Home, fresh: Home) -> None:
     """Replace this host's rows in each table of the shared lake by the fresh lake's (built
     on local disk), keep only the fresh lake's batch record, and bring the rollups up."""
@@ -199,9 +215,7 @@ def _replace_in_shared(home: Home, event_type: str, rows: pl.DataFrame,
     place = table_path(home, event_type)
     for attempt in range(1, MAX_PLANS + 1):
         table = open_table(place)
-        if table is None:
-            create_table(place, rows.drop(HOST, ID_HASH), home.host)
-            continue
+        table = table or create_table(place, rows.drop(HOST, ID_HASH), home.host)
         others = (pl.scan_delta(table).filter(pl.col(HOST).ne_missing(home.host))
                   .select("event_id").collect(engine="streaming"))
         kept = rows.join(others, on="event_id", how="anti")

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import polars as pl
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
@@ -158,9 +158,10 @@ def reflected(rollup: DeltaTable | None) -> int | None:
     return None if version is None else int(version)
 
 
-def sync_rollups(home: Home, event_type: str, thresholds: Sequence[int]) -> list[str]:
+def sync_rollups(home: Home, event_type: str, thresholds: Sequence[int],
+                 retried: Callable[[], None] | None = None) -> list[str]:
     """Bring the rollups of an event table up to its current version; the names of those
-    computed again whole."""
+    computed again whole. `retried` is called each time another host's commit came first."""
     whole = []
     for name in (n for n, t in SOURCES.items() if t == event_type):
         for attempt in range(1, SYNC_ATTEMPTS + 1):
@@ -173,6 +174,8 @@ def sync_rollups(home: Home, event_type: str, thresholds: Sequence[int]) -> list
                     raise LakeError(f"the rollup {name} kept changing under this host: {exc}",
                                     hint="run compact again; reports read the events "
                                          "meanwhile") from exc
+                if retried is not None:
+                    retried()
                 time.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
     return whole
 

@@ -62,8 +62,8 @@ CONFIG_TEMPLATE = """\
 [lake]                        # where the Delta tables live (stage and checkpoints stay here)
 # uri = "s3://bucket/prefix" # one lake in an object store for many hosts
 #                            # (docs/scale-out.md); default: the home's lake/
-# endpoint = ""              # an S3-compatible store (MinIO, Ceph...); or AWS_ENDPOINT_URL
-# region = ""                # or AWS_REGION
+# endpoint = "http://127.0.0.1:9000"  # an S3-compatible store (MinIO...); or AWS_ENDPOINT_URL
+# region = "us-east-1"       # or AWS_REGION
 # allow_http = false         # true for an endpoint without TLS; or AWS_ALLOW_HTTP=true
 #                            # keys come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
 

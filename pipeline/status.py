@@ -106,7 +106,8 @@ def _waiting(home: Home, watermark: Watermark, problems: list[str]) -> int:
             if not is_committed(batch, watermark):
                 continue
             if batch.stream not in held:
-                held[batch.stream] = stream_batch(table, batch.stream, home.host)
+                held[batch.stream] = stream_batch(table, batch.stream, home.host,
+                                                  home.lake_location.is_local)
             if batch.number <= held[batch.stream]:
                 continue
             waiting += _rows_or_problem(path, problems)

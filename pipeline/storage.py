@@ -93,6 +93,8 @@ def check_lake_uri(uri: str) -> str | None:
     return None
 
 
+REMOTE_HINT = ("check [lake] uri and endpoint, the AWS_* credentials and the network; "
+               "nothing is lost: the events wait in the stage")
 # What delta-rs and Polars say when an object store does not answer, or refuses the keys.
 UNREACHABLE_MARKERS = ("S3 error", "error sending request", "Connection refused",
                        "timed out", "dns error", "InvalidAccessKeyId", "SignatureDoesNotMatch",

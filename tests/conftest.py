@@ -138,6 +138,15 @@ def s3_bucket(moto_server: MotoServer) -> str:
     return moto_server.bucket()
 
 
+@pytest.fixture
+def s3_lake(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A lake URI in a fresh bucket, this process's AWS_* settings pointing at the
+    emulator (as a host's environment would), for homes loaded here."""
+    for key, value in moto_server.env().items():
+        monkeypatch.setenv(key, value)
+    return f"{moto_server.bucket()}/tally"
+
+
 def tally_executable() -> str:
     """The installed tally console script (the test is skipped without one)."""
     candidate = Path(sys.executable).parent / "tally"

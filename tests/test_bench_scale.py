@@ -124,5 +124,10 @@ def test_the_summary_line_gives_events_and_retries() -> None:
     assert (once["events"], once["commits"], once["retries"]) == (1000, 1, 0)
     assert (again["events"], again["commits"], again["retries"], again["own_s"]) == (
         1000, 2, 2, 6.31)
+    both = scale.parse_summary(
+        "compact: 10 events in 1 commit(s), 1 partition(s) touched, 1.00 s (10 events/s), "
+        "planned again 1 time(s) after other hosts' commits, rollups caught up again 3 "
+        "time(s)\n", "host-b")
+    assert (both["retries"], both["rollup_retries"], once["rollup_retries"]) == (1, 3, 0)
     with pytest.raises(RuntimeError, match="host-c: no summary line"):
         scale.parse_summary("", "host-c")

@@ -19,11 +19,9 @@ from tests.s3 import MotoServer, shared_lake_home
 
 
 @pytest.fixture
-def lake(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in moto_server.env().items():
-        monkeypatch.setenv(key, value)
+def lake(s3_lake: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setattr(claims, "_owners", {})  # each test starts with nothing known
-    return f"{moto_server.bucket()}/tally"
+    return s3_lake
 
 
 def test_hosts_racing_for_one_alert_agree_on_one_owner(tmp_path: Path, lake: str) -> None:

@@ -51,6 +51,7 @@ from pipeline.maintenance import RUN_MARKER
 from pipeline.schemas import SchemaSet, load_schemas, schema_dir
 from pipeline.stage import BatchId, batch_id, batch_name, staged_files
 from pipeline.tailer import PollResult, Tailer
+from tests.s3 import MotoServer, shared_lake_home
 
 REPO = Path(__file__).resolve().parent.parent
 TALLY = str(Path(sys.executable).with_name("tally"))
@@ -862,3 +863,37 @@ def test_staged_files_above_the_watermark_are_not_compacted(home: Home) -> None:
     result = run_compaction(home)
     assert result.events == 5 and uncommitted.exists()
     assert events(home).height == 5
+
+
+# ------------------------------------------------------------------ a lake many hosts share
+
+
+def test_a_commit_another_host_made_first_is_planned_again(
+        tmp_path: Path, s3_lake: str, moto_server: MotoServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    lake = s3_lake
+    here, there = (load_home(shared_lake_home(tmp_path, name, lake)) for name in ("here", "there"))
+    both = [{"event_type": USAGE, "event_id": f"both-{i}", "ts": "2025-08-01T10:00:00Z",
+             "agent": "claude", "input_tokens": 5} for i in range(3)]
+    for home, name in ((here, "h"), (there, "t")):
+        own = [{**event, "event_id": f"{name}-{i}"} for i, event in enumerate(both)]
+        (home.logs / "a.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in both + own))
+        with Tailer(home) as tailer:
+            tailer.poll()
+    write = compactor.write_commit
+    interrupted: list[Any] = []
+
+    def other_host_first(*args: Any) -> Any:
+        if not interrupted:  # between this host's plan and its commit, the other one commits
+            interrupted.append(None)
+            interrupted[0] = run_compaction(there)
+        return write(*args)
+
+    monkeypatch.setattr(compactor, "write_commit", other_host_first)
+    result = run_compaction(here)
+
+    assert result.conflicts == 1 and interrupted[0].events == 6
+    rows = pl.read_delta(f"{lake}/{USAGE}", storage_options=moto_server.options)
+    assert sorted(rows["event_id"]) == sorted(
+        [f"both-{i}" for i in range(3)] + [f"{n}-{i}" for n in "ht" for i in range(3)])
+    assert result.events == 3  # planned again, its copies of the shared events lost the tie

@@ -28,7 +28,7 @@ from pipeline.reports import all_events
 from pipeline.tailer import Tailer
 from pipeline.writer import append_event
 from tests.conftest import make_home, tally_executable
-from tests.s3 import MotoServer, shared_lake_home
+from tests.s3 import shared_lake_home
 
 SEED_CONFIG = "[budgets]\n[budgets.agents.claude]\ndaily_tokens = 80000\n"
 
@@ -370,10 +370,9 @@ def test_a_cron_run_with_nothing_new_still_retries_deliveries(tmp_path: Path) ->
 
 
 def test_a_monitor_on_a_shared_lake_counts_the_other_hosts_again(
-        tmp_path: Path, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in moto_server.env().items():
-        monkeypatch.setenv(key, value)
-    lake = f"{moto_server.bucket()}/tally"
+        tmp_path: Path, s3_lake: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    lake = s3_lake
     here, there = (load_home(shared_lake_home(tmp_path, name, lake)) for name in ("here", "there"))
 
     def land(home: Home, tokens: int) -> None:  # another host's events reach the lake
@@ -394,3 +393,25 @@ def test_a_monitor_on_a_shared_lake_counts_the_other_hosts_again(
     monkeypatch.setattr(monitor_module, "FLEET_SEED_SECONDS", 0.0)
     monitor.refresh()
     assert counted(monitor) == 800
+
+
+def test_a_shared_lake_that_does_not_answer_is_not_asked_again_at_every_poll(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = load_home(shared_lake_home(tmp_path, "here", "s3://nowhere/tally"))
+    seeds: list[str] = []
+
+    def unreachable(*_: Any) -> Any:
+        seeds.append("tried")
+        raise OSError("Generic S3 error: error sending request")
+
+    monkeypatch.setattr("pipeline.observe.seed_totals", unreachable)
+    told: list[str] = []
+    monitor = BudgetMonitor(home, told.append)
+    monitor.refresh()
+    monitor.refresh()  # polls a moment later: the store is not asked again yet
+    assert seeds == ["tried"] and monitor.failed
+    assert told == ["could not count the current periods: Generic S3 error: error sending "
+                    "request"]
+    monkeypatch.setattr(monitor_module, "FLEET_SEED_SECONDS", 0.0)
+    monitor.refresh()
+    assert seeds == ["tried", "tried"]

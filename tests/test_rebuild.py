@@ -462,10 +462,8 @@ def shared_rows(lake_uri: str, options: dict[str, str]) -> pl.DataFrame:
 
 
 def test_a_rebuild_on_a_shared_lake_replaces_only_this_hosts_events(
-        tmp_path: Path, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in moto_server.env().items():
-        monkeypatch.setenv(key, value)
-    lake_uri = f"{moto_server.bucket()}/tally"
+        tmp_path: Path, s3_lake: str, moto_server: MotoServer) -> None:
+    lake_uri = s3_lake
     homes = {name: load_home(shared_lake_home(tmp_path, name, lake_uri))
              for name in ("host-a", "host-b")}
     # The same five events reached both hosts; b's copies are larger, so they win.
@@ -479,18 +477,20 @@ def test_a_rebuild_on_a_shared_lake_replaces_only_this_hosts_events(
     before = shared_rows(lake_uri, moto_server.options)
     assert before.height == before["event_id"].n_unique() == 55
     assert set(before.filter(pl.col("event_id").str.starts_with("shared"))["host"]) == {"host-b"}
+    table = DeltaTable(f"{lake_uri}/{USAGE}", storage_options=moto_server.options)
+    table.delete("event_id = 'a-7'")  # damage: one of host-a's events lost from the lake
 
     result = run_rebuild(homes["host-a"])
 
-    assert result.before is not None
-    assert result.before.events[USAGE] == result.after.events[USAGE] - 5 == 30
+    assert result.before is not None  # 29 of a's events were there; 30 will be
+    assert (result.before.events[USAGE], result.after.events[USAGE]) == (29, 30)
     after = shared_rows(lake_uri, moto_server.options)
     assert after.equals(before)  # the same events, each once, b's rows untouched
+    table.update_incremental()
+    [last] = table.history(1)
+    assert last["operationParameters"]["predicate"] == "host = 'host-a'"
     assert not interrupted_rebuild(homes["host-a"])
     assert not any(homes["host-a"].lake.rglob("_delta_log"))  # no local tables left
-    versions = {t.name: DeltaTable(t.uri, storage_options=moto_server.options).version()
-                for t in table_dirs(homes["host-a"])}
-    assert versions[USAGE] >= 2
     # The host goes on under the rebuilt state: new lines land once.
     append(homes["host-a"], "a.jsonl", [usage("a-late")])
     tail(homes["host-a"])
@@ -508,3 +508,21 @@ def runner_report(home: Home) -> list[dict[str, Any]]:
     assert result.exit_code == 0, result.output
     records: list[dict[str, Any]] = orjson.loads(result.stdout)
     return records
+
+
+def test_a_rebuild_on_a_shared_lake_refuses_to_lose_events_other_hosts_hold_too(
+        tmp_path: Path, s3_lake: str, moto_server: MotoServer) -> None:
+    lake_uri = s3_lake
+    a, b = (load_home(shared_lake_home(tmp_path, name, lake_uri)) for name in ("a", "b"))
+    append(b, "b.jsonl", [usage(f"shared-{i}", input_tokens=900) for i in range(5)])
+    append(a, "a.jsonl", [usage(f"a-{i}") for i in range(10)])
+    for home in (b, a):
+        tail(home)
+        run_compaction(home)
+    # a's log loses 5 of its own events but gains the 5 that b's rows hold: as many lines.
+    (a.logs / "a.jsonl").unlink()
+    append(a, "a2.jsonl", [usage(f"a-{i}") for i in range(5)]
+           + [usage(f"shared-{i}", input_tokens=7) for i in range(5)])
+    with pytest.raises(WouldLoseData, match="agent_token_usage 10 -> 5"):
+        run_rebuild(a)
+    assert shared_rows(lake_uri, moto_server.options).height == 15  # nothing changed

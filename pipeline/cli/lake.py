@@ -23,6 +23,8 @@ from pipeline.settings import CompactorSettings
 def _summary(verb: str, result: CompactionResult) -> str:
     retried = (f", planned again {result.conflicts} time(s) after other hosts' commits"
                if result.conflicts else "")
+    if result.rollup_conflicts:
+        retried += f", rollups caught up again {result.rollup_conflicts} time(s)"
     return (f"{verb}: {result.events:,} events in {result.commits} commit(s), "
             f"{len(result.partitions)} partition(s) touched, {result.seconds:.2f} s "
             f"({result.rate:,.0f} events/s){retried}")

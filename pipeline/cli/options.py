@@ -20,6 +20,7 @@ from pipeline.config import Home, load_home
 from pipeline.errors import (
     HomeNotFound,
     InternalError,
+    LakeError,
     SourceError,
     TallyError,
     is_storage_failure,
@@ -28,6 +29,7 @@ from pipeline.errors import (
 )
 from pipeline.records import json_text
 from pipeline.settings import setting_bounds
+from pipeline.storage import REMOTE_HINT, is_unreachable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -141,6 +143,9 @@ def as_tally_error(exc: Exception) -> TallyError:
         return storage_error(exc, "write")
     if isinstance(exc, OSError) and exc.filename is not None:
         return SourceError(exc.strerror or str(exc), path=exc.filename)
+    if is_unreachable(str(exc)):  # an object store that stopped answering mid-read
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        return LakeError(f"cannot reach the lake: {safe_text(detail)}", hint=REMOTE_HINT)
     return InternalError(exc)
 
 
