@@ -17,10 +17,10 @@ import time
 
 from pipeline.config import Home
 from pipeline.errors import LakeError, native_stderr_captured
-from pipeline.ledger import open_table
+from pipeline.ledger import CLAIMS_DIR, open_table
 from pipeline.storage import REMOTE_HINT, Location
 
-CLAIMS_TABLE = "_alerts"
+CLAIMS_TABLE = CLAIMS_DIR
 CLAIM_ATTEMPTS = 20
 _owners: dict[tuple[str, str], str] = {}  # (lake, alert id) -> the host that claimed it
 

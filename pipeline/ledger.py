@@ -63,6 +63,7 @@ def table_path(home: Home, event_type: str) -> Location:
 HOST = "host"  # the lake column naming the host that staged an event
 ROLLUPS_DIR = "_rollups"  # lake/_rollups/<name>: tables derived from the events
 ROLLUP_NAMES = ("usage", "usage_tasks", "increments", "context")  # pipeline.rollups
+CLAIMS_DIR = "_alerts"  # a shared lake's alert claims (pipeline.claims)
 
 
 def table_dirs(home: Home) -> list[Location]:
@@ -79,11 +80,13 @@ def table_dirs(home: Home) -> list[Location]:
 
 
 def all_table_dirs(home: Home) -> list[Location]:
-    """Every Delta table of the lake: the event tables, then the rollups."""
+    """Every Delta table of the lake: the event tables, then the rollups (and a shared
+    lake's alert claims)."""
     rollups = home.lake_location / ROLLUPS_DIR
     if not rollups.is_local:
-        derived = [place for name in sorted(ROLLUP_NAMES)
-                   if open_table(place := rollups / name) is not None]
+        places = [*(rollups / name for name in sorted(ROLLUP_NAMES)),
+                  home.lake_location / CLAIMS_DIR]
+        derived = [place for place in places if open_table(place) is not None]
     elif rollups.path.is_dir():
         derived = [Location.local(p) for p in sorted(rollups.path.iterdir())
                    if (p / "_delta_log").is_dir()]

@@ -153,7 +153,7 @@ def tables(home: Home) -> list[tuple[str, DeltaTable]]:
 
 def _record(home: Home, name: str, table: DeltaTable) -> None:
     """Record an event table's version (rollups catch up by themselves: not recorded)."""
-    if "/" not in name:
+    if "/" not in name and not name.startswith("_"):  # not _alerts either
         record_versions(home, {name: table.version()})
 
 

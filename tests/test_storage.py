@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline.cli import main
 from pipeline.config import init_home, load_home
 from pipeline.errors import ConfigError
 from pipeline.storage import (
@@ -139,3 +142,16 @@ def test_an_object_store_that_does_not_answer_is_one_line_and_nothing_is_lost(
         run = run_tally(*command, "--home", str(home), env=env)
         assert_one_line_error(run, 5, "s3://nowhere/tally")
     assert list((home / "stage").rglob("*.arrow")), "the staged events are kept"
+
+
+def test_status_names_the_lake_and_the_host(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    init_home(home)
+    (home / "config.toml").write_text('[lake]\nuri = "s3://team-bucket/tally"\n'
+                                      '[host]\nid = "build-01"\n')
+    shown = CliRunner().invoke(main, ["status", "--home", str(home), "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    status = orjson.loads(shown.stdout)
+    assert (status["lake"], status["host"]) == ("s3://team-bucket/tally", "build-01")
+    text = CliRunner().invoke(main, ["status", "--home", str(home)])
+    assert "lake: s3://team-bucket/tally (host build-01)" in text.stdout

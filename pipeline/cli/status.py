@@ -31,9 +31,11 @@ def status(home: Home, fmt: str) -> None:
             "quarantined_total": report.quarantined_total, "batch": report.batch,
             "stream": report.stream, "last_checkpoint": report.last_checkpoint or None,
             "damaged_set_aside": report.set_aside, "problems": report.problems,
+            "lake": str(home.lake_location), "host": home.host,
         })
     else:
         _render(report)
+        click.echo(f"lake: {home.lake_location} (host {home.host})")
     if report.problems:
         raise LakeError(f"{len(report.problems)} problem(s) found; see above")
 
