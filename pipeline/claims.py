@@ -12,13 +12,11 @@ claimed an alert and was killed before logging it finds its own claim and raises
 from __future__ import annotations
 
 import hashlib
-import random
-import time
 
 from pipeline.config import Home
 from pipeline.errors import LakeError, native_stderr_captured
 from pipeline.ledger import CLAIMS_DIR, open_table
-from pipeline.storage import REMOTE_HINT, Location
+from pipeline.storage import REMOTE_HINT, Location, wait_before_retry
 
 CLAIMS_TABLE = CLAIMS_DIR
 CLAIM_ATTEMPTS = 20
@@ -79,7 +77,7 @@ def _claim(place: Location, alert_id: str, host: str) -> str:
             checkpoint_if_due(table)  # a claim a commit: its log is read at every claim
             return host
         except CommitFailedError:  # another claim came first: read the table again
-            time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** attempt)))
+            wait_before_retry(attempt, longest=1.0, first=0.02)
         except DeltaError as exc:
             raise LakeError(f"cannot claim the alert {alert_id} in {place}: {exc}",
                             hint=REMOTE_HINT) from exc

@@ -18,7 +18,6 @@ take are quarantined with their origin while the rest is committed (pipeline.poi
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -78,7 +77,7 @@ from pipeline.recovery import Restaged, restage
 from pipeline.resolve import Resolution, needs_upgrade, resolve, staged_scan, upgrade_table
 from pipeline.rollups import rollup_dirs, sync_rollups
 from pipeline.stage import BatchId, all_batch_files, fsync_dir, staged_files
-from pipeline.storage import REMOTE_HINT, is_unreachable
+from pipeline.storage import REMOTE_HINT, is_unreachable, wait_before_retry
 from pipeline.swap import recover_interrupted_rebuild
 
 # Rows per Delta commit: peak RSS grows with it (2M events: 1.07 GB at 1M rows, 570 MB at
@@ -174,7 +173,7 @@ def _commit_stage(home: Home, result: CompactionResult, progress: Progress | Non
                 raise LakeError(f"other writers committed first {plans} times in a row: "
                                 f"{conflict}", hint="the stage is untouched; run compact "
                                 "again (each host's runs are best spread apart)") from conflict
-            time.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** plans)))
+            wait_before_retry(plans)
     raise AssertionError("unreachable")
 
 

@@ -14,9 +14,7 @@ as it was or replaced; both hold every event once, and the old stage and checkpo
 
 from __future__ import annotations
 
-import random
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -52,6 +50,7 @@ from pipeline.pricing import pricing_for
 from pipeline.rollups import sync_rollups
 from pipeline.schemas import load_schemas
 from pipeline.stage import iter_quarantine
+from pipeline.storage import wait_before_retry
 from pipeline.swap import (
     BACKUP_PREFIX,
     PARTS,
@@ -232,7 +231,7 @@ def _replace_in_shared(home: Home, event_type: str, rows: pl.DataFrame,
                 raise LakeError(f"cannot replace this host's rows in {place}: other hosts "
                                 f"kept committing first: {exc}",
                                 hint="run `tally rebuild` again") from exc
-            time.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
+            wait_before_retry(attempt)
     raise AssertionError("unreachable")
 
 

@@ -29,8 +29,6 @@ the winner left nothing to do).
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Iterable, Sequence
 
 import polars as pl
@@ -42,7 +40,7 @@ from pipeline.config import Home
 from pipeline.counting import context_estimates, nano_usd, snapshot_increments, usage_rows
 from pipeline.errors import LakeError, native_stderr_captured
 from pipeline.ledger import HOST, ROLLUP_NAMES, ROLLUPS_DIR, dates_sql, open_table, table_path
-from pipeline.storage import Location
+from pipeline.storage import Location, wait_before_retry
 
 SOURCE_APP = "tally-source"
 DATES_KEY = "tally.dates"
@@ -176,7 +174,7 @@ def sync_rollups(home: Home, event_type: str, thresholds: Sequence[int],
                                          "meanwhile") from exc
                 if retried is not None:
                     retried()
-                time.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
+                wait_before_retry(attempt)
     return whole
 
 

@@ -10,8 +10,10 @@ are checked here (pipeline.config reads the file).
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ class Location:
     @property
     def is_local(self) -> bool:
         """Whether it is a directory of this host (not an object store)."""
-        return "://" not in self.uri or self.uri.startswith("file://")
+        return not is_remote_uri(self.uri)
 
     @property
     def path(self) -> Path:
@@ -104,6 +106,11 @@ UNREACHABLE_MARKERS = ("S3 error", "error sending request", "Connection refused"
 def is_unreachable(text: str) -> bool:
     """Whether a failure's text says the object store could not be reached or refused us."""
     return any(marker in text for marker in UNREACHABLE_MARKERS)
+
+
+def wait_before_retry(attempt: int, longest: float = 2.0, first: float = 0.05) -> None:
+    """Sleep a random while, growing with the attempt: hosts that collided spread apart."""
+    time.sleep(random.uniform(0, min(longest, first * 2 ** attempt)))
 
 
 def env_options(environ: dict[str, str] | os._Environ[str] = os.environ) -> dict[str, str]:
