@@ -61,6 +61,7 @@ def test_an_s3_lake_takes_the_environment_then_the_config(
     ('[lake]\nuri = "/srv/lake"\n', "lake.uri"),
     ('[lake]\nuri = "gs://bucket/x"\n', "lake.uri"),
     ('[lake]\nuri = "s3://Upper/x"\n', "lake.uri"),
+    ('[lake]\nuri = "s3://bucket//x"\n', "lake.uri"),
     ("[lake]\nuri = 3\n", "lake.uri"),
     ('[lake]\nuri = "s3://bucket"\nendpoint = "127.0.0.1:9000"\n', "lake.endpoint"),
     ('[lake]\nuri = "s3://bucket"\nregion = "eu west"\n', "lake.region"),
@@ -79,7 +80,7 @@ def test_bad_lake_and_host_settings_name_their_field(tmp_path: Path, text: str,
     assert info.value.message.startswith(f"{tmp_path / 'config.toml'}: {field}")
 
 
-@given(st.from_regex(r"s3://[a-z0-9][a-z0-9.-]{1,20}[a-z0-9](/[a-z0-9_/-]{0,20})?",
+@given(st.from_regex(r"s3://[a-z0-9][a-z0-9.-]{1,20}[a-z0-9](/[a-z0-9_-]{1,8}){0,3}/?",
                      fullmatch=True))
 def test_s3_uris_are_accepted_and_joined_with_one_slash(uri: str) -> None:
     assert check_lake_uri(uri) is None
